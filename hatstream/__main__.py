@@ -1,0 +1,3 @@
+from hatstream.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,48 @@
+"""Running models: `load_model` and the `Upscaler` it returns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from hatstream.errors import HatstreamError
+from hatstream.inference.precision import resolve_precision
+from hatstream.inference.upscaler import Upscaler
+from hatstream.models.registry import BUILTINS, default_model_name, load_builtin, load_checkpoint
+
+__all__ = ["Upscaler", "load_model", "resolve_device"]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`None` or 'auto' picks CUDA when present, else the CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HatstreamError("--device cuda was asked for, but no CUDA device is available")
+    return device
+
+
+def load_model(name_or_path: str | Path | None = None, device=None, precision: str = "auto",
+               scale: int | None = None) -> Upscaler:
+    """Load a built-in model by name ('bicubic', 'hat-tiny-x2', ...) or a checkpoint by path.
+
+    `name_or_path=None` or 'default' picks the bundled model for `scale` (x2 when unset).
+    `scale` is checked against a checkpoint's own scale, and chooses the scale of `bicubic`.
+    """
+    dev = resolve_device(device)
+    name = str(name_or_path) if name_or_path is not None else "default"
+    if name == "default":
+        name = default_model_name(scale or 2)
+    if name in BUILTINS:
+        model, info = load_builtin(name, scale)
+    else:
+        path = Path(name).expanduser()
+        if not path.exists():
+            known = ", ".join(BUILTINS)
+            raise HatstreamError(f"model {name} is neither a file nor a built-in model ({known})")
+        model, info = load_checkpoint(path)
+        if scale is not None and scale != info.scale:
+            raise HatstreamError(f"model {path} upscales x{info.scale}, but --scale {scale} was asked for")
+    return Upscaler(model, info, dev, resolve_precision(precision, dev, info))

@@ -1,0 +1,46 @@
+"""Choosing the compute dtype: bf16 where the hardware runs it natively, fp32 otherwise."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from hatstream.errors import HatstreamError
+from hatstream.models.spec import ModelInfo
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with AMX or AVX512-BF16, where oneDNN runs bf16 matmuls natively.
+
+    Without them bf16 is emulated and slower than fp32, so `auto` must not pick it.
+    """
+    cpu = getattr(torch._C, "_cpu", None)
+    if cpu is None:
+        return False
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_precision(precision: str, device: torch.device, info: ModelInfo) -> torch.dtype:
+    """The dtype to run `info`'s model in on `device` for the requested precision name."""
+    if precision not in PRECISIONS:
+        raise HatstreamError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        if not info.supports_bf16:
+            return torch.float32
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
+    if precision == "fp16" and not info.supports_fp16:
+        raise HatstreamError(
+            f"{info.name} overflows fp16 (its residual trunk exceeds 65504); use --precision bf16 or fp32"
+        )
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        log.warning("this CPU has no native bf16 (AMX/AVX512-BF16); bf16 will be slower than fp32")
+    return DTYPES[precision]

@@ -1,0 +1,557 @@
+"""HAT, the Hybrid Attention Transformer for image super-resolution (Chen et al., CVPR 2023).
+
+Written from the paper and from the behaviour of the released code, so that the released
+checkpoints load with `strict=True` and give the same numbers. Parameter and buffer names are
+the official ones; everything else (how attention is computed, what is cached) is ours:
+
+- window attention runs through `scaled_dot_product_attention`, with the relative-position bias
+  as an additive mask;
+- the bias gathers and the shifted-window mask are built once per input size, device and dtype and
+  cached, instead of being rebuilt on the CPU at every forward as the reference does;
+- the shift mask is non-zero only in the last row and column of windows, so those windows are
+  attended separately and the interior needs no mask at all (a full mask costs ~2 GB at 1080p).
+
+Shapes in comments: B batch, C channels, H×W the (padded) feature size, ws window, ows overlapping
+window, nW windows per image, nH heads, d head dim, n = ws*ws tokens per window.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Mean of DIV2K in RGB; subtracted before the first conv. A plain attribute in the reference,
+# so it is not part of any checkpoint.
+DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
+SHIFT_MASK_VALUE = -100.0  # the reference fills masked logits with -100, not -inf
+
+
+@dataclass(frozen=True)
+class HATConfig:
+    """Hyperparameters of a HAT network; field names are the official constructor keywords."""
+
+    upscale: int = 2
+    in_chans: int = 3
+    img_size: int = 64  # kept for compatibility; the network works at any input size
+    window_size: int = 7
+    compress_ratio: int = 3
+    squeeze_factor: int = 30
+    conv_scale: float = 0.01
+    overlap_ratio: float = 0.5
+    img_range: float = 1.0
+    depths: tuple[int, ...] = (6, 6, 6, 6)
+    embed_dim: int = 96
+    num_heads: tuple[int, ...] = (6, 6, 6, 6)
+    mlp_ratio: float = 4.0
+    upsampler: str = "pixelshuffle"
+    resi_connection: str = "1conv"
+    num_feat: int = 64  # width of the reconstruction head; fixed at 64 in every released model
+
+    def __post_init__(self):
+        object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
+        object.__setattr__(self, "num_heads", tuple(int(h) for h in self.num_heads))
+        if len(self.depths) != len(self.num_heads):
+            raise ValueError("depths and num_heads must have one entry per group")
+        if self.upsampler != "pixelshuffle":
+            # The reference returns its input unchanged for any other upsampler; refuse instead.
+            raise ValueError(f"unsupported upsampler {self.upsampler!r}; only 'pixelshuffle' exists")
+        if self.resi_connection not in ("1conv", "3conv", "identity"):
+            raise ValueError(f"unsupported resi_connection {self.resi_connection!r}")
+        if not _is_supported_scale(self.upscale):
+            raise ValueError(f"unsupported upscale {self.upscale}; HAT supports 2^n and 3")
+        if self.window_size % 2:
+            raise ValueError("window_size must be even (the shift is window_size // 2)")
+
+    @property
+    def overlap_window_size(self) -> int:
+        """Side of the key/value windows of OCAB; the code computes ws + int(ratio*ws)."""
+        return self.window_size + int(self.overlap_ratio * self.window_size)
+
+    def to_kwargs(self) -> dict:
+        """The official constructor keywords (lists, not tuples), e.g. for a model card."""
+        d = asdict(self)
+        d["depths"] = list(self.depths)
+        d["num_heads"] = list(self.num_heads)
+        return d
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "HATConfig":
+        """Build from official keywords, ignoring those that change nothing at inference."""
+        ignored = {"drop_rate", "attn_drop_rate", "drop_path_rate", "ape", "patch_norm", "use_checkpoint",
+                   "qkv_bias", "qk_scale", "norm_layer", "patch_size"}
+        known = {f.name for f in fields(cls)}
+        unknown = set(kwargs) - known - ignored
+        if unknown:
+            raise TypeError(f"unknown HAT arguments: {sorted(unknown)}")
+        return cls(**{k: v for k, v in kwargs.items() if k in known})
+
+
+def _is_supported_scale(scale: int) -> bool:
+    return scale == 3 or (scale >= 1 and scale & (scale - 1) == 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Index buffers and masks. All integer/geometry work, done once per window size or input size.
+# --------------------------------------------------------------------------------------------
+
+def _grid(size: int) -> torch.Tensor:
+    """(2, size*size) row/col coordinates of a size×size window, row-major."""
+    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    return torch.stack([ys.flatten(), xs.flatten()])
+
+
+def relative_position_index_sa(ws: int) -> torch.Tensor:
+    """(n, n) index into the (2ws-1)^2 bias table of window self-attention; values 0..(2ws-1)^2-1."""
+    c = _grid(ws)
+    rel = (c[:, :, None] - c[:, None, :]).permute(1, 2, 0)  # (n, n, 2) in -(ws-1)..ws-1
+    return (rel[..., 0] + ws - 1) * (2 * ws - 1) + (rel[..., 1] + ws - 1)
+
+
+def relative_position_index_oca(ws: int, ows: int) -> torch.Tensor:
+    """(ws*ws, ows*ows) index into the (ws+ows-1)^2 table of overlapping cross-attention.
+
+    Reproduces the released formula exactly, including its negative values: the reference indexes
+    its table with them and Python-style wrap-around makes them count from the end. Callers must
+    index with `idx % table_len` (index_select raises on negatives, some kernels clamp).
+    """
+    q = _grid(ws)
+    k = _grid(ows)
+    rel = (k[:, None, :] - q[:, :, None]).permute(1, 2, 0)  # (ws*ws, ows*ows, 2)
+    off = ws - ows + 1
+    return (rel[..., 0] + off) * (ws + ows - 1) + (rel[..., 1] + off)
+
+
+def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B*nW, ws, ws, C), windows in row-major order within each image."""
+    b, h, w, c = x.shape
+    x = x.view(b, h // ws, ws, w // ws, ws, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, ws, ws, c)
+
+
+def window_reverse(windows: torch.Tensor, ws: int, h: int, w: int) -> torch.Tensor:
+    """(B*nW, ws, ws, C) -> (B, H, W, C); the inverse of `window_partition`."""
+    c = windows.shape[-1]
+    b = windows.shape[0] // ((h // ws) * (w // ws))
+    x = windows.view(b, h // ws, w // ws, ws, ws, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+
+
+def shift_mask_patterns(ws: int, shift: int) -> torch.Tensor:
+    """(4, n, n) additive masks of shifted-window attention: interior, last column, last row, corner.
+
+    After the cyclic shift only windows in the last row or column of windows mix pixels from
+    opposite image borders, and each of those three groups shares one pattern. This equals the
+    reference's per-window mask (built from 9 labelled regions) at every window.
+    """
+    # Region labels inside one window on the boundary: 0 before the shift seam, 1 after.
+    seam = (torch.arange(ws) >= ws - shift).long()  # (ws,)
+    zero = torch.zeros(ws, dtype=torch.long)
+    patterns = []
+    for rows, cols in ((zero, zero), (zero, seam), (seam, zero), (seam, seam)):
+        label = (rows[:, None] * 2 + cols[None, :]).flatten()  # (n,)
+        differs = label[None, :] != label[:, None]
+        patterns.append(torch.where(differs, SHIFT_MASK_VALUE, 0.0))
+    return torch.stack(patterns)
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-and-excitation over the whole feature map (which is why tiles change HAT's output)."""
+
+    def __init__(self, dim: int, squeeze_factor: int):
+        super().__init__()
+        self.attention = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(dim, dim // squeeze_factor, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(dim // squeeze_factor, dim, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x):
+        return x * self.attention(x)
+
+
+class CAB(nn.Module):
+    """Channel-attention block: conv, GELU, conv, channel attention."""
+
+    def __init__(self, dim: int, compress_ratio: int, squeeze_factor: int):
+        super().__init__()
+        self.cab = nn.Sequential(
+            nn.Conv2d(dim, dim // compress_ratio, 3, 1, 1),
+            nn.GELU(),
+            nn.Conv2d(dim // compress_ratio, dim, 3, 1, 1),
+            ChannelAttention(dim, squeeze_factor),
+        )
+
+    def forward(self, x):
+        return self.cab(x)
+
+
+class _CachedBias:
+    """Caches a gathered relative-position bias per (device, dtype) while the table is unchanged.
+
+    During training the table changes every step and needs gradients, so nothing is cached then.
+    """
+
+    def __init__(self):
+        self._key = None
+        self._value = None
+
+    def get(self, table: torch.Tensor, build, dtype: torch.dtype) -> torch.Tensor:
+        if torch.is_grad_enabled() and table.requires_grad:
+            return build().to(dtype)
+        key = (table.device, dtype, table.data_ptr(), table._version)
+        if key != self._key:
+            self._value = build().to(dtype)
+            self._key = key
+        return self._value
+
+
+def _attention(q, k, v, bias, scale):
+    """Softmax attention with an additive float mask: q (..., nH, nq, d), k/v (..., nH, nk, d),
+    bias (nH, nq, nk) -> (..., nH, nq, d).
+
+    Leading dimensions are folded into one batch dimension because the fused SDPA kernels take
+    4-D inputs only; anything else silently runs the slow math kernel.
+    """
+    lead = q.shape[:-3]
+    q, k, v = (t.reshape(-1, *t.shape[-3:]) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    return out.view(*lead, *out.shape[-3:])
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside ws×ws windows with a learned relative-position bias."""
+
+    def __init__(self, dim: int, window_size: int, num_heads: int):
+        super().__init__()
+        self.dim = dim
+        self.window_size = window_size
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self._bias = _CachedBias()
+
+    def bias(self, rpi: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(nH, n, n) bias gathered from the table with the model's shared index."""
+        n = self.window_size**2
+
+        def build():
+            return self.relative_position_bias_table[rpi.reshape(-1)].view(n, n, -1).permute(2, 0, 1).contiguous()
+
+        return self._bias.get(self.relative_position_bias_table, build, dtype)
+
+    def qkv_heads(self, x: torch.Tensor):
+        """(..., n, C) -> three (..., nH, n, d)."""
+        *lead, n, c = x.shape
+        qkv = self.qkv(x).view(*lead, n, 3, self.num_heads, c // self.num_heads)
+        qkv = qkv.movedim(-3, 0).transpose(-3, -2)  # (3, ..., nH, n, d)
+        return qkv[0], qkv[1], qkv[2]
+
+    def merge_heads(self, out: torch.Tensor) -> torch.Tensor:
+        """(..., nH, n, d) -> (..., n, C), then the output projection."""
+        out = out.transpose(-3, -2)
+        return self.proj(out.reshape(*out.shape[:-2], self.dim))
+
+    def forward(self, windows: torch.Tensor, rpi: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
+        """windows (B, nh, nw, n, C) -> (B, nh, nw, n, C).
+
+        `masks` is None for unshifted blocks; for shifted ones, the (4, n, n) patterns of
+        `shift_mask_patterns` applied to interior, last-column, last-row and corner windows.
+        """
+        q, k, v = self.qkv_heads(windows)  # each (B, nh, nw, nH, n, d)
+        bias = self.bias(rpi, q.dtype)  # (nH, n, n)
+        if masks is None:
+            return self.merge_heads(_attention(q, k, v, bias, self.scale))
+        out = torch.empty_like(q)
+        masks = masks.to(q.dtype)
+        # The four groups of windows in the (nh, nw) grid, each with its own mask pattern.
+        groups = ((slice(0, -1), slice(0, -1)), (slice(0, -1), slice(-1, None)),
+                  (slice(-1, None), slice(0, -1)), (slice(-1, None), slice(-1, None)))
+        for pattern, (rows, cols) in enumerate(groups):
+            qs = q[:, rows, cols]
+            if qs.numel() == 0:
+                continue  # a single row or column of windows has no interior
+            mask = bias if pattern == 0 else bias + masks[pattern]
+            out[:, rows, cols] = _attention(qs, k[:, rows, cols], v[:, rows, cols], mask, self.scale)
+        return self.merge_heads(out)
+
+
+class HAB(nn.Module):
+    """Hybrid attention block: (shifted) window attention + scaled CAB in parallel, then MLP."""
+
+    def __init__(self, dim, num_heads, window_size, shift_size, compress_ratio, squeeze_factor,
+                 conv_scale, mlp_ratio):
+        super().__init__()
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.conv_scale = conv_scale
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, window_size, num_heads)
+        self.conv_block = CAB(dim, compress_ratio, squeeze_factor)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, x_size: tuple[int, int], rpi_sa: torch.Tensor,
+                masks: torch.Tensor) -> torch.Tensor:
+        h, w = x_size
+        b, _, c = x.shape
+        ws, s = self.window_size, self.shift_size
+        y = self.norm1(x).view(b, h, w, c)
+
+        conv = self.conv_block(y.permute(0, 3, 1, 2))  # (B, C, H, W)
+        conv = conv.permute(0, 2, 3, 1).reshape(b, h * w, c)
+
+        if s:
+            y = torch.roll(y, shifts=(-s, -s), dims=(1, 2))
+        # (B, H, W, C) -> (B, nh, nw, n, C)
+        windows = y.view(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+        windows = windows.reshape(b, h // ws, w // ws, ws * ws, c)
+        attn = self.attn(windows, rpi_sa, masks if s else None)
+        # (B, nh, nw, n, C) -> (B, H, W, C)
+        attn = attn.view(b, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        if s:
+            attn = torch.roll(attn, shifts=(s, s), dims=(1, 2))
+
+        x = x + attn.reshape(b, h * w, c) + conv * self.conv_scale
+        return x + self.mlp(self.norm2(x))
+
+
+class OCAB(nn.Module):
+    """Overlapping cross-attention: queries from ws×ws windows, keys/values from ows×ows windows.
+
+    Keys and values outside the image are zeros and are *not* masked (they get logit 0 plus the
+    bias); the released models were trained that way, so it is reproduced.
+    """
+
+    def __init__(self, dim, window_size, overlap_ratio, num_heads, mlp_ratio):
+        super().__init__()
+        self.dim = dim
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.overlap_win_size = window_size + int(overlap_ratio * window_size)
+        self.scale = (dim // num_heads) ** -0.5
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, dim * 3)
+        table_side = window_size + self.overlap_win_size - 1
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(table_side**2, num_heads))
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self._bias = _CachedBias()
+
+    def bias(self, rpi: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(nH, ws*ws, ows*ows) bias; negative indices wrap to the table's end as in the reference."""
+        table = self.relative_position_bias_table
+        nq, nk = self.window_size**2, self.overlap_win_size**2
+
+        def build():
+            idx = rpi.reshape(-1) % table.shape[0]
+            return table[idx].view(nq, nk, -1).permute(2, 0, 1).contiguous()
+
+        return self._bias.get(table, build, dtype)
+
+    def forward(self, x: torch.Tensor, x_size: tuple[int, int], rpi_oca: torch.Tensor) -> torch.Tensor:
+        h, w = x_size
+        b, _, c = x.shape
+        ws, ows, nh = self.window_size, self.overlap_win_size, self.num_heads
+        d = c // nh
+        qkv = self.qkv(self.norm1(x)).view(b, h, w, 3, c)
+
+        q = window_partition(qkv[..., 0, :].contiguous(), ws)  # (B*nW, ws, ws, C)
+        q = q.reshape(-1, ws * ws, nh, d).transpose(1, 2)  # (B*nW, nH, ws*ws, d)
+
+        # Overlapping ows×ows windows at stride ws, zero-padded by (ows-ws)/2 on every side.
+        kv = qkv[..., 1:, :].permute(0, 3, 4, 1, 2).reshape(b, 2 * c, h, w)  # (B, 2C, H, W)
+        pad = (ows - ws) // 2
+        kv = F.unfold(kv, kernel_size=ows, stride=ws, padding=pad)  # (B, 2C*ows*ows, nW)
+        kv = kv.view(b, 2, nh, d, ows * ows, -1).permute(1, 0, 5, 2, 4, 3)  # (2, B, nW, nH, ows², d)
+        k = kv[0].reshape(-1, nh, ows * ows, d)
+        v = kv[1].reshape(-1, nh, ows * ows, d)
+
+        out = _attention(q, k, v, self.bias(rpi_oca, q.dtype), self.scale)  # (B*nW, nH, ws², d)
+        out = out.transpose(1, 2).reshape(-1, ws, ws, c)
+        out = window_reverse(out, ws, h, w).reshape(b, h * w, c)
+
+        x = x + self.proj(out)
+        return x + self.mlp(self.norm2(x))
+
+
+class AttenBlocks(nn.Module):
+    """The HABs of one group (alternating plain and shifted windows), then its OCAB."""
+
+    def __init__(self, cfg: HATConfig, depth: int, num_heads: int):
+        super().__init__()
+        ws = cfg.window_size
+        self.blocks = nn.ModuleList(
+            HAB(cfg.embed_dim, num_heads, ws, 0 if i % 2 == 0 else ws // 2, cfg.compress_ratio,
+                cfg.squeeze_factor, cfg.conv_scale, cfg.mlp_ratio)
+            for i in range(depth)
+        )
+        self.overlap_attn = OCAB(cfg.embed_dim, ws, cfg.overlap_ratio, num_heads, cfg.mlp_ratio)
+
+    def forward(self, x, x_size, rpi_sa, rpi_oca, masks):
+        for blk in self.blocks:
+            x = blk(x, x_size, rpi_sa, masks)
+        return self.overlap_attn(x, x_size, rpi_oca)
+
+
+class PatchEmbed(nn.Module):
+    """(B, C, H, W) -> (B, H*W, C), optionally normalised."""
+
+    def __init__(self, dim: int, norm: bool):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim) if norm else None
+
+    def forward(self, x):
+        x = x.flatten(2).transpose(1, 2)
+        return self.norm(x) if self.norm is not None else x
+
+
+def _unembed(x: torch.Tensor, x_size: tuple[int, int]) -> torch.Tensor:
+    """(B, H*W, C) -> (B, C, H, W)."""
+    b, _, c = x.shape
+    return x.transpose(1, 2).reshape(b, c, *x_size)
+
+
+def _group_conv(dim: int, kind: str) -> nn.Module:
+    if kind == "1conv":
+        return nn.Conv2d(dim, dim, 3, 1, 1)
+    if kind == "3conv":
+        return nn.Sequential(
+            nn.Conv2d(dim, dim // 4, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(dim // 4, dim // 4, 1, 1, 0), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(dim // 4, dim, 3, 1, 1),
+        )
+    return nn.Identity()
+
+
+class RHAG(nn.Module):
+    """Residual hybrid attention group: blocks, 3×3 conv, and the group's residual."""
+
+    def __init__(self, cfg: HATConfig, depth: int, num_heads: int):
+        super().__init__()
+        self.residual_group = AttenBlocks(cfg, depth, num_heads)
+        self.conv = _group_conv(cfg.embed_dim, cfg.resi_connection)
+        self.patch_embed = PatchEmbed(cfg.embed_dim, norm=False)
+
+    def forward(self, x, x_size, rpi_sa, rpi_oca, masks):
+        y = self.residual_group(x, x_size, rpi_sa, rpi_oca, masks)
+        return self.patch_embed(self.conv(_unembed(y, x_size))) + x
+
+
+class Upsample(nn.Sequential):
+    """Pixel-shuffle upsampler: n×(conv to 4C, shuffle 2) for 2^n, or (conv to 9C, shuffle 3)."""
+
+    def __init__(self, scale: int, num_feat: int):
+        layers: list[nn.Module] = []
+        if scale == 3:
+            layers += [nn.Conv2d(num_feat, 9 * num_feat, 3, 1, 1), nn.PixelShuffle(3)]
+        else:
+            for _ in range(int(math.log2(scale))):
+                layers += [nn.Conv2d(num_feat, 4 * num_feat, 3, 1, 1), nn.PixelShuffle(2)]
+        super().__init__(*layers)
+
+
+class HAT(nn.Module):
+    """The HAT network. `HAT(**official_kwargs)` or `HAT.from_config(HATConfig(...))`.
+
+    The input's height and width must be multiples of `window_size` (the inference wrapper pads);
+    the output is not clamped, as in the reference.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        cfg = kwargs.pop("config", None) or HATConfig.from_kwargs(**kwargs)
+        self.config = cfg
+        self.window_size = cfg.window_size
+        self.upscale = cfg.upscale
+        self.img_range = cfg.img_range
+        mean = DIV2K_RGB_MEAN if cfg.in_chans == 3 else (0.0,) * cfg.in_chans
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+
+        ows = cfg.overlap_window_size
+        self.register_buffer("relative_position_index_SA", relative_position_index_sa(cfg.window_size))
+        self.register_buffer("relative_position_index_OCA", relative_position_index_oca(cfg.window_size, ows))
+
+        dim = cfg.embed_dim
+        self.conv_first = nn.Conv2d(cfg.in_chans, dim, 3, 1, 1)
+        self.patch_embed = PatchEmbed(dim, norm=True)
+        self.layers = nn.ModuleList(RHAG(cfg, d, h) for d, h in zip(cfg.depths, cfg.num_heads))
+        self.norm = nn.LayerNorm(dim)
+        self.conv_after_body = nn.Conv2d(dim, dim, 3, 1, 1) if cfg.resi_connection != "identity" else nn.Identity()
+        self.conv_before_upsample = nn.Sequential(nn.Conv2d(dim, cfg.num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
+        self.upsample = Upsample(cfg.upscale, cfg.num_feat)
+        self.conv_last = nn.Conv2d(cfg.num_feat, cfg.in_chans, 3, 1, 1)
+        self._masks: dict = {}
+        self.apply(_init_weights)
+
+    @classmethod
+    def from_config(cls, cfg: HATConfig) -> "HAT":
+        """Build an (untrained) network from a config."""
+        return cls(config=cfg)
+
+    def shift_masks(self, device: torch.device) -> torch.Tensor:
+        """The (4, n, n) shifted-window mask patterns, cached per device (they depend on ws only)."""
+        masks = self._masks.get(device)
+        if masks is None:
+            ws = self.window_size
+            masks = self._masks[device] = shift_mask_patterns(ws, ws // 2).to(device)
+        return masks
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W) through the groups of hybrid attention."""
+        x_size = (x.shape[2], x.shape[3])
+        masks = self.shift_masks(x.device)
+        rpi_sa, rpi_oca = self.relative_position_index_SA, self.relative_position_index_OCA
+        x = self.patch_embed(x)  # (B, H*W, C)
+        for layer in self.layers:
+            x = layer(x, x_size, rpi_sa, rpi_oca, masks)
+        return _unembed(self.norm(x), x_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1], H and W multiples of the window -> (B, 3, sH, sW), unclamped."""
+        ws = self.window_size
+        if x.shape[-2] % ws or x.shape[-1] % ws:
+            raise ValueError(f"input size {tuple(x.shape[-2:])} is not a multiple of the window size {ws}")
+        mean = self.mean.to(x.dtype)
+        x = (x - mean) * self.img_range
+        x = self.conv_first(x)
+        x = self.conv_after_body(self.forward_features(x)) + x
+        x = self.conv_last(self.upsample(self.conv_before_upsample(x)))
+        return x / self.img_range + mean
+
+
+def _init_weights(m: nn.Module) -> None:
+    # Training from scratch follows the reference: truncated-normal linears and bias tables,
+    # unit LayerNorms. Loading a checkpoint overwrites all of it.
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, (WindowAttention, OCAB)):
+        nn.init.trunc_normal_(m.relative_position_bias_table, std=0.02)

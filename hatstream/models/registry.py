@@ -1,0 +1,152 @@
+"""Explicit registries: the architectures a checkpoint can be, and the built-in models by name.
+
+Both are plain lists/dicts written out here; nothing registers itself at import time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from hatstream.errors import HatstreamError
+from hatstream.models import detect
+from hatstream.models.bicubic import Bicubic
+from hatstream.models.checkpoint import read_state_dict
+from hatstream.models.hat import HAT
+from hatstream.models.spec import ModelInfo
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+def _count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def build_hat(state: dict[str, torch.Tensor], source: str) -> tuple[nn.Module, ModelInfo]:
+    """Build HAT with hyperparameters inferred from `state` and load it strictly."""
+    try:
+        cfg = detect.infer_config(state)
+    except (detect.NotHAT, ValueError, KeyError) as exc:
+        raise HatstreamError(f"{source} looks like HAT but its tensors are inconsistent: {exc}") from None
+    model = HAT.from_config(cfg)
+    # The two index buffers are derived from the window size; fill them in when a converted
+    # checkpoint left them out, so that everything else is still loaded strictly.
+    own = model.state_dict()
+    state = dict(state)
+    for name in ("relative_position_index_SA", "relative_position_index_OCA"):
+        state.setdefault(name, own[name])
+    _load_strict(model, state, source)
+    info = ModelInfo(
+        name=detect.variant_name(cfg), arch="HAT", scale=cfg.upscale, window_multiple=cfg.window_size,
+        supports_bf16=True, supports_fp16=False, hyperparameters=cfg.to_kwargs(), source=source,
+        parameters=_count_params(model),
+    )
+    return model.eval(), info
+
+
+def _load_strict(model: nn.Module, state: dict, source: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(own[k].shape)})"
+             for k in own if k in state and state[k].shape != own[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} keys, e.g. {missing[0]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[0]}")
+    if wrong:
+        problems.append(f"wrong shapes: {wrong[0]}")
+    if problems:
+        raise HatstreamError(f"{source} does not match the HAT architecture: {'; '.join(problems)}")
+    model.load_state_dict(state, strict=True)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A network family a checkpoint can be recognised as."""
+
+    name: str
+    recognise: Callable[[dict], bool]
+    build: Callable[[dict, str], tuple[nn.Module, ModelInfo]]
+
+
+ARCHITECTURES: list[Architecture] = [
+    Architecture("HAT", detect.is_hat, build_hat),
+]
+
+
+def build_from_state_dict(state: dict[str, torch.Tensor], source: str) -> tuple[nn.Module, ModelInfo]:
+    """Recognise the architecture of `state` and build the loaded network."""
+    for arch in ARCHITECTURES:
+        if arch.recognise(state):
+            return arch.build(state, source)
+    sample = ", ".join(list(state)[:3])
+    expected = " or ".join(a.name for a in ARCHITECTURES)
+    raise HatstreamError(
+        f"{source} is not a {expected} checkpoint: expected keys such as {detect.REQUIRED_KEYS[2]}, "
+        f"found {sample}{', ...' if len(state) > 3 else ''}"
+    )
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelInfo]:
+    """Read a checkpoint file and build the network it holds."""
+    return build_from_state_dict(read_state_dict(path), str(path))
+
+
+# ---- built-in models -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Builtin:
+    """A model that ships with hatstream, by name."""
+
+    name: str
+    description: str
+    scales: tuple[int, ...] | None  # None: any scale
+    weights: str | None = None  # file under WEIGHTS_DIR
+
+    def available(self) -> bool:
+        return self.weights is None or (WEIGHTS_DIR / self.weights).is_file()
+
+    def card(self) -> dict:
+        """The model card beside the weights, if any."""
+        if self.weights is None:
+            return {}
+        card = WEIGHTS_DIR / (Path(self.weights).stem + ".json")
+        return json.loads(card.read_text()) if card.is_file() else {}
+
+
+BUILTINS: dict[str, Builtin] = {
+    "bicubic": Builtin("bicubic", "bicubic interpolation, any scale, no weights", None),
+    "hat-tiny-x2": Builtin("hat-tiny-x2", "small HAT trained here, x2", (2,), "hat-tiny-x2.safetensors"),
+    "hat-tiny-x4": Builtin("hat-tiny-x4", "small HAT trained here, x4", (4,), "hat-tiny-x4.safetensors"),
+}
+DEFAULT_SCALE = 2
+
+
+def default_model_name(scale: int) -> str:
+    """The bundled model for `scale`, or 'bicubic' where none ships."""
+    for b in BUILTINS.values():
+        if b.weights and b.scales and scale in b.scales and b.available():
+            return b.name
+    return "bicubic"
+
+
+def load_builtin(name: str, scale: int | None) -> tuple[nn.Module, ModelInfo]:
+    """Build a built-in model; `scale` picks the scale where the model allows several."""
+    b = BUILTINS[name]
+    if b.weights is None:
+        s = scale or DEFAULT_SCALE
+        return Bicubic(s), ModelInfo(name="bicubic", arch="bicubic", scale=s, supports_fp16=True,
+                                     hyperparameters={"upscale": s})
+    if not b.available():
+        raise HatstreamError(f"built-in model {name} is not installed (missing {WEIGHTS_DIR / b.weights})")
+    if scale is not None and b.scales and scale not in b.scales:
+        raise HatstreamError(f"model {name} upscales x{b.scales[0]}, not x{scale}")
+    model, info = load_checkpoint(WEIGHTS_DIR / b.weights)
+    return model, replace(info, name=name, source="built-in")
