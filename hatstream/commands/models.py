@@ -14,12 +14,14 @@ def run(args: argparse.Namespace) -> int:
 
     from hatstream.models.registry import BUILTINS, default_model_name
 
-    defaults = {default_model_name(s): s for s in (2, 4)}
+    defaults: dict[str, list[str]] = {}
+    for s in (2, 3, 4):
+        defaults.setdefault(default_model_name(s), []).append(f"x{s}")
     rows = []
     for b in BUILTINS.values():
         scales = "any" if b.scales is None else ",".join(f"x{s}" for s in b.scales)
         status = "installed" if b.available() else "not installed"
-        note = f"default for x{defaults[b.name]}" if b.name in defaults else ""
+        note = f"default for {'/'.join(defaults[b.name])}" if b.name in defaults else ""
         rows.append({"name": b.name, "scales": scales, "status": status, "description": b.description, "note": note})
     if args.json:
         print(json.dumps(rows, indent=2))

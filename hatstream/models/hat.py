@@ -488,8 +488,7 @@ class HAT(nn.Module):
         self.window_size = cfg.window_size
         self.upscale = cfg.upscale
         self.img_range = cfg.img_range
-        mean = DIV2K_RGB_MEAN if cfg.in_chans == 3 else (0.0,) * cfg.in_chans
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("mean", _input_mean(cfg.in_chans), persistent=False)
 
         ows = cfg.overlap_window_size
         self.register_buffer("relative_position_index_SA", relative_position_index_sa(cfg.window_size))
@@ -511,6 +510,19 @@ class HAT(nn.Module):
     def from_config(cls, cfg: HATConfig) -> "HAT":
         """Build an (untrained) network from a config."""
         return cls(config=cfg)
+
+    @classmethod
+    def from_state_dict(cls, cfg: HATConfig, state: dict[str, torch.Tensor]) -> "HAT":
+        """Build the network for `cfg` and load `state` into it strictly.
+
+        The modules are created on the meta device and take the checkpoint's tensors directly, so
+        no time goes into random initialisation (seconds for HAT-L) or into a second copy.
+        """
+        with torch.device("meta"):
+            model = cls(config=cfg)
+        model.load_state_dict(state, strict=True, assign=True)
+        model.mean = _input_mean(cfg.in_chans)  # not in checkpoints; rebuild off the meta device
+        return model
 
     def shift_masks(self, device: torch.device) -> torch.Tensor:
         """The (4, n, n) shifted-window mask patterns, cached per device (they depend on ws only)."""
@@ -541,6 +553,11 @@ class HAT(nn.Module):
         x = self.conv_after_body(self.forward_features(x)) + x
         x = self.conv_last(self.upsample(self.conv_before_upsample(x)))
         return x / self.img_range + mean
+
+
+def _input_mean(in_chans: int) -> torch.Tensor:
+    mean = DIV2K_RGB_MEAN if in_chans == 3 else (0.0,) * in_chans
+    return torch.tensor(mean).view(1, -1, 1, 1)
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -17,7 +17,7 @@ from hatstream.errors import HatstreamError
 from hatstream.models import detect
 from hatstream.models.bicubic import Bicubic
 from hatstream.models.checkpoint import read_state_dict
-from hatstream.models.hat import HAT
+from hatstream.models.hat import HAT, relative_position_index_oca, relative_position_index_sa
 from hatstream.models.spec import ModelInfo
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -33,14 +33,14 @@ def build_hat(state: dict[str, torch.Tensor], source: str) -> tuple[nn.Module, M
         cfg = detect.infer_config(state)
     except (detect.NotHAT, ValueError, KeyError) as exc:
         raise HatstreamError(f"{source} looks like HAT but its tensors are inconsistent: {exc}") from None
-    model = HAT.from_config(cfg)
     # The two index buffers are derived from the window size; fill them in when a converted
     # checkpoint left them out, so that everything else is still loaded strictly.
-    own = model.state_dict()
     state = dict(state)
-    for name in ("relative_position_index_SA", "relative_position_index_OCA"):
-        state.setdefault(name, own[name])
-    _load_strict(model, state, source)
+    state.setdefault("relative_position_index_SA", relative_position_index_sa(cfg.window_size))
+    state.setdefault("relative_position_index_OCA",
+                     relative_position_index_oca(cfg.window_size, cfg.overlap_window_size))
+    _check_keys(HAT, cfg, state, source)
+    model = HAT.from_state_dict(cfg, state)
     info = ModelInfo(
         name=detect.variant_name(cfg), arch="HAT", scale=cfg.upscale, window_multiple=cfg.window_size,
         supports_bf16=True, supports_fp16=False, hyperparameters=cfg.to_kwargs(), source=source,
@@ -49,8 +49,10 @@ def build_hat(state: dict[str, torch.Tensor], source: str) -> tuple[nn.Module, M
     return model.eval(), info
 
 
-def _load_strict(model: nn.Module, state: dict, source: str) -> None:
-    own = model.state_dict()
+def _check_keys(cls, cfg, state: dict, source: str) -> None:
+    """Raise a one-line error naming the first missing, unexpected or mis-shaped tensor."""
+    with torch.device("meta"):
+        own = cls.from_config(cfg).state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(own[k].shape)})"
@@ -64,7 +66,6 @@ def _load_strict(model: nn.Module, state: dict, source: str) -> None:
         problems.append(f"wrong shapes: {wrong[0]}")
     if problems:
         raise HatstreamError(f"{source} does not match the HAT architecture: {'; '.join(problems)}")
-    model.load_state_dict(state, strict=True)
 
 
 @dataclass(frozen=True)

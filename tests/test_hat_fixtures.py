@@ -1,0 +1,137 @@
+"""The HAT architecture reproduces the reference implementation's outputs (shared fixtures)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import shared_path
+from hatstream.inference import Upscaler
+from hatstream.models.hat import (
+    HAT,
+    relative_position_index_oca,
+    relative_position_index_sa,
+    shift_mask_patterns,
+    window_partition,
+)
+from hatstream.models.registry import build_from_state_dict
+
+CASES = ["tiny_x2_w8", "small_x4_w16", "small_x3_w8", "hatdim30_x4"]
+
+
+def load_fixture(name):
+    return torch.load(shared_path("fixtures", "hat", f"{name}.pt"), weights_only=True)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_reproduces_reference_outputs(name):
+    fx = load_fixture(name)
+    model = HAT(**fx["config"]).eval()
+    model.load_state_dict(fx["checkpoint"]["params_ema"], strict=True)
+    ws, s = fx["config"]["window_size"], fx["config"]["upscale"]
+    for case in fx["cases"]:
+        x = case["input"]
+        h, w = x.shape[-2:]
+        # The official test wrapper: reflect-pad right/bottom to the window, run, crop.
+        xp = F.pad(x, (0, (-w) % ws, 0, (-h) % ws), mode="reflect")
+        with torch.no_grad():
+            y = model(xp)[..., : h * s, : w * s]
+        assert y.shape == case["output"].shape
+        assert (y - case["output"]).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_upscaler_matches_reference_clamped(name):
+    # The loaded-model path (inferred config, strict load, padding, clamp) gives the same numbers.
+    fx = load_fixture(name)
+    model, info = build_from_state_dict(fx["checkpoint"]["params_ema"], name)
+    for key in ("window_size", "embed_dim", "upscale", "compress_ratio", "squeeze_factor", "mlp_ratio"):
+        assert info.hyperparameters[key] == fx["config"][key]
+    up = Upscaler(model, info, torch.device("cpu"), torch.float32)
+    for case in fx["cases"]:
+        y = up(case["input"])
+        assert (y - case["output"].clamp(0, 1)).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_index_buffers_match_released_ones(name):
+    # Strict loading copies the checkpoint's buffers, so check our own derivation separately.
+    fx = load_fixture(name)
+    sd = fx["checkpoint"]["params_ema"]
+    ws = fx["config"]["window_size"]
+    ows = ws + int(fx["config"]["overlap_ratio"] * ws)
+    assert torch.equal(relative_position_index_sa(ws), sd["relative_position_index_SA"])
+    assert torch.equal(relative_position_index_oca(ws, ows), sd["relative_position_index_OCA"])
+
+
+def test_oca_index_has_the_released_negative_values():
+    idx = relative_position_index_oca(16, 24)
+    assert idx.shape == (256, 576)
+    assert idx.min().item() == -880 and idx.max().item() == 640
+    assert (idx < 0).sum().item() == 92_800
+
+
+def reference_shift_mask(h, w, ws, shift):
+    """The reference's per-window mask: 9 labelled regions, -100 where labels differ."""
+    img = torch.zeros(1, h, w, 1)
+    cnt = 0
+    for hs in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
+        for wsl in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
+            img[:, hs, wsl, :] = cnt
+            cnt += 1
+    win = window_partition(img, ws).view(-1, ws * ws)
+    diff = win.unsqueeze(1) - win.unsqueeze(2)
+    return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
+
+
+@pytest.mark.parametrize("h,w", [(32, 48), (16, 16), (16, 40), (48, 16)])
+def test_mask_patterns_equal_reference_mask(h, w):
+    ws = 8
+    ref = reference_shift_mask(h, w, ws, ws // 2).view(h // ws, w // ws, ws * ws, ws * ws)
+    pats = shift_mask_patterns(ws, ws // 2)
+    for r in range(h // ws):
+        for c in range(w // ws):
+            kind = 2 * (r == h // ws - 1) + (c == w // ws - 1)
+            assert torch.equal(ref[r, c], pats[kind]), (r, c)
+
+
+def test_bias_cache_reused_and_rebuilt():
+    fx = load_fixture("tiny_x2_w8")
+    model = HAT(**fx["config"]).eval()
+    model.load_state_dict(fx["checkpoint"]["params_ema"])
+    attn = model.layers[0].residual_group.blocks[0].attn
+    rpi = model.relative_position_index_SA
+    with torch.no_grad():
+        first = attn.bias(rpi, torch.float32)
+        assert attn.bias(rpi, torch.float32) is first  # reused across frames
+        assert attn.bias(rpi, torch.bfloat16) is not first  # a new dtype builds anew
+        model.layers[0].residual_group.blocks[0].attn.relative_position_bias_table.add_(1.0)
+        rebuilt = attn.bias(rpi, torch.float32)
+    assert rebuilt is not first
+    assert torch.allclose(rebuilt, first.float() + 1.0)
+    # The shift masks are cached per device too.
+    assert model.shift_masks(torch.device("cpu")) is model.shift_masks(torch.device("cpu"))
+
+
+def test_bf16_stays_close_to_fp32():
+    fx = load_fixture("small_x4_w16")
+    model, info = build_from_state_dict(fx["checkpoint"]["params_ema"], "small")
+    x = fx["cases"][0]["input"]
+    y32 = Upscaler(model, info, torch.device("cpu"), torch.float32)(x)
+    model16, _ = build_from_state_dict(fx["checkpoint"]["params_ema"], "small")
+    y16 = Upscaler(model16, info, torch.device("cpu"), torch.bfloat16)(x)
+    assert torch.isfinite(y16).all()
+    mse = (y16 - y32).pow(2).mean().item()
+    psnr = 10 * torch.log10(torch.tensor(1.0 / max(mse, 1e-12))).item()
+    assert psnr > 35, psnr
+
+
+def test_gradients_flow_for_training():
+    fx = load_fixture("tiny_x2_w8")
+    model = HAT(**fx["config"])
+    model.load_state_dict(fx["checkpoint"]["params_ema"])
+    y = model(torch.rand(2, 3, 16, 16))
+    y.mean().backward()
+    table = model.layers[0].residual_group.blocks[1].attn.relative_position_bias_table
+    assert table.grad is not None and table.grad.abs().sum() > 0
