@@ -1,15 +1,124 @@
-"""Placeholder: `hatstream run` is being built."""
+"""Upscale a video file: decode, upscale with the model, re-encode, and carry over audio,
+subtitles, chapters, metadata, rotation and colour tags. Frame count and timestamps stay
+identical to the input's.
+
+The output is `<stem>.x<scale><ext>` beside the input unless -o is given, and is written to a
+temporary file that is renamed into place only when complete.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import time
+from pathlib import Path
 
-from hatstream.errors import HatstreamError
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("rest", nargs="*")
+    """The options of `hatstream run`."""
+    p.add_argument("input", type=Path, help="the video file to upscale")
+    p.add_argument("-o", "--output", type=Path, help="output file (default: <stem>.x<scale><ext> beside the input)")
+    p.add_argument("--model", help="built-in model name or checkpoint path (default: the bundled default)")
+    p.add_argument("--scale", type=_positive, help="upscale factor (default: the model's; x2 for the default model)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="compute precision (default: auto)")
+    p.add_argument("--device", help="torch device, e.g. cuda or cpu (default: CUDA when present)")
+    p.add_argument("--batch", type=_positive, default=1, help="frames per model call (default: 1)")
+    p.add_argument("--codec", help="video encoder (default: libx264, or libx265 above 10-bit, VP9/AV1 for WebM); "
+                                   "ffv1 is lossless")
+    p.add_argument("--crf", type=int, help="quality for CRF encoders (default: 18 for libx264)")
+    p.add_argument("--preset", help="encoder speed preset, e.g. medium or slow")
+    p.add_argument("--pix-fmt", help="output pixel format (default: the input's, keeping its bit depth)")
+    p.add_argument("--audio-codec", default="copy", metavar="copy|NAME",
+                   help="copy audio packet for packet (default), or re-encode it, e.g. aac")
+    p.add_argument("--subtitles", default="copy", metavar="copy|drop|NAME",
+                   help="copy subtitles (default), drop them, or convert text subtitles, e.g. mov_text")
+    p.add_argument("--on-error", default="fail", choices=("fail", "conceal"),
+                   help="damaged video: stop naming the timestamp (default), or conceal it and count it")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--json", action="store_true", help="print progress as JSON lines instead of a bar")
+
+
+class _JsonProgress:
+    """One JSON object per line on stdout, at most every half second, plus the last frame."""
+
+    def __init__(self):
+        self.last = 0.0
+
+    def start(self, total: int, exact: bool) -> None:
+        self._emit({"event": "start", "total": total, "total_exact": exact})
+
+    def update(self, p) -> None:
+        now = time.monotonic()
+        if now - self.last >= 0.5 or (p.exact and p.frames == p.total):
+            self.last = now
+            eta = (p.total - p.frames) / p.fps if p.fps > 0 and p.total >= p.frames else None
+            self._emit({"event": "progress", "frames": p.frames, "total": p.total, "total_exact": p.exact,
+                        "fps": round(p.fps, 3), "elapsed": round(p.elapsed, 3),
+                        "eta": round(eta, 3) if eta is not None else None})
+
+    def close(self) -> None:
+        pass
+
+    @staticmethod
+    def _emit(obj) -> None:
+        print(json.dumps(obj), flush=True)
+
+
+class _BarProgress:
+    """A tqdm bar on stderr: frames, fps and ETA (the total is an estimate for MKV/WebM)."""
+
+    def __init__(self):
+        self.bar = None
+
+    def start(self, total: int, exact: bool) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total or None, unit="frame", desc="upscaling" if exact else "upscaling (~total)",
+                        dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, p) -> None:
+        if p.frames > (self.bar.total or 0) and self.bar.total:
+            self.bar.total = p.frames  # the estimate was short; never show more than 100%
+        self.bar.update(p.frames - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def run(args: argparse.Namespace) -> int:
-    raise HatstreamError("'run' is not implemented yet")
+    """Run the upscale and print the summary line."""
+    from hatstream.media.encode import EncodeSettings
+    from hatstream.pipeline.run import RunConfig, run_file
+
+    config = RunConfig(
+        input=args.input, output=args.output, model=args.model, scale=args.scale, precision=args.precision,
+        device=args.device, batch=args.batch,
+        encode=EncodeSettings(codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt),
+        audio_codec=args.audio_codec, subtitles=args.subtitles, on_error=args.on_error, overwrite=args.overwrite,
+    )
+    progress = _JsonProgress() if args.json else _BarProgress()
+    try:
+        result = run_file(config, on_progress=progress.update, on_start=progress.start)
+    finally:
+        progress.close()
+    repaired = f", {result.repaired} damaged frame(s) concealed" if result.repaired else ""
+    dropped = f", {result.dropped} frame(s) lost" if result.dropped else ""
+    if args.json:
+        print(json.dumps({"event": "done", "output": str(result.output), "frames": result.frames,
+                          "seconds": round(result.seconds, 3), "fps": round(result.fps, 3),
+                          "repaired": result.repaired, "dropped": result.dropped, "model": result.model,
+                          "encoding": result.encoding, "problems": list(result.problems)}), flush=True)
+    else:
+        print(f"hatstream: {result.frames} frames in {result.seconds:.1f}s ({result.fps:.2f} fps){repaired}"
+              f"{dropped} -> {result.output}", flush=True)
+    return 0

@@ -1,0 +1,325 @@
+"""Carrying everything but the main video over to the output: audio, subtitles, data, chapters, metadata.
+
+Audio and subtitles are copied packet for packet by default: the bytes and timestamps are the
+input's, so they stay bit-identical and in sync. On request they are re-encoded instead
+(`--audio-codec aac`, `--subtitles mov_text`), which is the fix when the output container
+cannot hold the original codec.
+
+Whether a container can hold a stream is decided by actually writing a header into memory
+with that stream (`check_streams`): `supported_codecs` is not enough (MOV lists opus and flac,
+then fails at header time), and the check must fail before anything is written to disk.
+
+A second demuxer on the input feeds the carried packets (`Carrier`), so the video pipeline
+only ever sees video frames. The encoder thread asks it for packets up to each video packet's
+time, which keeps the output interleaved without buffering.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable, Iterator
+
+import av
+
+from hatstream.errors import HatstreamError
+from hatstream.media.probe import open_input, pick_video_stream, seconds
+
+log = logging.getLogger(__name__)
+
+# Tags a muxer writes itself; copying the input's would make them wrong (MKV statistics,
+# durations) or duplicate them (MP4 brands, the encoder name).
+_MUXER_TAGS = {"encoder", "major_brand", "minor_version", "compatible_brands", "duration",
+               "bps", "number_of_frames", "number_of_bytes"}
+_MUXER_TAG_PREFIXES = ("_statistics_",)
+
+TEXT_SUBTITLES = ("subrip", "srt", "ass", "ssa", "mov_text", "webvtt", "text")
+FIX_CONTAINER = {"mp4": ".mkv", "mov": ".mkv", "webm": ".mkv", "matroska": ".mp4"}
+
+
+def carry_tags(tags: dict[str, str]) -> dict[str, str]:
+    """The tags worth copying to the output: all but those the muxer writes itself."""
+    return {k: v for k, v in tags.items()
+            if k.lower() not in _MUXER_TAGS and not k.lower().startswith(_MUXER_TAG_PREFIXES)}
+
+
+@dataclass(frozen=True)
+class CarriedStream:
+    """One input stream to carry: `action` is 'copy' or 'encode' (then `target` names the encoder)."""
+
+    index: int
+    kind: str
+    codec: str
+    action: str = "copy"
+    target: str | None = None
+
+    def describe(self) -> str:
+        """'audio stream #1 (opus)', for messages."""
+        return f"{self.kind} stream #{self.index} ({self.codec})"
+
+
+def plan_streams(inp: av.container.InputContainer, audio_codec: str = "copy",
+                 subtitles: str = "copy") -> list[CarriedStream]:
+    """Decide what happens to each stream other than the main video.
+
+    Extra video streams (cover art, a second angle) are not carried: they are logged.
+    """
+    main = pick_video_stream(inp)
+    plan = []
+    for s in inp.streams:
+        codec = s.codec_context.name if s.codec_context is not None else (s.metadata.get("mimetype") or s.type)
+        if main is not None and s.index == main.index:
+            continue
+        if s.discard == av.stream.Discard.all:
+            # The demuxer itself set this: an MP4 chapter text track, whose content already
+            # comes through `chapters()`. Copying it as well would duplicate the chapters.
+            continue
+        if s.type == "video":
+            log.warning("video stream #%d (%s) is not carried over: only the main video is upscaled", s.index, codec)
+        elif s.type == "audio":
+            if audio_codec in ("copy", codec):
+                plan.append(CarriedStream(s.index, "audio", codec))
+            else:
+                plan.append(CarriedStream(s.index, "audio", codec, "encode", audio_codec))
+        elif s.type == "subtitle":
+            if subtitles == "drop":
+                log.info("subtitle stream #%d (%s) dropped (--subtitles drop)", s.index, codec)
+            elif subtitles in ("copy", codec):
+                plan.append(CarriedStream(s.index, "subtitle", codec))
+            elif codec not in TEXT_SUBTITLES:
+                raise HatstreamError(f"subtitle stream #{s.index} ({codec}) is a picture format and cannot be "
+                                     f"converted to {subtitles}; use an .mkv output or --subtitles drop")
+            else:
+                plan.append(CarriedStream(s.index, "subtitle", codec, "encode", subtitles))
+        elif s.type in ("data", "attachment"):
+            plan.append(CarriedStream(s.index, s.type, codec))
+    return plan
+
+
+class _Transcoder:
+    """Re-encodes one audio or subtitle stream; `feed(packet)` yields output packets."""
+
+    def __init__(self, out: av.container.OutputContainer, src, target: str):
+        self.src = src
+        self.kind = src.type
+        if self.kind == "audio":
+            rate = src.codec_context.sample_rate
+            self.stream = out.add_stream(target, rate=rate)
+            codec = self.stream.codec_context.codec
+            layout = src.codec_context.layout
+            fmt = codec.audio_formats[0].name if codec.audio_formats else src.codec_context.format.name
+            self.stream.codec_context.layout = layout
+            self.stream.codec_context.format = fmt
+            # Encoders such as AAC take fixed-size frames; the resampler rebuffers to that size.
+            self.resampler = None
+            self._fmt, self._layout, self._rate = fmt, layout, rate
+        else:
+            self.stream = out.add_stream(target)
+            dec = src.codec_context
+            if not dec.is_open:
+                dec.open()
+            # Text subtitle encoders need the decoder's ASS header (styles) before they open.
+            self.stream.codec_context.subtitle_header = dec.subtitle_header
+            self.stream.codec_context.time_base = src.time_base
+            self.stream.time_base = src.time_base
+
+    def feed(self, packet: av.Packet | None) -> Iterator[av.Packet]:
+        """Decode `packet` (None flushes) and encode what comes out."""
+        if self.kind == "audio":
+            if self.resampler is None:
+                size = self.stream.codec_context.frame_size or None
+                self.resampler = av.AudioResampler(self._fmt, self._layout, self._rate, frame_size=size)
+            frames = self.src.decode(packet)
+            for frame in frames:
+                for chunk in self.resampler.resample(frame):
+                    yield from self.stream.encode(chunk)
+            if packet is None:
+                for chunk in self.resampler.resample(None):
+                    yield from self.stream.encode(chunk)
+                yield from self.stream.encode(None)
+            return
+        if packet is None or packet.size == 0:
+            return
+        subs = self.src.codec_context.decode2(packet)
+        if subs is None:
+            return
+        out = self.stream.codec_context.encode_subtitle(subs)
+        # The encoder knows nothing about time: the packet keeps the source cue's timing.
+        out.pts, out.dts, out.duration = packet.pts, packet.pts, packet.duration
+        out.time_base = self.src.time_base
+        yield out
+
+
+def add_streams(out: av.container.OutputContainer, inp: av.container.InputContainer,
+                plan: list[CarriedStream]) -> dict[int, object]:
+    """Add the output stream for each planned stream; returns input index -> output stream or transcoder.
+
+    Must run before the first packet is muxed: the header freezes the stream list.
+    """
+    mapping: dict[int, object] = {}
+    for item in plan:
+        src = inp.streams[item.index]
+        if item.action == "encode":
+            tr = _Transcoder(out, src, item.target)
+            dst, mapping[item.index] = tr.stream, tr
+        else:
+            dst = out.add_stream_from_template(src)
+            mapping[item.index] = dst
+        for key, value in carry_tags(dict(src.metadata)).items():
+            dst.metadata[key] = value
+        dst.disposition = src.disposition
+    return mapping
+
+
+def copy_container_tags(out: av.container.OutputContainer, inp: av.container.InputContainer) -> None:
+    """Container metadata and chapters, before the header is written."""
+    for key, value in carry_tags(dict(inp.metadata)).items():
+        out.metadata[key] = value
+    chapters = inp.chapters()
+    if chapters:
+        out.set_chapters(chapters)
+
+
+def _header_error(fmt: str, build: Callable[[av.container.OutputContainer], None]) -> str | None:
+    """Write a header for `fmt` into memory after `build` adds streams; the error text, or None."""
+    out = av.open(io.BytesIO(), "w", format=fmt)
+    try:
+        build(out)
+        out.start_encoding()
+        return None
+    except (av.error.FFmpegError, ValueError, TypeError) as exc:
+        return str(getattr(exc, "strerror", None) or exc)
+    finally:
+        try:
+            out.close()
+        except (av.error.FFmpegError, ValueError):
+            pass
+
+
+def _fix_for(item: CarriedStream, fmt: str) -> str:
+    other = FIX_CONTAINER.get(fmt, ".mkv")
+    if item.kind == "audio":
+        return f"use an {other} output, or --audio-codec {'libopus' if fmt == 'webm' else 'aac'}"
+    if item.kind == "subtitle":
+        names = {"mp4": "mov_text", "mov": "mov_text", "webm": "webvtt"}.get(fmt, "ass")
+        return f"use an {other} output, or --subtitles {names}|drop"
+    return f"use an {other} output"
+
+
+def check_streams(path, fmt: str, plan: list[CarriedStream], add_video: Callable) -> list[CarriedStream]:
+    """Refuse, before anything is written, streams the output container cannot hold.
+
+    `add_video(out)` adds the configured video stream. Each carried stream is tried on its own
+    beside it, so the error names every stream that fails and its fix. Data streams and
+    attachments the container refuses are dropped with a warning instead (there is no flag to
+    convert them). Returns the plan without those.
+    """
+    error = _header_error(fmt, add_video)
+    if error:
+        raise HatstreamError(f"cannot write this video into {fmt}: {error}; try another --codec or container")
+    problems, kept = [], []
+    with open_input(path) as inp:
+        for item in plan:
+            def build(out, item=item):
+                add_video(out)
+                add_streams(out, inp, [item])
+            error = _header_error(fmt, build)
+            if error is None:
+                kept.append(item)
+            elif item.kind in ("data", "attachment"):
+                log.warning("%s is dropped: %s cannot hold it", item.describe(), fmt)
+            elif item.action == "encode":
+                problems.append(f"{item.describe()} cannot be encoded as {item.target} in {fmt} ({error})")
+            else:
+                problems.append(f"{item.describe()} cannot go in {fmt}: {_fix_for(item, fmt)}")
+    if problems:
+        raise HatstreamError("; ".join(problems))
+    return kept
+
+
+class Carrier:
+    """Feeds the carried streams' packets into the output, interleaved with the video by time.
+
+    It owns a second demuxer on the input that reads only the carried streams. Call
+    `mux_until(t)` before each video packet of time `t` seconds, and `finish()` at the end.
+    """
+
+    def __init__(self, path, out: av.container.OutputContainer, plan: list[CarriedStream]):
+        self.inp = open_input(path)
+        self.out = out
+        self.plan = plan
+        self.mapping = add_streams(out, self.inp, plan) if plan else {}
+        copy_container_tags(out, self.inp)
+        streams = [self.inp.streams[i.index] for i in plan if i.kind != "attachment"]
+        for s in self.inp.streams:  # read nothing the output does not need
+            if s not in streams:
+                s.discard = av.stream.Discard.all
+        self._packets = self.inp.demux(streams) if streams else iter(())
+        self._pending: av.Packet | None = None
+        self._last_dts: dict[int, int] = {}
+        self.packets = 0
+
+    def _next(self) -> av.Packet | None:
+        if self._pending is None:
+            try:
+                self._pending = next(self._packets)
+            except StopIteration:
+                return None
+            except av.error.FFmpegError as exc:
+                raise HatstreamError(f"{self.inp.name}: the container is damaged ({exc.strerror or exc})") from None
+        return self._pending
+
+    def mux_until(self, t: float | None) -> None:
+        """Mux every carried packet whose decode time is before `t` seconds (all when None)."""
+        while (packet := self._next()) is not None:
+            ts = packet.dts if packet.dts is not None else packet.pts
+            if t is not None and ts is not None and float(ts * packet.time_base) > t:
+                return
+            self._pending = None
+            self._write(packet)
+
+    def _write(self, packet: av.Packet) -> None:
+        target = self.mapping.get(packet.stream_index)
+        if isinstance(target, _Transcoder):
+            for out_packet in target.feed(packet):
+                self._mux(out_packet, target.stream)
+            return
+        # The demuxer's final empty packet of each stream only flushes a decoder; copying it
+        # would write an empty sample. It is recognised by size: a missing dts is normal for
+        # B-frame keyframes in MKV and must not cost a packet.
+        if target is None or packet.size == 0:
+            return
+        self._mux(packet, target)
+
+    def _mux(self, packet: av.Packet, stream) -> None:
+        # Muxers reject a dts that goes backwards, and MP4 only finds out deep into a job;
+        # name the stream and time instead of FFmpeg's bare EINVAL.
+        if packet.dts is not None:
+            tb = packet.time_base or stream.time_base
+            dts = Fraction(packet.dts) * Fraction(tb)
+            last = self._last_dts.get(stream.index)
+            if last is not None and dts < last:
+                raise HatstreamError(f"stream #{packet.stream_index} of the input has timestamps going backwards "
+                                     f"at {float(dts):.3f}s; remux it first (e.g. ffmpeg -c copy to .mkv)")
+            self._last_dts[stream.index] = dts
+        packet.stream = stream
+        try:
+            self.out.mux(packet)
+        except av.error.FFmpegError as exc:
+            raise HatstreamError(f"cannot write {stream.type} packet at "
+                                 f"{seconds(packet.pts, packet.time_base):.3f}s: {exc.strerror or exc}") from None
+        self.packets += 1
+
+    def finish(self) -> None:
+        """Mux everything left and flush the re-encoders."""
+        self.mux_until(None)
+        for target in self.mapping.values():
+            if isinstance(target, _Transcoder):
+                for out_packet in target.feed(None):
+                    self._mux(out_packet, target.stream)
+
+    def close(self) -> None:
+        """Close the second demuxer."""
+        self.inp.close()

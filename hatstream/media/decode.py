@@ -1,0 +1,246 @@
+"""Decoding the main video stream into compact integer planes, frame-exact.
+
+Each decoded frame keeps its own `pts` in the stream's time base, untouched: the output gets
+exactly the same timestamps, so variable frame rate survives and audio stays in sync. Nothing
+is ever recomputed from a frame rate.
+
+Damage is never hidden. A packet the decoder rejects, or a frame FFmpeg marks as corrupt,
+either stops the run with the timestamp in the message (`on_error="fail"`), or, with
+`on_error="conceal"`, is repaired and counted in `DecodeStats`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import av
+import numpy as np
+
+from hatstream.errors import HatstreamError
+from hatstream.media.colour import PlaneLayout
+from hatstream.media.probe import VideoInfo, configure_decoder, open_input, pick_video_stream, seconds
+
+log = logging.getLogger(__name__)
+
+ON_ERROR = ("fail", "conceal")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame: its index in output order, its pts (stream time base) and its planes.
+
+    `repaired` is True for frames that were concealed by the decoder or repeated in place of a
+    packet that could not be decoded.
+    """
+
+    index: int
+    pts: int
+    planes: tuple[np.ndarray, ...]
+    repaired: bool = False
+
+
+@dataclass
+class DecodeStats:
+    """Counters the decoder fills in while it runs (read them after it finishes)."""
+
+    frames: int = 0
+    packets: int = 0       # non-empty video packets read (the decoder's input)
+    concealed: int = 0     # frames FFmpeg decoded but flagged corrupt
+    repeated: int = 0      # undecodable packets replaced by a copy of a neighbouring frame
+    dropped: int = 0       # frames that could not be placed in time order (conceal mode only)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def repaired(self) -> int:
+        """Frames that are not what the file holds, for the summary line."""
+        return self.concealed + self.repeated
+
+
+def frame_to_planes(frame: av.VideoFrame, layout: PlaneLayout) -> tuple[np.ndarray, ...]:
+    """Copy a decoded frame's planes out of FFmpeg's buffers into tight numpy arrays.
+
+    Frames in another pixel format (nv12, p010, rgb24, ...) are first repacked into `layout`
+    by swscale; for the formats decoders actually produce that is lossless.
+    """
+    if frame.format.name != layout.pix_fmt:
+        frame = frame.reformat(format=layout.pix_fmt)
+    out = []
+    for plane, (h, w) in zip(frame.planes, layout.plane_shapes(frame.width, frame.height)):
+        # FFmpeg pads each row to `line_size` bytes; cut the padding off while copying.
+        row = plane.line_size // layout.dtype.itemsize
+        arr = np.frombuffer(plane, dtype=layout.dtype, count=row * h).reshape(h, row)
+        out.append(np.ascontiguousarray(arr[:, :w]))
+    return tuple(out)
+
+
+class _Timeline:
+    """Emits frames in strictly increasing pts order and fills holes left by bad packets.
+
+    A packet that fails to decode leaves no frame, only its pts. Decoders that reorder
+    (B-frames) return frames later than their packets arrive, so the hole cannot be filled
+    at once: its pts waits in a heap until the first decoded frame that comes after it, and
+    is then filled with the frame before it (or, at the very start, the one after it).
+    """
+
+    def __init__(self, stats: DecodeStats, info: VideoInfo):
+        self.stats = stats
+        self.info = info
+        self.holes: list[int] = []
+        self.last_pts: int | None = None
+        self.last_planes: tuple[np.ndarray, ...] | None = None
+        self.index = 0
+
+    def _make(self, pts: int, planes, repaired: bool) -> Frame:
+        frame = Frame(self.index, pts, planes, repaired)
+        self.index += 1
+        self.last_pts, self.last_planes = pts, planes
+        return frame
+
+    def hole(self, pts: int | None) -> None:
+        """Remember the pts of a packet whose frame is lost (conceal mode)."""
+        if pts is None or (self.last_pts is not None and pts <= self.last_pts):
+            self.stats.dropped += 1
+            self.stats.problems.append(f"frame at {seconds(pts, self.info.time_base):.3f}s lost")
+            log.warning("a damaged frame at %.3fs could not be repeated in place; it is missing from the output",
+                        seconds(pts, self.info.time_base))
+            return
+        heapq.heappush(self.holes, pts)
+
+    def _fill_until(self, limit: int | None, fallback) -> Iterator[Frame]:
+        while self.holes and (limit is None or self.holes[0] < limit):
+            pts = heapq.heappop(self.holes)
+            planes = self.last_planes if self.last_planes is not None else fallback
+            if planes is None:
+                self.stats.dropped += 1
+                continue
+            self.stats.repeated += 1
+            yield self._make(pts, planes, True)
+
+    def push(self, pts: int, planes, repaired: bool) -> Iterator[Frame]:
+        """Yield any holes before `pts`, then this frame."""
+        yield from self._fill_until(pts, planes)
+        if self.holes and self.holes[0] == pts:
+            heapq.heappop(self.holes)  # the frame turned up after all (decoder recovered it)
+        yield self._make(pts, planes, repaired)
+
+    def finish(self) -> Iterator[Frame]:
+        """Fill the holes left after the last decoded frame."""
+        yield from self._fill_until(None, None)
+
+
+def read_frames(info: VideoInfo, on_error: str = "fail", stats: DecodeStats | None = None) -> Iterator[Frame]:
+    """Decode `info`'s video stream, yielding `Frame`s in presentation order.
+
+    Raises HatstreamError for damage (unless `on_error="conceal"`), for timestamps that go
+    backwards, and for a file that ends before the frame count or duration it declares.
+    """
+    if on_error not in ON_ERROR:
+        raise HatstreamError(f"unknown --on-error {on_error!r}; choose {' or '.join(ON_ERROR)}")
+    stats = stats if stats is not None else DecodeStats()
+    conceal = on_error == "conceal"
+    name, tb = info.path.name, info.time_base
+    timeline = _Timeline(stats, info)
+    with open_input(info.path) as container:
+        stream = container.streams[info.stream_index]
+        configure_decoder(stream)
+        for packet, frames, error in _decode_packets(container, stream, name, stats):
+            if error is not None:
+                where = seconds(packet.pts if packet.pts is not None else packet.dts, tb)
+                if not conceal:
+                    raise HatstreamError(
+                        f"{name}: damaged video packet at {where:.3f}s ({error}); "
+                        "pass --on-error conceal to repeat the frame before it instead")
+                stats.problems.append(f"undecodable packet at {where:.3f}s")
+                timeline.hole(packet.pts)
+            for frame in frames:
+                yield from _place(frame, timeline, stats, info, conceal)
+        yield from timeline.finish()
+    stats.frames = timeline.index
+    _check_complete(info, stats, timeline.last_pts)
+
+
+def _decode_packets(container, stream, name: str, stats: DecodeStats):
+    """Yield (packet, frames, error) for every packet of `stream`, then the decoder's flush.
+
+    Decoding errors are returned, not raised, so that the caller can choose to go on; a
+    demuxing error (the container itself is broken) always ends the run.
+    """
+    demux = container.demux(stream)
+    last = None
+    while True:
+        try:
+            packet = next(demux)
+        except StopIteration:
+            return
+        except av.error.FFmpegError as exc:
+            where = f" after {seconds(last, stream.time_base):.3f}s" if last is not None else ""
+            raise HatstreamError(f"{name}: the container is damaged{where} ({exc.strerror or exc})") from None
+        # The demuxer ends with an empty packet whose only job is to flush the decoder. It is
+        # recognised by its size, not by a missing dts: B-frame MKV keyframes have no dts either.
+        if packet.pts is not None:
+            last = packet.pts
+        if packet.size and not packet.is_discard:
+            stats.packets += 1
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError as exc:
+            if packet.size == 0:
+                raise HatstreamError(f"{name}: the video ends in a damaged frame ({exc.strerror or exc})") from None
+            yield packet, [], exc.strerror or str(exc)
+            continue
+        yield packet, frames, None
+
+
+def _place(frame: av.VideoFrame, timeline: _Timeline, stats: DecodeStats, info: VideoInfo,
+           conceal: bool) -> Iterator[Frame]:
+    """Turn one decoded AVFrame into Frames (with any filled holes before it)."""
+    pts = frame.pts
+    where = seconds(pts, info.time_base)
+    if pts is None:
+        # No timestamp at all (raw streams in AVI, say): place it one frame interval on.
+        if timeline.last_pts is None:
+            pts = 0
+        else:
+            step = 1 / (info.average_rate or 25) / info.time_base
+            pts = timeline.last_pts + max(1, round(step))
+        log.debug("frame %d has no pts; placed at %d", timeline.index, pts)
+    elif timeline.last_pts is not None and pts <= timeline.last_pts:
+        message = f"{info.path.name}: video timestamps go backwards at {where:.3f}s"
+        if not conceal:
+            raise HatstreamError(message + "; the file is damaged (pass --on-error conceal to skip such frames)")
+        stats.dropped += 1
+        stats.problems.append(f"out-of-order frame at {where:.3f}s skipped")
+        log.warning("%s; that frame is skipped", message)
+        return
+    if frame.is_corrupt:
+        if not conceal:
+            raise HatstreamError(f"{info.path.name}: damaged video frame at {where:.3f}s; "
+                                 "pass --on-error conceal to keep FFmpeg's concealed version of it")
+        stats.concealed += 1
+        stats.problems.append(f"concealed frame at {where:.3f}s")
+    yield from timeline.push(pts, frame_to_planes(frame, info.layout), bool(frame.is_corrupt))
+
+
+def _check_complete(info: VideoInfo, stats: DecodeStats, last_pts: int | None) -> None:
+    """Fail if the stream ended early: fewer frames than declared, or far short of its duration."""
+    name = info.path.name
+    # Packets, not frames, are compared with the declared count: MP4 counts samples, and an
+    # edit list may legitimately hide some of them from the decoder's output.
+    if info.frames_exact and stats.packets < info.frames:
+        raise HatstreamError(f"{name} is truncated: it declares {info.frames} frames but only "
+                             f"{stats.packets} could be read")
+    if stats.frames + stats.dropped - stats.repeated < stats.packets:
+        log.warning("the decoder returned %d frames for %d video packets; the difference was never "
+                    "output by FFmpeg (edit list or decoder delay)", stats.frames - stats.repeated, stats.packets)
+    if not info.frames_exact and info.duration and last_pts is not None and info.average_rate:
+        # Without a frame count, compare the last timestamp with the declared duration. The
+        # last frame lasts one interval, so allow a few intervals (and at least a second) of
+        # slack before calling it truncated: real files differ by rounding, never by that much.
+        interval = 1 / float(info.average_rate)
+        end = float(last_pts * info.time_base) - info.start_time + interval
+        if info.duration - end > max(1.0, 3 * interval):
+            raise HatstreamError(f"{name} is truncated: it declares {info.duration:.2f}s of video "
+                                 f"but ends at {end:.2f}s")

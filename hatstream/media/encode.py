@@ -1,0 +1,213 @@
+"""Choosing the video encoder and pixel format, and turning planes back into encoder frames.
+
+The rules (from the product issue): libx264 at CRF 18 by default, keeping the input's bit depth;
+when the input is above 8 bits, pick an encoder and pixel format that keep it. WebM can hold only
+VP8/VP9/AV1, so it gets VP9 (8-bit) or SVT-AV1 (10-bit) instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from hatstream.errors import HatstreamError
+from hatstream.media.colour import MATRIX_TAG, RANGE_FULL, RANGE_LIMITED, ColourSpec, PlaneLayout
+
+log = logging.getLogger(__name__)
+
+# Output extensions -> FFmpeg muxer names. The output container follows the extension.
+CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
+
+# CRF that gives roughly "visually lossless" for each encoder (x264's 18 is the reference).
+DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libvpx-vp9": 24, "libvpx": 10, "libsvtav1": 24}
+LOSSLESS = ("ffv1",)
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """What the user asked for; `None` fields are chosen from the input and the container."""
+
+    codec: str | None = None
+    crf: int | None = None
+    preset: str | None = None
+    pix_fmt: str | None = None
+
+
+@dataclass(frozen=True)
+class VideoEncoding:
+    """The resolved encoder setup for one output: codec, options, layout, colour and tags."""
+
+    codec: str
+    options: dict[str, str] = field(hash=False)
+    layout: PlaneLayout
+    colour: ColourSpec
+    colour_tags: tuple[int, int, int, int]  # colorspace, range, primaries, transfer
+
+
+def container_for(path: Path) -> str:
+    """The muxer for an output path, from its extension; HatstreamError for anything else."""
+    fmt = CONTAINERS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise HatstreamError(f"cannot write {Path(path).name}: the output must end in "
+                             f"{', '.join(sorted(set(CONTAINERS)))}")
+    return fmt
+
+
+def encoder_layouts(codec: str) -> list[PlaneLayout]:
+    """The planar pixel formats `codec` accepts that frames can be written in."""
+    try:
+        formats = av.codec.Codec(codec, "w").video_formats or []
+    except (av.error.FFmpegError, ValueError):
+        raise HatstreamError(f"there is no video encoder called {codec!r} in this FFmpeg build") from None
+    layouts = [PlaneLayout.from_pix_fmt(f.name) for f in formats]
+    return [layout for layout in layouts if layout is not None]
+
+
+def default_codec(container: str, bit_depth: int) -> str:
+    """libx264 (up to 10-bit), libx265 for 12-bit and more; VP9 or SVT-AV1 for WebM."""
+    if container == "webm":
+        return "libvpx-vp9" if bit_depth <= 8 else "libsvtav1"
+    return "libx264" if bit_depth <= 10 else "libx265"
+
+
+def choose_layout(codec: str, source: PlaneLayout, requested: str | None) -> PlaneLayout:
+    """The output pixel format: `requested`, else the source's own, else the closest that keeps its depth.
+
+    "Closest" means: same kind (YUV/GBR) and subsampling at the smallest depth not below the
+    source's; failing that, the same depth with any subsampling; failing that, the deepest format.
+    """
+    layouts = encoder_layouts(codec)
+    if requested:
+        chosen = PlaneLayout.from_pix_fmt(requested)
+        if chosen is None:
+            raise HatstreamError(f"--pix-fmt {requested} is not a planar YUV or GBR format "
+                                 "(e.g. yuv420p, yuv420p10le, yuv444p)")
+        if chosen.pix_fmt not in {lay.pix_fmt for lay in layouts}:
+            raise HatstreamError(f"{codec} cannot encode {requested}; it takes "
+                                 f"{', '.join(lay.pix_fmt for lay in layouts)}")
+        return chosen
+    if not layouts:
+        raise HatstreamError(f"{codec} takes no planar pixel format hatstream can write")
+    for lay in layouts:
+        if lay.pix_fmt == source.pix_fmt:
+            return lay
+    # yuvj420p is yuv420p with a full-range label; the range travels in the tags instead.
+    plain = source.pix_fmt.replace("yuvj", "yuv")
+    for lay in layouts:
+        if lay.pix_fmt == plain:
+            return lay
+
+    def rank(lay: PlaneLayout):
+        same_kind = lay.is_rgb == source.is_rgb
+        deep_enough = lay.bit_depth >= source.bit_depth
+        return (not deep_enough, not same_kind, lay.chroma_shift != source.chroma_shift,
+                abs(lay.bit_depth - source.bit_depth), lay.pix_fmt.startswith("yuvj"))
+
+    chosen = min(layouts, key=rank)
+    if chosen.bit_depth < source.bit_depth:
+        log.warning("%s cannot keep %d-bit video; writing %s", codec, source.bit_depth, chosen.pix_fmt)
+    return chosen
+
+
+def output_colour(source: ColourSpec, layout: PlaneLayout, tags: tuple[int, int, int, int]
+                  ) -> tuple[ColourSpec, tuple[int, int, int, int]]:
+    """The colour spec and tags of the output frames.
+
+    Same matrix and range as the input, tagged explicitly: an untagged input was converted
+    with the matrix players guess from its height, and an upscaled copy crossing 720 lines
+    would otherwise be guessed differently (BT.601 -> BT.709) and shift in colour.
+    """
+    colorspace, color_range, primaries, trc = tags
+    if layout.is_rgb:
+        return ColourSpec("rgb", True), (0, RANGE_FULL, primaries, trc)
+    spec = source
+    if source.matrix == "rgb":  # GBR in, YUV out: BT.709 limited is the safest default
+        spec = ColourSpec("bt709", False)
+    colorspace = MATRIX_TAG[spec.matrix] if colorspace in (0, 2) or source.matrix == "rgb" else colorspace
+    color_range = RANGE_FULL if spec.full_range else RANGE_LIMITED
+    return spec, (colorspace, color_range, primaries, trc)
+
+
+def resolve_encoding(settings: EncodeSettings, container: str, source: PlaneLayout, colour: ColourSpec,
+                     tags: tuple[int, int, int, int]) -> VideoEncoding:
+    """Turn the user's settings and the input's format into a concrete `VideoEncoding`."""
+    codec = settings.codec or default_codec(container, source.bit_depth)
+    layout = choose_layout(codec, source, settings.pix_fmt)
+    spec, out_tags = output_colour(colour, layout, tags)
+    return VideoEncoding(codec, encoder_options(codec, settings), layout, spec, out_tags)
+
+
+def encoder_options(codec: str, settings: EncodeSettings) -> dict[str, str]:
+    """FFmpeg private options for the encoder: quality, speed preset, and quiet logs."""
+    opts: dict[str, str] = {}
+    if codec in LOSSLESS:
+        if settings.crf is not None:
+            log.warning("--crf has no effect with %s, which is lossless", codec)
+        # Version 3 with per-slice CRCs, so damage in an archived file is detected on decode.
+        return {"level": "3", "slicecrc": "1", "g": "1"}
+    crf = settings.crf if settings.crf is not None else DEFAULT_CRF.get(codec)
+    if crf is not None:
+        opts["crf"] = str(crf)
+    if settings.preset:
+        opts["preset"] = settings.preset
+    if codec == "libx265":
+        opts["x265-params"] = "log-level=error"
+    elif codec in ("libvpx-vp9", "libvpx"):
+        # VP9 in CRF mode needs a zero target bitrate; the default deadline is very slow.
+        opts.update({"b": "0", "deadline": "good", "cpu-used": "4", "row-mt": "1"})
+        opts.pop("preset", None)
+        if settings.preset:
+            log.warning("--preset has no effect with %s", codec)
+    return opts
+
+
+def add_video_stream(out: av.container.OutputContainer, enc: VideoEncoding, width: int, height: int,
+                     time_base: Fraction, rate: Fraction | None, sample_aspect_ratio: Fraction | None,
+                     display_matrix: tuple[int, ...] | None, metadata: dict[str, str]) -> av.video.stream.VideoStream:
+    """Add and configure the output video stream (before the header is written).
+
+    The encoder works in the input's own time base, so every frame's pts goes through
+    unchanged; the average rate is informational only (VFR streams have none that is exact).
+    """
+    stream = out.add_stream(enc.codec, rate=rate)
+    stream.width, stream.height, stream.pix_fmt = width, height, enc.layout.pix_fmt
+    cc = stream.codec_context
+    cc.time_base = time_base
+    # The muxer starts from the stream time base where the format allows (MP4/MOV do; MKV
+    # always uses 1 ms), so timestamps are not rounded onto another clock.
+    stream.time_base = time_base
+    cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc = enc.colour_tags
+    if sample_aspect_ratio:
+        cc.sample_aspect_ratio = sample_aspect_ratio
+    stream.options = dict(enc.options)
+    # FFmpeg's own encoder threads: bounded, for the same reason as the decoder's.
+    cc.thread_count = min(4, max(1, os.cpu_count() or 1))
+    if display_matrix is not None:
+        stream.set_display_matrix(list(display_matrix))
+    for key, value in metadata.items():
+        stream.metadata[key] = value
+    return stream
+
+
+def planes_to_frame(planes: tuple[np.ndarray, ...], enc: VideoEncoding, pts: int,
+                    duration: int | None = None) -> av.VideoFrame:
+    """Build an encoder frame from integer planes, copying them row by row into FFmpeg's buffers."""
+    layout = enc.layout
+    height, width = planes[0].shape
+    frame = av.VideoFrame(width, height, layout.pix_fmt)
+    for plane, arr in zip(frame.planes, planes):
+        rows = arr.shape[0]
+        row = plane.line_size // layout.dtype.itemsize
+        dst = np.frombuffer(plane, dtype=layout.dtype, count=row * rows).reshape(rows, row)
+        dst[:, : arr.shape[1]] = arr
+    frame.pts = pts
+    if duration:
+        frame.duration = duration
+    frame.colorspace, frame.color_range, frame.color_primaries, frame.color_trc = enc.colour_tags
+    return frame

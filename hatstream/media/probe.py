@@ -1,0 +1,231 @@
+"""Opening input files safely and describing their video stream.
+
+Every input goes through `open_input`: the path must be a regular local file, FFmpeg may use
+only its `file` protocol, and only a short list of real video demuxers may claim the file. That
+stops a crafted file (an HLS playlist or ffconcat script with a video extension, say) from
+making FFmpeg read other local files or the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import stat
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from hatstream.errors import HatstreamError
+from hatstream.media.colour import ColourSpec, PlaneLayout, canonical_pix_fmt
+
+log = logging.getLogger(__name__)
+
+# Demuxers allowed to open an input. Each entry is matched against FFmpeg's demuxer name list
+# ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", ...). Playlists (hls, dash), scripts (concat),
+# image sequences and raw device or network demuxers are deliberately absent.
+ALLOWED_DEMUXERS = ("mov", "matroska", "avi", "mpegts", "flv", "ogg", "asf", "mxf", "nut", "yuv4mpegpipe")
+
+# Bounded FFmpeg threading for decoding: unbounded pools fight torch's intra-op threads, and
+# thread_count=0 has been seen to deadlock next to PyTorch.
+MAX_DECODE_THREADS = 4
+
+
+def check_input_path(path: Path) -> Path:
+    """Require `path` to be an existing, non-empty, regular local file; return it resolved."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise HatstreamError(f"input {path} does not exist") from None
+    except OSError as exc:
+        raise HatstreamError(f"cannot read input {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise HatstreamError(f"input {path} is a folder, expected a video file")
+    if not stat.S_ISREG(st.st_mode):
+        raise HatstreamError(f"input {path} is not a regular file (device, pipe or socket)")
+    if st.st_size == 0:
+        raise HatstreamError(f"input {path} is empty")
+    if not os.access(path, os.R_OK):
+        raise HatstreamError(f"cannot read input {path}: permission denied")
+    return path.resolve()
+
+
+def open_input(path: Path) -> av.container.InputContainer:
+    """Open a checked local file with FFmpeg restricted to the `file` protocol and video demuxers.
+
+    The path is given as a `file:` URL so that a name containing a colon is never taken for
+    another protocol.
+    """
+    path = check_input_path(path)
+    options = {"protocol_whitelist": "file", "format_whitelist": ",".join(ALLOWED_DEMUXERS)}
+    try:
+        return av.open(f"file:{path}", "r", options=options, metadata_errors="replace")
+    except av.error.InvalidDataError:
+        raise HatstreamError(f"{path.name} is not a video file FFmpeg can read (or it is truncated)") from None
+    except av.error.ArgumentError:
+        # The format whitelist refuses the file with EINVAL: it is something, just not a
+        # container we accept.
+        raise HatstreamError(f"{path.name} is not a video file in a supported container") from None
+    except av.error.FFmpegError as exc:
+        raise HatstreamError(f"cannot open {path.name}: {exc.strerror or exc}") from None
+
+
+def pick_video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
+    """The main video stream: the first one that is not cover art (an attached picture)."""
+    for s in container.streams.video:
+        if not (s.disposition & av.stream.Disposition.attached_pic):
+            return s
+    return None
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the rest of the program needs to know about the input's main video stream.
+
+    `pix_fmt` is the decoder's output format; `layout` describes `canonical_pix_fmt(pix_fmt)`,
+    the planar format frames are converted to (the same one for nearly every stream).
+    `duration` is the video stream's own duration (None when only the container's is known).
+    `colour_tags` are the raw AVColor* values (matrix, range, primaries, transfer) as found on
+    the first frame, or the stream when the frame has none. `display_matrix` is the 9-integer
+    rotation/flip matrix, or None.
+    """
+
+    path: Path
+    container: str
+    stream_index: int
+    codec: str
+    width: int
+    height: int
+    pix_fmt: str
+    layout: PlaneLayout
+    colour: ColourSpec
+    colour_tags: tuple[int, int, int, int]
+    time_base: Fraction
+    average_rate: Fraction | None
+    frames: int
+    frames_exact: bool
+    duration: float | None
+    start_time: float
+    display_matrix: tuple[int, ...] | None
+    rotation: float
+    sample_aspect_ratio: Fraction | None
+
+    @property
+    def bit_depth(self) -> int:
+        """Bits per sample of the decoded video."""
+        return self.layout.bit_depth
+
+
+def estimate_frames(stream: av.video.stream.VideoStream, container: av.container.InputContainer) -> tuple[int, bool]:
+    """(frame count, exact?) for progress. MKV/WebM report 0 frames, so use duration x rate.
+
+    Returns (0, False) when neither the count nor a duration and rate are known.
+    """
+    if stream.frames:
+        return int(stream.frames), True
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    length = stream_duration(stream)
+    if length is None and container.duration:
+        length = container.duration / av.time_base
+    if not rate or not length:
+        return 0, False
+    return max(1, round(length * float(rate))), False
+
+
+def stream_duration(stream) -> float | None:
+    """The stream's own duration in seconds, or None.
+
+    MP4 stores it in the stream header. Matroska has only the segment duration (all streams
+    together) plus, from FFmpeg-made files, a per-stream DURATION tag "HH:MM:SS.nnnnnnnnn".
+    """
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION") or stream.metadata.get("duration")
+    if tag:
+        try:
+            h, m, s = tag.split(":")
+            return int(h) * 3600 + int(m) * 60 + float(s)
+        except ValueError:
+            return None
+    return None
+
+
+def _display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
+    """The frame's display matrix side data as 9 signed 32-bit integers, or None."""
+    for sd in frame.side_data:
+        if str(sd.type).endswith("DISPLAYMATRIX"):
+            raw = bytes(sd)
+            if len(raw) == 36:
+                return tuple(int.from_bytes(raw[i:i + 4], "little", signed=True) for i in range(0, 36, 4))
+    return None
+
+
+def probe(path: Path) -> VideoInfo:
+    """Describe the input's main video stream, decoding its first frame to be sure it decodes.
+
+    Raises HatstreamError for files without video (audio-only files included), for streams no
+    decoder exists for, and for files whose first frame cannot be decoded.
+    """
+    with open_input(path) as container:
+        stream = pick_video_stream(container)
+        name = Path(path).name
+        if stream is None:
+            kinds = sorted({s.type for s in container.streams})
+            has = f" (it has {', '.join(kinds)} only)" if kinds else ""
+            raise HatstreamError(f"{name} has no video stream{has}")
+        frame = first_frame(container, stream, name)
+        pix_fmt = frame.format.name
+        layout = PlaneLayout.from_pix_fmt(canonical_pix_fmt(pix_fmt))
+        cc = stream.codec_context
+        # Tags on the frame win (the bitstream's own VUI); the container's are the fallback.
+        tags = tuple(int(getattr(frame, a) or getattr(cc, a) or 0)
+                     for a in ("colorspace", "color_range", "color_primaries", "color_trc"))
+        if tags[2] == 0:
+            tags = (tags[0], tags[1], 2, tags[3])  # 0 is "reserved" for primaries; 2 means unspecified
+        frames, exact = estimate_frames(stream, container)
+        tb = stream.time_base
+        duration = stream_duration(stream)
+        start = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
+        matrix = _display_matrix(frame)
+        return VideoInfo(
+            path=Path(path), container=container.format.name, stream_index=stream.index,
+            codec=cc.name, width=frame.width, height=frame.height, pix_fmt=pix_fmt, layout=layout,
+            colour=ColourSpec.from_tags(tags[0], tags[1], frame.height, layout), colour_tags=tags,
+            time_base=Fraction(tb), average_rate=Fraction(stream.average_rate) if stream.average_rate else None,
+            frames=frames, frames_exact=exact, duration=duration, start_time=start,
+            display_matrix=matrix, rotation=float(frame.rotation or 0) if matrix else 0.0,
+            sample_aspect_ratio=Fraction(stream.sample_aspect_ratio) if stream.sample_aspect_ratio else None,
+        )
+
+
+def first_frame(container: av.container.InputContainer, stream, name: str) -> av.VideoFrame:
+    """Decode the first frame of `stream`, translating every FFmpeg failure into HatstreamError."""
+    configure_decoder(stream)
+    try:
+        for packet in container.demux(stream):
+            for frame in packet.decode():
+                return frame
+    except av.error.DecoderNotFoundError:
+        raise HatstreamError(f"{name}: no decoder for its {stream.codec_context.name} video") from None
+    except av.error.FFmpegError as exc:
+        raise HatstreamError(f"{name}: cannot decode its video ({exc.strerror or exc}); is it truncated?") from None
+    raise HatstreamError(f"{name}: its video stream has no decodable frames (truncated or empty?)")
+
+
+def configure_decoder(stream) -> None:
+    """Bounded slice threading for a video decoder.
+
+    Slice threading reports a damaged packet on the packet itself, so errors can name the
+    right timestamp; frame threading reports it frames later. Decoding is not the bottleneck
+    next to the model, so the exactness is worth more than frame threading's speed.
+    """
+    stream.thread_type = "SLICE"
+    stream.thread_count = max(1, min(MAX_DECODE_THREADS, os.cpu_count() or 1))
+
+
+def seconds(pts: int | None, time_base: Fraction) -> float:
+    """A timestamp in seconds, for messages (nan when unknown)."""
+    return float(pts * time_base) if pts is not None else math.nan

@@ -1,0 +1,146 @@
+"""The output file: the upscaled video stream plus everything `carry` brings along.
+
+`plan_output` settles every choice and checks that the container can hold it all, before a
+byte is written. `VideoWriter` then takes planes with their original pts, encodes them, and
+interleaves the carried packets by time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from hatstream.errors import HatstreamError
+from hatstream.media.carry import CarriedStream, Carrier, carry_tags, check_streams, plan_streams
+from hatstream.media.encode import (EncodeSettings, VideoEncoding, add_video_stream, container_for,
+                                    planes_to_frame, resolve_encoding)
+from hatstream.media.probe import VideoInfo, open_input
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """Everything needed to write the output, settled and checked up front."""
+
+    container: str
+    encoding: VideoEncoding
+    width: int
+    height: int
+    streams: tuple[CarriedStream, ...]
+    video_tags: tuple[tuple[str, str], ...]
+
+    def describe(self) -> str:
+        """One line for logs: 'libx264 yuv420p 128x96 in mp4, carrying 2 streams'."""
+        return (f"{self.encoding.codec} {self.encoding.layout.pix_fmt} {self.width}x{self.height} in "
+                f"{self.container}, carrying {len(self.streams)} other stream(s)")
+
+
+def default_output_path(input_path: Path, scale: int) -> Path:
+    """`<stem>.x<scale><ext>` beside the input; inputs in other containers get `.mkv`."""
+    input_path = Path(input_path)
+    ext = input_path.suffix.lower()
+    if ext not in (".mp4", ".m4v", ".mov", ".mkv", ".webm"):
+        ext = ".mkv"
+    return input_path.with_name(f"{input_path.stem}.x{scale}{ext}")
+
+
+def _container_options(container: str, info: VideoInfo) -> dict[str, str]:
+    # MP4/MOV store a non-zero start (and B-frame delay) in an edit list counted in the movie
+    # timescale, 1000 by default, which rounds it; a timescale that the stream's own clock
+    # divides keeps the start exact.
+    if container in ("mp4", "mov") and info.time_base.denominator:
+        scale = math.lcm(1000, info.time_base.denominator)
+        if scale < 2**31:
+            return {"movie_timescale": str(scale)}
+    return {}
+
+
+def plan_output(info: VideoInfo, output: Path, scale: int, settings: EncodeSettings,
+                audio_codec: str = "copy", subtitles: str = "copy") -> OutputPlan:
+    """Resolve the encoder and the carried streams for `output`, refusing what cannot work.
+
+    Raises HatstreamError naming the fix when the container cannot hold a stream.
+    """
+    container = container_for(output)
+    encoding = resolve_encoding(settings, container, info.layout, info.colour, info.colour_tags)
+    width, height = info.width * scale, info.height * scale
+    sx, sy = encoding.layout.chroma_shift
+    if width % (1 << sx) or height % (1 << sy):
+        raise HatstreamError(f"{encoding.layout.pix_fmt} needs even sizes, but the output would be "
+                             f"{width}x{height}; use --pix-fmt with 4:4:4 (e.g. yuv444p) or another scale")
+    with open_input(info.path) as inp:
+        plan = plan_streams(inp, audio_codec, subtitles)
+        video_tags = tuple(carry_tags(dict(inp.streams[info.stream_index].metadata)).items())
+    draft = OutputPlan(container, encoding, width, height, tuple(plan), video_tags)
+    kept = check_streams(info.path, container, plan, lambda out: _add_video(out, info, draft))
+    return OutputPlan(container, encoding, width, height, tuple(kept), video_tags)
+
+
+def _add_video(out: av.container.OutputContainer, info: VideoInfo, plan: OutputPlan):
+    return add_video_stream(out, plan.encoding, plan.width, plan.height, info.time_base, info.average_rate,
+                            info.sample_aspect_ratio, info.display_matrix, dict(plan.video_tags))
+
+
+class VideoWriter:
+    """Writes the planned output to `path` (the caller makes it a temporary path).
+
+    `write(planes, pts, duration)` encodes one frame at its original pts; `finish()` flushes
+    the encoder (skipping that loses the last frames), muxes the rest of the carried streams
+    and writes the trailer; `close()` releases everything without finishing.
+    """
+
+    def __init__(self, path: Path, info: VideoInfo, plan: OutputPlan):
+        self.plan = plan
+        self.out = av.open(str(path), "w", format=plan.container, options=_container_options(plan.container, info))
+        try:
+            # Every stream is added before the first mux: the header freezes them.
+            self.stream = _add_video(self.out, info, plan)
+            self.carrier = Carrier(info.path, self.out, list(plan.streams))
+        except BaseException:
+            self.out.close()
+            raise
+        self.frames = 0
+        self._closed = False
+
+    def write(self, planes: tuple[np.ndarray, ...], pts: int, duration: int | None = None) -> None:
+        """Encode one frame and mux what the encoder returns."""
+        frame = planes_to_frame(planes, self.plan.encoding, pts, duration)
+        self._mux(self.stream.encode(frame))
+        self.frames += 1
+
+    def _mux(self, packets: list[av.Packet]) -> None:
+        for packet in packets:
+            if packet.dts is not None:
+                self.carrier.mux_until(float(packet.dts * packet.time_base))
+            try:
+                self.out.mux(packet)
+            except av.error.FFmpegError as exc:
+                raise HatstreamError(f"cannot write video packet at {float(packet.pts * packet.time_base):.3f}s: "
+                                     f"{exc.strerror or exc}") from None
+
+    def finish(self) -> None:
+        """Flush the encoder and carried streams, and write the trailer."""
+        self._mux(self.stream.encode(None))
+        self.carrier.finish()
+        self._close()
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self.out.close()
+            finally:
+                self.carrier.close()
+
+    def close(self) -> None:
+        """Release the files without flushing (after an error; the output is discarded)."""
+        try:
+            self._close()
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            log.debug("ignored while closing a discarded output: %s", exc)

@@ -1,0 +1,125 @@
+"""`run_file`: upscale one video file end to end with the local engine.
+
+The order matters for safety: everything that can be refused (the input, the output path, the
+model, every stream against the output container) is checked before the output's temporary
+file is created, and the temporary file is renamed onto the output only after the trailer is
+written. Any exception, Ctrl-C included, removes it (see `hatstream.atomic`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from hatstream.atomic import atomic_output, check_output_path
+from hatstream.errors import HatstreamError
+from hatstream.media.decode import DecodeStats, Frame, read_frames
+from hatstream.media.encode import EncodeSettings, container_for
+from hatstream.media.probe import probe
+from hatstream.media.writer import VideoWriter, default_output_path, plan_output
+from hatstream.pipeline.engine import Progress, run_stages
+from hatstream.pipeline.stage import FrameFormat, upscale_planes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything `hatstream run` was asked to do."""
+
+    input: Path
+    output: Path | None = None
+    model: str | None = None
+    scale: int | None = None
+    precision: str = "auto"
+    device: str | None = None
+    batch: int = 1
+    encode: EncodeSettings = field(default_factory=EncodeSettings)
+    audio_codec: str = "copy"
+    subtitles: str = "copy"
+    on_error: str = "fail"
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run did, for the summary line."""
+
+    output: Path
+    frames: int
+    seconds: float
+    repaired: int
+    dropped: int
+    model: str
+    encoding: str
+    problems: tuple[str, ...] = ()
+
+    @property
+    def fps(self) -> float:
+        """Frames per second over the whole run."""
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None = None,
+             on_start: Callable[[int, bool], None] | None = None) -> RunResult:
+    """Upscale `config.input` into `config.output` (default `<stem>.x<scale><ext>` beside it).
+
+    `on_start(total, exact)` is called once the frame count (or its estimate) is known and the
+    work begins; `on_progress` after every frame written. Raises HatstreamError for anything
+    the user can fix; nothing is left at the output path unless the run completes.
+    """
+    from hatstream.inference import load_model  # torch-heavy; only when a run really starts
+
+    if config.batch < 1:
+        raise HatstreamError("--batch must be at least 1")
+    started = time.perf_counter()
+    info = probe(config.input)
+    if config.output is not None:
+        container_for(config.output)  # an unusable extension is refused before the model loads
+    model = load_model(config.model, device=config.device, precision=config.precision, scale=config.scale)
+    output = Path(config.output) if config.output is not None else default_output_path(config.input, model.scale)
+    check_output_path(output, [Path(config.input)], config.overwrite)
+    plan = plan_output(info, output, model.scale, config.encode, config.audio_codec, config.subtitles)
+    log.info("%s -> %s: %s, model %s", info.path.name, output, plan.describe(), model.info.name)
+
+    src = FrameFormat(info.layout, info.colour)
+    dst = FrameFormat(plan.encoding.layout, plan.encoding.colour)
+    stats = DecodeStats()
+    with atomic_output(output) as tmp:
+        writer = VideoWriter(tmp, info, plan)
+        try:
+            if on_start is not None:
+                on_start(info.frames, info.frames_exact)
+
+            def write(frame: Frame) -> None:
+                writer.write(frame.planes, frame.pts)
+
+            frames = run_stages(
+                read_frames(info, config.on_error, stats),
+                lambda batch: upscale_planes(batch, model, src, dst),
+                write, batch=config.batch, total=info.frames, exact=info.frames_exact, on_progress=on_progress)
+            if frames != stats.frames:  # every decoded frame must have been written; never drop one
+                raise RuntimeError(f"{stats.frames} frames decoded but {frames} written")
+            writer.finish()
+        finally:
+            writer.close()
+        _umask_permissions(tmp)
+    return RunResult(output=output, frames=frames, seconds=time.perf_counter() - started,
+                     repaired=stats.repaired, dropped=stats.dropped, model=model.info.name,
+                     encoding=f"{plan.encoding.codec} {plan.encoding.layout.pix_fmt}",
+                     problems=tuple(stats.problems))
+
+
+def _umask_permissions(path: Path) -> None:
+    """Give the finished file the usual permissions (0666 less the umask).
+
+    The temporary file is made by mkstemp, which creates it 0600; without this the output
+    would end up readable by its owner only, unlike any file ffmpeg would write.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)

@@ -1,0 +1,50 @@
+"""The upscale stage: a batch of frames' YUV planes in, the upscaled planes out.
+
+This is the one function both engines share. The local engine calls it in its model thread;
+a Ray worker can call it on planes shipped to it, since its inputs and outputs are plain numpy
+arrays (compact uint8/uint16 planes, half the size of RGB24 for 4:2:0) and two small frozen
+descriptions of the formats. The colour conversion happens here, next to the model and on its
+device, so 10-bit samples reach the model as floats and never pass through 8-bit RGB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from hatstream.media.colour import (ColourSpec, PlaneLayout, planes_to_rgb, planes_to_tensors, rgb_to_planes,
+                                    tensors_to_planes)
+
+Planes = tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True)
+class FrameFormat:
+    """The pixel layout and colour matrix/range of a frame's planes."""
+
+    layout: PlaneLayout
+    colour: ColourSpec
+
+
+@torch.inference_mode()
+def upscale_planes(frames: Sequence[Planes], model: Callable[[torch.Tensor], torch.Tensor],
+                   src: FrameFormat, dst: FrameFormat, device: torch.device | str | None = None) -> list[Planes]:
+    """Upscale a batch of same-sized frames given as planes; returns one planes tuple per frame.
+
+    `model` maps RGB float (B, 3, H, W) in [0, 1] to (B, 3, sH, sW) in [0, 1], as an `Upscaler`
+    does. `device` defaults to the model's own `device` attribute (CPU when it has none).
+    The input RGB is clipped to [0, 1]: YUV can encode colours outside the RGB cube, which the
+    model was never trained on.
+    """
+    if not frames:
+        return []
+    device = device if device is not None else getattr(model, "device", "cpu")
+    tensors = planes_to_tensors(list(frames), device)
+    rgb = planes_to_rgb(tensors, src.layout, src.colour).clamp_(0.0, 1.0)
+    del tensors
+    up = model(rgb)
+    del rgb
+    return tensors_to_planes(rgb_to_planes(up, dst.layout, dst.colour))
