@@ -1,4 +1,10 @@
-"""Placeholder: `hatstream train` is being built."""
+"""Train or fine-tune HAT: same-task pretraining, then fine-tuning with a small learning rate.
+
+LR inputs are made on the fly by MATLAB-compatible bicubic downscaling of the HR data (image
+folders, image files, or videos whose frames are sampled across their length). Checkpoints are
+BasicSR-compatible ({'params', 'params_ema'}) and load in `hatstream run --model`.
+Presets reproducing the paper's schedules live in `pipelines/train-*.toml` (--config).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,71 @@ from hatstream.errors import HatstreamError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("rest", nargs="*")
+    """Flags; those left unset fall back to --config, then to the paper's defaults."""
+    p.add_argument("--config", metavar="TOML", help="training preset, e.g. pipelines/train-hat-x2.toml")
+    p.add_argument("--data", nargs="+", metavar="DIR|VIDEO", help="HR training images: folders, images, videos")
+    p.add_argument("--scale", type=int, help="upscaling factor (2, 3, 4)")
+    p.add_argument("--arch", help="hat-s, hat, hat-l, hat-tiny, hat-micro")
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder: checkpoints, log, resume state")
+    p.add_argument("--init", metavar="CKPT", help="start from these weights (params_ema first), e.g. to fine-tune")
+    p.add_argument("--iters", type=int, help="total iterations")
+    p.add_argument("--lr", type=float, help="initial learning rate")
+    p.add_argument("--milestones", type=int, nargs="*", help="iterations where the learning rate is halved")
+    p.add_argument("--batch", type=int, help="total batch size (split over --workers)")
+    p.add_argument("--patch", type=int, help="LR patch side (HR patch = patch x scale)")
+    p.add_argument("--val", nargs="+", metavar="DIR", help="validation images (PSNR/SSIM-Y, crop border = scale)")
+    p.add_argument("--val-every", type=int, help="validate every N iterations")
+    p.add_argument("--save-every", type=int, help="checkpoint every N iterations")
+    p.add_argument("--seed", type=int, help="random seed (weights and patch sampling)")
+    p.add_argument("--threads", type=int, help="torch threads per worker")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--workers", type=int, help="data-parallel workers through Ray Train (DDP)")
+    p.add_argument("--address", help="Ray cluster address (e.g. auto or ray://host:10001)")
+    p.add_argument("--gpu", action="store_true", help="give each Ray worker a GPU (otherwise CPU with gloo)")
+
+
+def config_from_args(args: argparse.Namespace):
+    """The TrainConfig: --config preset (if any) overridden by explicit flags."""
+    from hatstream.train.config import TrainConfig
+
+    flags = dict(data=args.data, scale=args.scale, arch=args.arch, out=args.out, init=args.init, iters=args.iters,
+                 lr=args.lr, milestones=args.milestones, batch=args.batch, patch=args.patch, val=args.val,
+                 val_every=args.val_every, save_every=args.save_every, seed=args.seed, threads=args.threads,
+                 workers=args.workers, address=args.address)
+    cfg = TrainConfig.from_toml(args.config, **flags) if args.config else TrainConfig(
+        **{k: v for k, v in flags.items() if v is not None})
+    if not cfg.data:
+        raise HatstreamError("no training data: pass --data DIR|VIDEO ... (or data = [...] in --config)")
+    if not cfg.out:
+        raise HatstreamError("no run folder: pass --out RUN_DIR")
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:
-    raise HatstreamError("'train' is not implemented yet")
+    """Train, showing a progress bar with the loss and the latest validation PSNR."""
+    from tqdm import tqdm
+
+    cfg = config_from_args(args)
+    bar = tqdm(total=cfg.iters, unit="it", dynamic_ncols=True, desc=f"train x{cfg.scale} {cfg.arch}")
+
+    def progress(event: dict) -> None:
+        bar.n = event["iter"]
+        post = {"loss": f"{event['loss']:.4f}", "lr": f"{event['lr']:.1e}"}
+        if "val_psnr" in event:
+            post["val"] = f"{event['val_psnr']:.2f}dB (bicubic {event['bicubic_psnr']:.2f})"
+        bar.set_postfix(post, refresh=False)
+        bar.refresh()
+
+    try:
+        if cfg.workers > 1 or cfg.address:
+            from hatstream.train.distributed import train_distributed
+
+            ckpt = train_distributed(cfg, resume=args.resume, progress=progress, use_gpu=args.gpu)
+        else:
+            from hatstream.train.trainer import train
+
+            ckpt = train(cfg, resume=args.resume, progress=progress)
+    finally:
+        bar.close()
+    print(f"checkpoint: {ckpt}")
+    return 0

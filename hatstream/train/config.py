@@ -1,0 +1,126 @@
+"""Training configuration: a frozen dataclass, architecture presets, and TOML presets (`pipelines/`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hatstream.errors import HatstreamError
+from hatstream.models.hat import HATConfig
+
+# Released configurations (notes §1): window 16, overlap 0.5, mlp 2, img_range 1, pixelshuffle.
+_RELEASED = dict(window_size=16, overlap_ratio=0.5, mlp_ratio=2.0, img_range=1.0, upsampler="pixelshuffle",
+                 resi_connection="1conv")
+
+# Architecture presets by name; `upscale` is added from the training scale.
+ARCHITECTURES: dict[str, dict] = {
+    "hat-s": dict(_RELEASED, embed_dim=144, depths=(6,) * 6, num_heads=(6,) * 6, compress_ratio=24,
+                  squeeze_factor=24),
+    "hat": dict(_RELEASED, embed_dim=180, depths=(6,) * 6, num_heads=(6,) * 6, compress_ratio=3,
+                squeeze_factor=30),
+    "hat-l": dict(_RELEASED, embed_dim=180, depths=(6,) * 12, num_heads=(6,) * 12, compress_ratio=3,
+                  squeeze_factor=30),
+    # The bundled models: chosen for CPU speed. One group (OCAB per group is the costliest block
+    # at this width), window 8, and a 16-wide reconstruction head, because at x4 the head's
+    # convolutions run at 2x and 4x resolution and would otherwise outweigh the whole trunk.
+    "hat-tiny": dict(embed_dim=32, depths=(4,), num_heads=(2,), window_size=8, compress_ratio=2,
+                     squeeze_factor=16, mlp_ratio=2.0, num_feat=16),
+    # For tests and smoke runs only: seconds per hundred iterations.
+    "hat-micro": dict(embed_dim=16, depths=(1,), num_heads=(1,), window_size=8, compress_ratio=2,
+                      squeeze_factor=8, mlp_ratio=2.0, num_feat=8),
+}
+
+
+def hat_config(arch: str, scale: int) -> HATConfig:
+    """The HATConfig of architecture preset `arch` at `scale`."""
+    if arch not in ARCHITECTURES:
+        raise HatstreamError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    try:
+        return HATConfig(upscale=scale, **ARCHITECTURES[arch])
+    except ValueError as exc:
+        raise HatstreamError(f"architecture {arch} at x{scale}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on. Defaults follow the paper (notes §8) except the size.
+
+    `batch` is the total batch over all workers; `patch` is the LR patch side (HR = patch*scale).
+    `milestones` are the iterations where the learning rate is multiplied by `gamma`.
+    """
+
+    data: tuple[str, ...] = ()
+    out: str = ""
+    scale: int = 2
+    arch: str = "hat"
+    init: str | None = None
+    iters: int = 500_000
+    lr: float = 2e-4
+    milestones: tuple[int, ...] = (250_000, 400_000, 450_000, 475_000)
+    gamma: float = 0.5
+    betas: tuple[float, float] = (0.9, 0.99)
+    batch: int = 32
+    patch: int = 64
+    ema: float = 0.999
+    val: tuple[str, ...] = ()
+    val_every: int = 5000
+    val_max_side: int = 0  # centre-crop validation HR images to this side (0: whole images)
+    save_every: int = 5000
+    log_every: int = 100
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads per worker (0: torch's default)
+    frames_per_video: int = 64
+    workers: int = 1
+    address: str | None = None
+    extra: dict = field(default_factory=dict, compare=False)  # free-form notes kept in the run record
+
+    def __post_init__(self):
+        for name in ("data", "val", "milestones"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, (str, int)) else tuple(value))
+        object.__setattr__(self, "betas", tuple(self.betas))
+        if self.scale not in (2, 3, 4, 8):
+            raise HatstreamError(f"scale must be 2, 3, 4 or 8, got {self.scale}")
+        for name in ("iters", "batch", "patch", "workers", "val_every", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise HatstreamError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch % self.workers:
+            raise HatstreamError(f"batch {self.batch} does not split evenly over {self.workers} workers")
+        if not self.lr > 0:
+            raise HatstreamError(f"learning rate must be positive, got {self.lr}")
+        hat_config(self.arch, self.scale)  # validates the name early
+        window = ARCHITECTURES[self.arch]["window_size"]
+        if self.patch % window:
+            raise HatstreamError(f"patch {self.patch} must be a multiple of {self.arch}'s window ({window})")
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with some fields changed (None values are ignored, so CLI flags can pass through)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        """Plain dict, for the run record and the model card."""
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides) -> "TrainConfig":
+        """Load a preset such as `pipelines/train-hat-x2.toml`; keyword overrides win (None ignored)."""
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise HatstreamError(f"cannot read training preset {path}: {exc}") from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        flat = {}
+        for key, value in raw.items():
+            # Tables ([model], [schedule], ...) only group keys for readers; flatten them.
+            items = value.items() if isinstance(value, dict) and key != "extra" else [(key, value)]
+            for k, v in items:
+                k = k.replace("-", "_")
+                if k not in known:
+                    raise HatstreamError(f"{path}: unknown training setting {k!r}")
+                flat[k] = v
+        flat.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**flat)

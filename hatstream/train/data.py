@@ -1,0 +1,174 @@
+"""Training data: HR images from folders, image files or videos; paired LR/HR patches on the fly.
+
+Each HR image is cropped to a multiple of the scale and downscaled once with MATLAB-compatible
+bicubic (the LR is kept in float, not rounded, as HAT's ImageNet pairs are). Batches are then
+aligned LR/HR crops of the whole-image pair with random flips and 90-degree rotations, so the
+LR patch is exactly what the full-image degradation gives, edges included.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from hatstream.errors import HatstreamError
+from hatstream.metrics.imresize import imresize
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+VIDEO_EXTS = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".mpg", ".mpeg", ".y4m"}
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file as uint8 RGB (H, W, 3); grey is replicated, alpha dropped, 16-bit reduced."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise HatstreamError(f"cannot read image {path}")
+    if img.dtype == np.uint16:
+        img = (img.astype(np.float64) / 257.0).round().astype(np.uint8)
+    if img.ndim == 2:
+        return np.repeat(img[..., None], 3, axis=2)
+    if img.shape[2] == 4:
+        img = img[..., :3]
+    return np.ascontiguousarray(img[..., ::-1])  # BGR -> RGB
+
+
+def read_video_frames(path: Path, count: int) -> list[np.ndarray]:
+    """`count` frames spread evenly across a video, as uint8 RGB, found by seeking (no full decode)."""
+    import av  # only videos need PyAV
+
+    frames: list[np.ndarray] = []
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            duration = (float(stream.duration * stream.time_base) if stream.duration
+                        else (container.duration or 0) / 1e6)
+            starts = np.linspace(0.0, max(duration, 0.0), num=count, endpoint=False) if duration > 0 else [0.0]
+            for t in starts:
+                container.seek(int(t / stream.time_base), stream=stream, backward=True)
+                for frame in container.decode(stream):
+                    if frame.time is None or frame.time + 1e-6 >= t:
+                        frames.append(frame.to_ndarray(format="rgb24"))
+                        break
+    except av.error.FFmpegError as exc:
+        raise HatstreamError(f"cannot read video {path}: {exc}") from None
+    if not frames:
+        raise HatstreamError(f"no frames could be decoded from {path}")
+    return frames
+
+
+def list_sources(paths: tuple[str, ...] | list[str]) -> list[Path]:
+    """Expand folders (recursively) to their image and video files, sorted; check files exist."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS)
+            if not found:
+                raise HatstreamError(f"folder {p} holds no images or videos")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise HatstreamError(f"training data {p} does not exist")
+    return out
+
+
+def load_hr_images(paths: tuple[str, ...] | list[str], frames_per_video: int = 64) -> list[tuple[str, np.ndarray]]:
+    """(name, uint8 RGB image) for every image and sampled video frame under `paths`."""
+    images = []
+    for f in list_sources(paths):
+        if f.suffix.lower() in VIDEO_EXTS:
+            frames = read_video_frames(f, frames_per_video)
+            images += [(f"{f.name}#{i}", fr) for i, fr in enumerate(frames)]
+        else:
+            images.append((f.name, read_image(f)))
+    return images
+
+
+def modcrop(img: np.ndarray, scale: int) -> np.ndarray:
+    """Crop the bottom/right so both sides are multiples of `scale` (the SR evaluation convention)."""
+    h, w = img.shape[:2]
+    return img[: h - h % scale, : w - w % scale]
+
+
+def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
+    """MATLAB bicubic downscale of a uint8 HR image (multiple of scale) -> float32 [0, 1], unrounded."""
+    return imresize(hr.astype(np.float64) / 255.0, 1.0 / scale).astype(np.float32)
+
+
+@dataclass
+class Pair:
+    """One training image: float32 LR (h, w, 3) and uint8 HR (h*s, w*s, 3)."""
+
+    name: str
+    lr: np.ndarray
+    hr: np.ndarray
+
+
+def make_pairs(images: list[tuple[str, np.ndarray]], scale: int, min_lr: int) -> list[Pair]:
+    """Pairs for patch sampling; images smaller than an HR patch are first enlarged (bilinear)."""
+    pairs = []
+    for name, hr in images:
+        h, w = hr.shape[:2]
+        need = min_lr * scale
+        if h < need or w < need:
+            # As HAT's ImageNet pairs do: bilinear upsizing of small GT images to the patch size.
+            f = need / min(h, w)
+            hr = cv2.resize(hr, (max(need, round(w * f)), max(need, round(h * f))), interpolation=cv2.INTER_LINEAR)
+        hr = modcrop(hr, scale)
+        pairs.append(Pair(name, make_lr(hr, scale), hr))
+    return pairs
+
+
+class PatchSampler:
+    """Random aligned (LR, HR) patches with flips and rotations, as float tensors in [0, 1].
+
+    Images are drawn in proportion to the square root of their area: large photos are sampled
+    more, but one huge image (often mostly background) does not crowd out the rest.
+    """
+
+    def __init__(self, pairs: list[Pair], scale: int, patch: int, seed: int):
+        if not pairs:
+            raise HatstreamError("no training images")
+        self.pairs, self.scale, self.patch = pairs, scale, patch
+        areas = np.array([p.lr.shape[0] * p.lr.shape[1] for p in pairs], dtype=np.float64)
+        self.weights = np.sqrt(areas) / np.sqrt(areas).sum()
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, p, p) LR and (B, 3, p*s, p*s) HR."""
+        s, p = self.scale, self.patch
+        lrs, hrs = [], []
+        for i in self.rng.choice(len(self.pairs), size=batch, p=self.weights):
+            pair = self.pairs[i]
+            h, w = pair.lr.shape[:2]
+            y, x = self.rng.integers(0, h - p + 1), self.rng.integers(0, w - p + 1)
+            lr = pair.lr[y:y + p, x:x + p]
+            hr = pair.hr[y * s:(y + p) * s, x * s:(x + p) * s]
+            # flip, flip, transpose: together with the flips, all 8 dihedral orientations.
+            if self.rng.random() < 0.5:
+                lr, hr = lr[:, ::-1], hr[:, ::-1]
+            if self.rng.random() < 0.5:
+                lr, hr = lr[::-1], hr[::-1]
+            if self.rng.random() < 0.5:
+                lr, hr = lr.transpose(1, 0, 2), hr.transpose(1, 0, 2)
+            lrs.append(np.ascontiguousarray(lr))
+            hrs.append(np.ascontiguousarray(hr))
+        # (B, p, p, 3) -> (B, 3, p, p)
+        lr_t = torch.from_numpy(np.stack(lrs)).permute(0, 3, 1, 2).contiguous()
+        hr_t = torch.from_numpy(np.stack(hrs)).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+        return lr_t, hr_t
+
+    def state(self) -> dict:
+        """The generator state, so a resumed run continues the same sample stream."""
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        """Restore `state()`."""
+        self.rng.bit_generator.state = state

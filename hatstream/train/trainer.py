@@ -1,0 +1,255 @@
+"""The training loop: L1, Adam, MultiStepLR, EMA, BasicSR-compatible checkpoints, resume, validation.
+
+Run layout (RUN_DIR = `cfg.out`):
+  config.json                  the TrainConfig of the latest start or resume
+  log.jsonl                    one JSON object per log/validation event
+  training_state.pt            everything needed to resume (tensors and plain values only)
+  models/net_g_<iter>.pth      {'params': ..., 'params_ema': ...}, as BasicSR saves
+  models/net_g_latest.pth      the newest of those
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hatstream.atomic import atomic_output
+from hatstream.errors import HatstreamError
+from hatstream.inference.upscaler import pad_to_multiple
+from hatstream.models.checkpoint import read_state_dict
+from hatstream.models.hat import HAT
+from hatstream.train.config import TrainConfig, hat_config
+from hatstream.train.data import PatchSampler, load_hr_images, make_pairs
+from hatstream.train.evaluate import Score, mean_score, score_image
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[dict], None]
+STATE_FILE = "training_state.pt"
+LATEST = "net_g_latest.pth"
+
+
+def build_network(cfg: TrainConfig) -> HAT:
+    """An untrained HAT of the configured architecture and scale."""
+    return HAT.from_config(hat_config(cfg.arch, cfg.scale))
+
+
+def load_init(net: nn.Module, path: str) -> list[str]:
+    """Copy every tensor of checkpoint `path` whose name and shape match (params_ema first).
+
+    Returns the names left at their initial values, e.g. the extra upsampling stage when a x4
+    model starts from a x2 one (the paper's recipe). Refuses a checkpoint that matches nothing.
+    """
+    state = read_state_dict(path)
+    own = net.state_dict()
+    take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not take:
+        raise HatstreamError(f"--init {path} shares no tensors with this architecture")
+    net.load_state_dict(take, strict=False)
+    return sorted(k for k in own if k not in take)
+
+
+class Trainer:
+    """One training process. With `world > 1` it is one rank of a data-parallel run; `wrap`
+    (e.g. DDP) wraps the network for the gradient all-reduce, and only rank 0 writes files.
+    """
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, rank: int = 0, world: int = 1,
+                 wrap: Callable[[nn.Module], nn.Module] | None = None):
+        self.cfg, self.rank, self.world = cfg, rank, world
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.run_dir = Path(cfg.out)
+        state_path = self.run_dir / STATE_FILE
+        if state_path.exists() and not resume:
+            raise HatstreamError(f"{self.run_dir} already holds a training run; pass --resume to continue it")
+        if resume and not state_path.exists():
+            raise HatstreamError(f"nothing to resume: {state_path} does not exist")
+
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank
+        self.net = build_network(cfg)
+        if cfg.init and not resume:
+            left = load_init(self.net, cfg.init)
+            log.info("initialised from %s; %d tensors left at random init", cfg.init, len(left))
+        self.ema = copy.deepcopy(self.net).eval()
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        self.model = wrap(self.net) if wrap else self.net
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=0)
+        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, milestones=list(cfg.milestones), gamma=cfg.gamma)
+
+        images = load_hr_images(cfg.data, cfg.frames_per_video)
+        self.sampler = PatchSampler(make_pairs(images, cfg.scale, cfg.patch), cfg.scale, cfg.patch,
+                                    seed=cfg.seed + 7919 * rank)
+        self.val_images = self._load_val() if rank == 0 and cfg.val else []
+        self.iter, self.elapsed = 0, 0.0
+        self.last_val: Score | None = None
+        if resume:
+            self._load_state(state_path)
+        if rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(
+                dict(cfg.to_dict(), training_images=[n for n, _ in images]), indent=1))
+
+    # ---- data and validation -------------------------------------------------------------
+
+    def _load_val(self) -> list[tuple[str, np.ndarray]]:
+        images = load_hr_images(self.cfg.val, self.cfg.frames_per_video)
+        side = self.cfg.val_max_side
+        if side:
+            # Centre crops keep validation cheap on a CPU; eval scores whole images.
+            out = []
+            for name, img in images:
+                h, w = img.shape[:2]
+                y, x = max(0, (h - side) // 2), max(0, (w - side) // 2)
+                out.append((name, img[y:y + side, x:x + side]))
+            images = out
+        return images
+
+    def _upscale(self, x: torch.Tensor) -> torch.Tensor:
+        """EMA network on a (1,3,h,w) batch: pad to the window, crop the result, clamp."""
+        h, w = x.shape[-2:]
+        xp, _, _ = pad_to_multiple(x, self.ema.window_size)
+        return self.ema(xp)[..., : h * self.cfg.scale, : w * self.cfg.scale].clamp(0, 1)
+
+    def validate(self) -> Score | None:
+        """Mean PSNR/SSIM-Y of the EMA weights on the validation images (None without any)."""
+        if not self.val_images:
+            return None
+        with torch.inference_mode():
+            scores = [score_image(n, img, self.cfg.scale, self._upscale) for n, img in self.val_images]
+        return mean_score(scores)
+
+    # ---- one step ----------------------------------------------------------------------------
+
+    def step(self) -> float:
+        """One optimisation step on this rank's share of the batch; returns the L1 loss."""
+        self.model.train()
+        lr, hr = self.sampler.sample(self.cfg.batch // self.world)  # (b,3,p,p), (b,3,sp,sp)
+        loss = F.l1_loss(self.model(lr), hr)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self._update_ema()
+        self.iter += 1
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # Warm-up: with a fixed 0.999 a short run's EMA still holds 0.999**n of the random init
+        # (22% after 1,500 steps). (1+n)/(10+n) reaches 0.999 by ~9,000 steps, so the paper's
+        # 250k-800k schedules are unchanged in effect.
+        d = min(self.cfg.ema, (1 + self.iter) / (10 + self.iter))
+        ema_p, net_p = list(self.ema.parameters()), list(self.net.parameters())
+        torch._foreach_mul_(ema_p, d)
+        torch._foreach_add_(ema_p, net_p, alpha=1 - d)
+
+    # ---- files ------------------------------------------------------------------------------
+
+    def checkpoint(self) -> dict:
+        """The BasicSR-compatible weights dict."""
+        return {"params": self.net.state_dict(), "params_ema": self.ema.state_dict()}
+
+    def save(self) -> Path:
+        """Write the checkpoint and the resume state (rank 0 only); returns the checkpoint path."""
+        models = self.run_dir / "models"
+        ckpt = models / f"net_g_{self.iter}.pth"
+        for path in (ckpt, models / LATEST):
+            with atomic_output(path) as tmp:
+                torch.save(self.checkpoint(), tmp)
+        state = {
+            "iter": self.iter, "elapsed": self.elapsed, "net": self.net.state_dict(),
+            "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "sampler": json.dumps(self.sampler.state()),
+            "torch_rng": torch.get_rng_state(),
+        }
+        with atomic_output(self.run_dir / STATE_FILE) as tmp:
+            torch.save(state, tmp)
+        return ckpt
+
+    def _load_state(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.net.load_state_dict(state["net"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        # Milestones come from the current config, so a resumed run may extend the schedule.
+        sched = dict(state["scheduler"], milestones=self.sched.state_dict()["milestones"])
+        self.sched.load_state_dict(sched)
+        self.sampler.set_state(json.loads(state["sampler"]))
+        if self.rank:
+            # Each rank continues its own stream; rank r's was seeded differently from rank 0's.
+            self.sampler.rng = np.random.default_rng([self.cfg.seed + 7919 * self.rank, state["iter"]])
+        torch.set_rng_state(state["torch_rng"])
+        self.iter, self.elapsed = int(state["iter"]), float(state["elapsed"])
+        log.info("resumed %s at iteration %d", self.run_dir, self.iter)
+
+    def _log(self, event: dict) -> None:
+        with open(self.run_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(event) + "\n")
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    def fit(self, progress: Progress | None = None) -> Path | None:
+        """Train to `cfg.iters`; returns the last checkpoint path (rank 0) or None (other ranks).
+
+        `progress` gets a dict after every step: iter, iters, loss (running mean since the last
+        log), lr, and val_psnr / val_ssim / bicubic_psnr once validation has run.
+        """
+        cfg = self.cfg
+        main = self.rank == 0
+        losses: list[float] = []
+        ckpt = None
+        t0 = time.perf_counter()
+        while self.iter < cfg.iters:
+            losses.append(self.step())
+            now = time.perf_counter()
+            self.elapsed += now - t0
+            t0 = now
+            event = {"iter": self.iter, "iters": cfg.iters, "loss": float(np.mean(losses)),
+                     "lr": self.opt.param_groups[0]["lr"]}
+            done = self.iter == cfg.iters
+            if main and (self.iter % cfg.log_every == 0 or done):
+                self._log(dict(event, elapsed=round(self.elapsed, 2)))
+                losses = []
+            if main and (self.iter % cfg.val_every == 0 or done):
+                self.last_val = self.validate()
+                if self.last_val:
+                    v = self.last_val
+                    self._log({"iter": self.iter, "val_psnr": v.psnr, "val_ssim": v.ssim,
+                               "bicubic_psnr": v.bicubic_psnr, "bicubic_ssim": v.bicubic_ssim})
+            if main and (self.iter % cfg.save_every == 0 or done):
+                ckpt = self.save()
+            if self.last_val:
+                event.update(val_psnr=self.last_val.psnr, val_ssim=self.last_val.ssim,
+                             bicubic_psnr=self.last_val.bicubic_psnr)
+            if progress and main:
+                progress(event)
+            t0 = time.perf_counter()  # validation and saving are not training time
+        if main and ckpt is None and self.iter:
+            ckpt = self.save()  # resumed at or past the target: still leave a checkpoint
+        return ckpt
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: Progress | None = None) -> Path:
+    """Train in this process (one worker); returns the final checkpoint path."""
+    return Trainer(cfg, resume=resume).fit(progress)
+
+
+def export_weights(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write a checkpoint's EMA weights (or params) as a .safetensors file for shipping."""
+    from safetensors.torch import save_file
+
+    state = read_state_dict(checkpoint)
+    with atomic_output(Path(out)) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    return Path(out)
