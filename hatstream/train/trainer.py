@@ -64,8 +64,9 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, rank: int = 0, world: int = 1,
-                 wrap: Callable[[nn.Module], nn.Module] | None = None):
+                 wrap: Callable[[nn.Module], nn.Module] | None = None, device: torch.device | str = "cpu"):
         self.cfg, self.rank, self.world = cfg, rank, world
+        self.device = torch.device(device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.run_dir = Path(cfg.out)
@@ -80,6 +81,7 @@ class Trainer:
         if cfg.init and not resume:
             left = load_init(self.net, cfg.init)
             log.info("initialised from %s; %d tensors left at random init", cfg.init, len(left))
+        self.net.to(self.device)
         self.ema = copy.deepcopy(self.net).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
@@ -119,7 +121,7 @@ class Trainer:
         """EMA network on a (1,3,h,w) batch: pad to the window, crop the result, clamp."""
         h, w = x.shape[-2:]
         xp, _, _ = pad_to_multiple(x, self.ema.window_size)
-        return self.ema(xp)[..., : h * self.cfg.scale, : w * self.cfg.scale].clamp(0, 1)
+        return self.ema(xp.to(self.device))[..., : h * self.cfg.scale, : w * self.cfg.scale].clamp(0, 1)
 
     def validate(self) -> Score | None:
         """Mean PSNR/SSIM-Y of the EMA weights on the validation images (None without any)."""
@@ -135,6 +137,7 @@ class Trainer:
         """One optimisation step on this rank's share of the batch; returns the L1 loss."""
         self.model.train()
         lr, hr = self.sampler.sample(self.cfg.batch // self.world)  # (b,3,p,p), (b,3,sp,sp)
+        lr, hr = lr.to(self.device, non_blocking=True), hr.to(self.device, non_blocking=True)
         loss = F.l1_loss(self.model(lr), hr)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -178,7 +181,7 @@ class Trainer:
         return ckpt
 
     def _load_state(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location=self.device, weights_only=True)
         self.net.load_state_dict(state["net"])
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["optimizer"])
@@ -189,7 +192,7 @@ class Trainer:
         if self.rank:
             # Each rank continues its own stream; rank r's was seeded differently from rank 0's.
             self.sampler.rng = np.random.default_rng([self.cfg.seed + 7919 * self.rank, state["iter"]])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
         self.iter, self.elapsed = int(state["iter"]), float(state["elapsed"])
         log.info("resumed %s at iteration %d", self.run_dir, self.iter)
 
