@@ -106,7 +106,7 @@ def test_opus_into_mov_is_refused_naming_the_fix_and_aac_fixes_it(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert _streams(out)[1][:3] == ("audio", "aac", "eng")
     with av.open(str(out)) as c, av.open(str(src)) as s:
-        a, b = c.streams.audio[0], s.streams.audio[0]
+        a = c.streams.audio[0]
         assert abs(float(a.duration * a.time_base) - float(s.duration / av.time_base)) < 0.05
 
 

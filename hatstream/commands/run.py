@@ -82,10 +82,14 @@ class _BarProgress:
     def start(self, total: int, exact: bool) -> None:
         from tqdm import tqdm
 
+        # disable=None: no bar when stderr is not a terminal (logs, CI, subprocess callers),
+        # where carriage-return redraws would only be noise before the summary or error line.
         self.bar = tqdm(total=total or None, unit="frame", desc="upscaling" if exact else "upscaling (~total)",
-                        dynamic_ncols=True, file=sys.stderr)
+                        dynamic_ncols=True, file=sys.stderr, disable=None)
 
     def update(self, p) -> None:
+        if self.bar.disable:
+            return
         if p.frames > (self.bar.total or 0) and self.bar.total:
             self.bar.total = p.frames  # the estimate was short; never show more than 100%
         self.bar.update(p.frames - self.bar.n)

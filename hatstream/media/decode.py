@@ -20,8 +20,8 @@ import av
 import numpy as np
 
 from hatstream.errors import HatstreamError
-from hatstream.media.colour import PlaneLayout
-from hatstream.media.probe import VideoInfo, configure_decoder, open_input, pick_video_stream, seconds
+from hatstream.media.formats import PlaneLayout
+from hatstream.media.probe import VideoInfo, configure_decoder, open_input, seconds
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import av
 import numpy as np
 
 from hatstream.errors import HatstreamError
-from hatstream.media.colour import MATRIX_TAG, RANGE_FULL, RANGE_LIMITED, ColourSpec, PlaneLayout
+from hatstream.media.formats import MATRIX_TAG, RANGE_FULL, RANGE_LIMITED, ColourSpec, PlaneLayout
 
 log = logging.getLogger(__name__)
 

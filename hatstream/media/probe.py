@@ -19,7 +19,7 @@ from pathlib import Path
 import av
 
 from hatstream.errors import HatstreamError
-from hatstream.media.colour import ColourSpec, PlaneLayout, canonical_pix_fmt
+from hatstream.media.formats import ColourSpec, PlaneLayout, canonical_pix_fmt
 
 log = logging.getLogger(__name__)
 

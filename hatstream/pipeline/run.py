@@ -22,7 +22,6 @@ from hatstream.media.encode import EncodeSettings, container_for
 from hatstream.media.probe import probe
 from hatstream.media.writer import VideoWriter, default_output_path, plan_output
 from hatstream.pipeline.engine import Progress, run_stages
-from hatstream.pipeline.stage import FrameFormat, upscale_planes
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +71,14 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
     work begins; `on_progress` after every frame written. Raises HatstreamError for anything
     the user can fix; nothing is left at the output path unless the run completes.
     """
-    from hatstream.inference import load_model  # torch-heavy; only when a run really starts
-
     if config.batch < 1:
         raise HatstreamError("--batch must be at least 1")
     started = time.perf_counter()
     info = probe(config.input)
+    # torch takes seconds to import; bad input has been refused by now without it.
+    from hatstream.inference import load_model
+    from hatstream.pipeline.stage import FrameFormat, upscale_planes
+
     if config.output is not None:
         container_for(config.output)  # an unusable extension is refused before the model loads
     model = load_model(config.model, device=config.device, precision=config.precision, scale=config.scale)
