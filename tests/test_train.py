@@ -1,0 +1,147 @@
+"""Training: a short run on a tiny config (loss falls, checkpoint, resume, loading), video data,
+presets, and the Ray Train data-parallel path with two CPU workers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, run_cli
+from hatstream.errors import HatstreamError
+from hatstream.inference import load_model
+from hatstream.models.checkpoint import read_state_dict
+from hatstream.train.config import TrainConfig, hat_config
+from hatstream.train.data import load_hr_images
+from hatstream.train.trainer import Trainer, load_init
+from mediagen import Clip, make_video
+
+
+def _photo_crops(folder: Path) -> Path:
+    """A few 96x96 crops of scikit-image photos: real texture, small enough for seconds per run."""
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("astronaut", "coffee", "chelsea"):
+        img = getattr(data, name)()
+        h, w = img.shape[:2]
+        crop = img[h // 2 - 48: h // 2 + 48, w // 2 - 48: w // 2 + 48]
+        cv2.imwrite(str(folder / f"{name}.png"), np.ascontiguousarray(crop[..., ::-1]))
+    return folder
+
+
+def _tiny_config(tmp_path: Path, **changes) -> TrainConfig:
+    base = dict(data=(str(_photo_crops(tmp_path / "data")),), out=str(tmp_path / "run"), scale=2, arch="hat-micro",
+                iters=30, lr=2e-3, milestones=(1000,), batch=4, patch=16, log_every=5, val_every=30,
+                save_every=15, seed=0, threads=2)
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def _logged_losses(run_dir: Path) -> list[float]:
+    lines = (run_dir / "log.jsonl").read_text().splitlines()
+    return [e["loss"] for e in map(json.loads, lines) if "loss" in e]
+
+
+def test_train_resume_and_load(tmp_path):
+    val = tmp_path / "val"
+    _photo_crops(val)
+    cfg = _tiny_config(tmp_path, val=(str(val),))
+    events = []
+    ckpt = Trainer(cfg).fit(events.append)
+    run = Path(cfg.out)
+
+    losses = _logged_losses(run)
+    assert len(losses) == 6
+    assert np.mean(losses[-2:]) < 0.8 * losses[0], losses  # the loss falls
+    assert events[-1]["iter"] == 30 and "val_psnr" in events[-1]
+    assert ckpt == run / "models" / "net_g_30.pth" and (run / "models" / "net_g_latest.pth").is_file()
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert set(saved) == {"params", "params_ema"}  # BasicSR layout
+
+    # A second start without --resume refuses to overwrite; with it, training continues at 31.
+    with pytest.raises(HatstreamError, match="--resume"):
+        Trainer(cfg)
+    proc = run_cli("train", "--data", *cfg.data, "--out", run, "--scale", "2", "--arch", "hat-micro", "--iters", "40",
+                   "--lr", "2e-3", "--batch", "4", "--patch", "16", "--save-every", "10", "--threads", "2", "--resume",
+                   timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [e["iter"] for e in log if "loss" in e][-1] == 40
+    assert (run / "models" / "net_g_40.pth").is_file()
+    resumed = torch.load(run / "training_state.pt", map_location="cpu", weights_only=True)
+    assert resumed["iter"] == 40 and resumed["elapsed"] > 0
+
+    # The checkpoint loads as a model, through the library and through `hatstream run --model`.
+    up = load_model(run / "models" / "net_g_latest.pth", device="cpu")
+    assert up.scale == 2 and up.info.hyperparameters["embed_dim"] == 16
+    y = up(torch.rand(1, 3, 20, 28))
+    assert y.shape == (1, 3, 40, 56) and torch.isfinite(y).all()
+    clip = make_video(tmp_path / "clip.mkv", Clip(frames=3, width=32, height=24))
+    out = tmp_path / "clip.x2.mkv"
+    proc = run_cli("run", clip, "-o", out, "--model", run / "models" / "net_g_latest.pth", timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file() and out.stat().st_size > 0
+
+
+def test_video_frames_are_training_data(tmp_path):
+    clip = make_video(tmp_path / "clip.mkv", Clip(frames=20, width=64, height=48))
+    frames = load_hr_images([str(clip)], frames_per_video=4)
+    assert len(frames) == 4 and frames[0][1].shape == (48, 64, 3)
+    assert not np.array_equal(frames[0][1], frames[-1][1])  # sampled across the clip, not one frame
+    cfg = _tiny_config(tmp_path, data=(str(clip),), iters=3, frames_per_video=4, save_every=3)
+    assert Trainer(cfg).fit() is not None
+
+
+def test_x4_initialises_from_x2_except_the_new_upsampling_stage(tmp_path):
+    from hatstream.models.hat import HAT
+
+    src = HAT.from_config(hat_config("hat-micro", 2))
+    x4 = HAT.from_config(hat_config("hat-micro", 4))
+    path = tmp_path / "x2.pth"
+    torch.save({"params_ema": src.state_dict()}, path)
+    assert load_init(x4, str(path)) == ["upsample.2.bias", "upsample.2.weight"]
+    assert torch.equal(x4.conv_first.weight, src.conv_first.weight)
+
+
+def test_presets_and_architectures():
+    presets = sorted((ROOT / "pipelines").glob("train-*.toml"))
+    assert presets
+    cfgs = {p.stem: TrainConfig.from_toml(p, data=["x"], out="y") for p in presets}
+    x2 = cfgs["train-hat-x2"]
+    assert (x2.iters, x2.lr, x2.milestones, x2.batch, x2.patch) == (
+        500_000, 2e-4, (250_000, 400_000, 450_000, 475_000), 32, 64)
+    assert (cfgs["train-hat-x4"].iters, cfgs["train-hat-x4"].lr) == (250_000, 1e-4)
+    assert (cfgs["train-hat-pretrain-x4"].iters, cfgs["train-hat-pretrain-x4"].lr) == (800_000, 2e-4)
+    assert (cfgs["train-hat-finetune-x4"].iters, cfgs["train-hat-finetune-x4"].lr) == (250_000, 1e-5)
+    counts = {"hat-s": 9_621_183, "hat": 20_772_507, "hat-l": 40_846_575}  # x4, notes §1
+    from hatstream.models.hat import HAT
+
+    for arch, n in counts.items():
+        with torch.device("meta"):
+            model = HAT.from_config(hat_config(arch, 4))
+        assert sum(p.numel() for p in model.parameters()) == n, arch
+    with pytest.raises(HatstreamError):
+        TrainConfig(data=("x",), out="y", arch="hat-micro", patch=12)  # not a multiple of the window
+
+
+def test_ray_train_two_cpu_workers(tmp_path):
+    import ray.train  # noqa: F401 - a dependency (ray[train]); missing it must fail, not skip
+    from hatstream.train.distributed import train_distributed
+
+    cfg = _tiny_config(tmp_path, iters=24, workers=2, batch=8, threads=1, log_every=4, save_every=24)
+    events = []
+    ckpt = train_distributed(cfg, progress=events.append)
+    import ray
+
+    assert not ray.is_initialized()  # the run shut down the Ray it started
+    losses = _logged_losses(Path(cfg.out))
+    assert np.mean(losses[-2:]) < 0.8 * losses[0], losses
+    assert events and events[-1]["iter"] == 24
+    state = read_state_dict(ckpt)
+    up = load_model(ckpt, device="cpu")
+    assert up.scale == 2 and set(state) == set(up.model.state_dict())
