@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", help="hat-s, hat, hat-l, hat-tiny, hat-micro")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder: checkpoints, log, resume state")
     p.add_argument("--init", metavar="CKPT", help="start from these weights (params_ema first), e.g. to fine-tune")
+    p.add_argument("--start", choices=("random", "bilinear"),
+                   help="initial weights without --init: the reference's random init, or a bilinear upscaler")
     p.add_argument("--iters", type=int, help="total iterations")
     p.add_argument("--lr", type=float, help="initial learning rate")
     p.add_argument("--milestones", type=int, nargs="*", help="iterations where the learning rate is halved")
@@ -41,10 +43,9 @@ def config_from_args(args: argparse.Namespace):
     """The TrainConfig: --config preset (if any) overridden by explicit flags."""
     from hatstream.train.config import TrainConfig
 
-    flags = dict(data=args.data, scale=args.scale, arch=args.arch, out=args.out, init=args.init, iters=args.iters,
-                 lr=args.lr, milestones=args.milestones, batch=args.batch, patch=args.patch, val=args.val,
-                 val_every=args.val_every, save_every=args.save_every, seed=args.seed, threads=args.threads,
-                 workers=args.workers, address=args.address)
+    names = ("data", "scale", "arch", "out", "init", "start", "iters", "lr", "milestones", "batch", "patch", "val",
+             "val_every", "save_every", "seed", "threads", "workers", "address")
+    flags = {name: getattr(args, name) for name in names}
     cfg = TrainConfig.from_toml(args.config, **flags) if args.config else TrainConfig(
         **{k: v for k, v in flags.items() if v is not None})
     if not cfg.data:

@@ -56,6 +56,9 @@ class TrainConfig:
     scale: int = 2
     arch: str = "hat"
     init: str | None = None
+    # Starting weights when there is no --init: "random" (the reference's init) or "bilinear"
+    # (the network starts as a bilinear upscaler; hatstream.train.init), for short CPU runs.
+    start: str = "random"
     iters: int = 500_000
     lr: float = 2e-4
     milestones: tuple[int, ...] = (250_000, 400_000, 450_000, 475_000)
@@ -90,6 +93,8 @@ class TrainConfig:
             raise HatstreamError(f"batch {self.batch} does not split evenly over {self.workers} workers")
         if not self.lr > 0:
             raise HatstreamError(f"learning rate must be positive, got {self.lr}")
+        if self.start not in ("random", "bilinear"):
+            raise HatstreamError(f"start must be 'random' or 'bilinear', got {self.start!r}")
         hat_config(self.arch, self.scale)  # validates the name early
         window = ARCHITECTURES[self.arch]["window_size"]
         if self.patch % window:

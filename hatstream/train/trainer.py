@@ -30,6 +30,7 @@ from hatstream.models.hat import HAT
 from hatstream.train.config import TrainConfig, hat_config
 from hatstream.train.data import PatchSampler, load_hr_images, make_pairs
 from hatstream.train.evaluate import Score, mean_score, score_image
+from hatstream.train.init import bilinear_init
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class Trainer:
         if cfg.init and not resume:
             left = load_init(self.net, cfg.init)
             log.info("initialised from %s; %d tensors left at random init", cfg.init, len(left))
+        elif cfg.start == "bilinear" and not resume:
+            bilinear_init(self.net)
         self.net.to(self.device)
         self.ema = copy.deepcopy(self.net).eval()
         for p in self.ema.parameters():
