@@ -109,6 +109,7 @@ def test_bias_cache_reused_and_rebuilt():
         model.layers[0].residual_group.blocks[0].attn.relative_position_bias_table.add_(1.0)
         rebuilt = attn.bias(rpi, torch.float32)
     assert rebuilt is not first
+    assert rebuilt.shape == (1, 3, 64, 64)
     assert torch.allclose(rebuilt, first.float() + 1.0)
     # The shift masks are cached per device too.
     assert model.shift_masks(torch.device("cpu")) is model.shift_masks(torch.device("cpu"))

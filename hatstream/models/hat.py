@@ -221,7 +221,7 @@ class _CachedBias:
             return build().to(dtype)
         key = (table.device, dtype, table.data_ptr(), table._version)
         if key != self._key:
-            self._value = build().to(dtype)
+            self._value = build().to(dtype).contiguous()
             self._key = key
         return self._value
 
@@ -230,11 +230,13 @@ def _attention(q, k, v, bias, scale):
     """Softmax attention with an additive float mask: q (..., nH, nq, d), k/v (..., nH, nk, d),
     bias (nH, nq, nk) -> (..., nH, nq, d).
 
-    Leading dimensions are folded into one batch dimension because the fused SDPA kernels take
-    4-D inputs only; anything else silently runs the slow math kernel.
+    The fused SDPA kernels take only 4-D inputs whose last dimension is contiguous; anything else
+    silently runs the math kernel, several times slower. So leading dimensions are folded into
+    one, and a strided head dimension is copied once.
     """
     lead = q.shape[:-3]
     q, k, v = (t.reshape(-1, *t.shape[-3:]) for t in (q, k, v))
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
     return out.view(*lead, *out.shape[-3:])
 
@@ -253,12 +255,18 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self._bias = _CachedBias()
 
-    def bias(self, rpi: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """(nH, n, n) bias gathered from the table with the model's shared index."""
+    def bias(self, rpi: torch.Tensor, dtype: torch.dtype, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """(1, nH, n, n) bias gathered from the table with the model's shared index; with the
+        (4, n, n) shift-mask patterns, (4, nH, n, n): one bias per pattern, masks included.
+
+        4-D on purpose: CPU SDPA takes its fused (flash) kernel only for a 4-D mask and runs the
+        math fallback, about 5x slower, for a 3-D one.
+        """
         n = self.window_size**2
 
         def build():
-            return self.relative_position_bias_table[rpi.reshape(-1)].view(n, n, -1).permute(2, 0, 1).contiguous()
+            bias = self.relative_position_bias_table[rpi.reshape(-1)].view(n, n, -1).permute(2, 0, 1)
+            return bias[None] if masks is None else bias[None] + masks[:, None].to(bias.dtype)
 
         return self._bias.get(self.relative_position_bias_table, build, dtype)
 
@@ -281,11 +289,10 @@ class WindowAttention(nn.Module):
         `shift_mask_patterns` applied to interior, last-column, last-row and corner windows.
         """
         q, k, v = self.qkv_heads(windows)  # each (B, nh, nw, nH, n, d)
-        bias = self.bias(rpi, q.dtype)  # (nH, n, n)
+        bias = self.bias(rpi, q.dtype, masks)  # (1 or 4, nH, n, n)
         if masks is None:
             return self.merge_heads(_attention(q, k, v, bias, self.scale))
         out = torch.empty_like(q)
-        masks = masks.to(q.dtype)
         # The four groups of windows in the (nh, nw) grid, each with its own mask pattern.
         groups = ((slice(0, -1), slice(0, -1)), (slice(0, -1), slice(-1, None)),
                   (slice(-1, None), slice(0, -1)), (slice(-1, None), slice(-1, None)))
@@ -293,8 +300,8 @@ class WindowAttention(nn.Module):
             qs = q[:, rows, cols]
             if qs.numel() == 0:
                 continue  # a single row or column of windows has no interior
-            mask = bias if pattern == 0 else bias + masks[pattern]
-            out[:, rows, cols] = _attention(qs, k[:, rows, cols], v[:, rows, cols], mask, self.scale)
+            out[:, rows, cols] = _attention(qs, k[:, rows, cols], v[:, rows, cols],
+                                            bias[pattern : pattern + 1], self.scale)
         return self.merge_heads(out)
 
 
@@ -362,13 +369,13 @@ class OCAB(nn.Module):
         self._bias = _CachedBias()
 
     def bias(self, rpi: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """(nH, ws*ws, ows*ows) bias; negative indices wrap to the table's end as in the reference."""
+        """(1, nH, ws*ws, ows*ows) bias; negative indices wrap to the table's end as in the reference."""
         table = self.relative_position_bias_table
         nq, nk = self.window_size**2, self.overlap_win_size**2
 
         def build():
             idx = rpi.reshape(-1) % table.shape[0]
-            return table[idx].view(nq, nk, -1).permute(2, 0, 1).contiguous()
+            return table[idx].view(nq, nk, -1).permute(2, 0, 1)[None]  # (1, nH, nq, nk): see WindowAttention.bias
 
         return self._bias.get(table, build, dtype)
 
