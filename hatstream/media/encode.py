@@ -8,7 +8,6 @@ VP8/VP9/AV1, so it gets VP9 (8-bit) or SVT-AV1 (10-bit) instead.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -17,6 +16,7 @@ import av
 import numpy as np
 
 from hatstream.errors import HatstreamError
+from hatstream.media.probe import ffmpeg_threads
 from hatstream.media.formats import MATRIX_TAG, RANGE_FULL, RANGE_LIMITED, ColourSpec, PlaneLayout
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ def add_video_stream(out: av.container.OutputContainer, enc: VideoEncoding, widt
         cc.sample_aspect_ratio = sample_aspect_ratio
     stream.options = dict(enc.options)
     # FFmpeg's own encoder threads: bounded, for the same reason as the decoder's.
-    cc.thread_count = min(4, max(1, os.cpu_count() or 1))
+    cc.thread_count = ffmpeg_threads()
     if display_matrix is not None:
         stream.set_display_matrix(list(display_matrix))
     for key, value in metadata.items():

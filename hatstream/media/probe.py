@@ -28,9 +28,16 @@ log = logging.getLogger(__name__)
 # image sequences and raw device or network demuxers are deliberately absent.
 ALLOWED_DEMUXERS = ("mov", "matroska", "avi", "mpegts", "flv", "ogg", "asf", "mxf", "nut", "yuv4mpegpipe")
 
-# Bounded FFmpeg threading for decoding: unbounded pools fight torch's intra-op threads, and
-# thread_count=0 has been seen to deadlock next to PyTorch.
-MAX_DECODE_THREADS = 4
+
+def ffmpeg_threads() -> int:
+    """Threads for each FFmpeg decoder/encoder: a quarter of the cores, 1 to 4.
+
+    The model wants the cores; FFmpeg's own pools run beside it. Oversubscribing a small CPU
+    is very costly: an OpenMP parallel region in torch waits for its slowest thread, and on 2
+    busy cores that made the RGB/YUV conversion a hundred times slower. thread_count=0 (auto)
+    has also been seen to deadlock next to PyTorch, so the count is always explicit.
+    """
+    return max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
 def check_input_path(path: Path) -> Path:
@@ -223,7 +230,7 @@ def configure_decoder(stream) -> None:
     next to the model, so the exactness is worth more than frame threading's speed.
     """
     stream.thread_type = "SLICE"
-    stream.thread_count = max(1, min(MAX_DECODE_THREADS, os.cpu_count() or 1))
+    stream.thread_count = ffmpeg_threads()
 
 
 def seconds(pts: int | None, time_base: Fraction) -> float:
