@@ -173,10 +173,3 @@ def test_unknown_model_name_and_scale_mismatch(tmp_path):
     torch.save({"params_ema": model.state_dict()}, tmp_path / "x2.pth")
     with pytest.raises(HatstreamError, match="x2"):
         load_model(tmp_path / "x2.pth", scale=4)
-
-
-def test_fp16_refused_for_hat_with_a_reason(tmp_path):
-    model = HAT(upscale=2, window_size=8, embed_dim=12, depths=[1], num_heads=[2], squeeze_factor=4)
-    torch.save({"params_ema": model.state_dict()}, tmp_path / "x2.pth")
-    with pytest.raises(HatstreamError, match="fp16"):
-        load_model(tmp_path / "x2.pth", precision="fp16")

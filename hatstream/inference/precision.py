@@ -38,9 +38,7 @@ def resolve_precision(precision: str, device: torch.device, info: ModelInfo) -> 
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
         return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
     if precision == "fp16" and not info.supports_fp16:
-        raise HatstreamError(
-            f"{info.name} overflows fp16 (its residual trunk exceeds 65504); use --precision bf16 or fp32"
-        )
+        raise HatstreamError(f"{info.name} cannot run in fp16; use --precision bf16 or fp32")
     if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         log.warning("this CPU has no native bf16 (AMX/AVX512-BF16); bf16 will be slower than fp32")
     return DTYPES[precision]

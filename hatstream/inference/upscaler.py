@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hatstream.models.hat import HAT
+from hatstream.models.hat_rescale import make_fp16_safe
 from hatstream.models.spec import ModelInfo
 
 
@@ -35,6 +37,8 @@ class Upscaler:
         self.scale = info.scale
         self.device = device
         self.dtype = dtype
+        if dtype == torch.float16 and isinstance(model, HAT):
+            make_fp16_safe(model)
         self.model = model.to(device=device, dtype=dtype).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)

@@ -43,7 +43,7 @@ def build_hat(state: dict[str, torch.Tensor], source: str) -> tuple[nn.Module, M
     model = HAT.from_state_dict(cfg, state)
     info = ModelInfo(
         name=detect.variant_name(cfg), arch="HAT", scale=cfg.upscale, window_multiple=cfg.window_size,
-        supports_bf16=True, supports_fp16=False, hyperparameters=cfg.to_kwargs(), source=source,
+        supports_bf16=True, supports_fp16=True, hyperparameters=cfg.to_kwargs(), source=source,
         parameters=_count_params(model),
     )
     return model.eval(), info

@@ -16,8 +16,8 @@ class ModelInfo:
     scale: int
     window_multiple: int = 1  # inputs are padded to a multiple of this
     supports_bf16: bool = True
-    # HAT's unnormalised residual trunk overflows fp16 with trained weights, so plain fp16 is
-    # off unless a model proves otherwise.
+    # Whether hatstream can run the model in fp16. For HAT only through trunk rescaling
+    # (`hatstream.models.hat_rescale`): its unnormalised trunk overflows plain fp16.
     supports_fp16: bool = False
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
     source: str = "built-in"
