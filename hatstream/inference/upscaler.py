@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hatstream.inference.tiling import upscale_tiled
 from hatstream.models.hat import HAT
 from hatstream.models.hat_rescale import make_fp16_safe
 from hatstream.models.spec import ModelInfo
+
+log = logging.getLogger(__name__)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
@@ -25,14 +30,25 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, 
     return F.pad(x, (0, pw, 0, ph), mode=mode), ph, pw
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a failed allocation on the GPU or the CPU (both surface as RuntimeError)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
 class Upscaler:
     """A loaded model ready to run: `upscaler(x)` maps (B,3,H,W) in [0,1] to (B,3,sH,sW) in [0,1].
 
     Attributes: `scale`, `info` (ModelInfo: architecture name and hyperparameters), `device`,
-    `dtype` (the compute dtype), and `model` (the torch module).
+    `dtype` (the compute dtype), `model` (the torch module), and `tile`: None to run whole frames
+    (the default, and the reference), or the tile side in input pixels. When a whole frame runs
+    out of memory, the upscaler halves the tile until it fits and warns once.
     """
 
-    def __init__(self, model: nn.Module, info: ModelInfo, device: torch.device, dtype: torch.dtype):
+    def __init__(self, model: nn.Module, info: ModelInfo, device: torch.device, dtype: torch.dtype,
+                 tile: int | None = None, tile_overlap: int | None = None):
         self.info = info
         self.scale = info.scale
         self.device = device
@@ -42,9 +58,43 @@ class Upscaler:
         self.model = model.to(device=device, dtype=dtype).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        self.tile = tile
+        # At least two windows of context on each side of a seam.
+        self.tile_overlap = tile_overlap if tile_overlap is not None else max(2 * info.window_multiple, 16)
+        self._warned = False
 
     def __repr__(self) -> str:
         return f"Upscaler({self.info.describe()}, device={self.device}, dtype={self.dtype})"
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad, run and crop one piece; unclamped, in the compute dtype."""
+        h, w = x.shape[-2:]
+        x, _, _ = pad_to_multiple(x, self.info.window_multiple)
+        return self.model(x)[..., : h * self.scale, : w * self.scale]
+
+    def _run_fitting(self, x: torch.Tensor) -> torch.Tensor:
+        """Run whole, or tiled once memory has run out, shrinking the tile on every new failure."""
+        minimum = max(2 * self.info.window_multiple, 16)
+        while True:
+            try:
+                if self.tile is None or self.tile >= max(x.shape[-2:]):
+                    return self._run(x)
+                return upscale_tiled(self._run, x, self.scale, self.tile, self.tile_overlap)
+            except RuntimeError as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                side = self.tile or max(x.shape[-2:])
+                new = (side // 2) // self.info.window_multiple * self.info.window_multiple
+                if new < minimum:
+                    raise
+                self.tile = new
+                if not self._warned:
+                    log.warning("out of memory on a whole %dx%d frame; continuing in %d px tiles with %d px "
+                                "overlap (tiles change HAT's output slightly)", x.shape[-1], x.shape[-2],
+                                new, self.tile_overlap)
+                    self._warned = True
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,8 +102,5 @@ class Upscaler:
         if x.ndim != 4:
             raise ValueError(f"expected a (B, C, H, W) batch, got shape {tuple(x.shape)}")
         out_dtype = x.dtype if x.is_floating_point() else torch.float32
-        h, w = x.shape[-2:]
         x = x.to(device=self.device, dtype=self.dtype, non_blocking=True)
-        x, _, _ = pad_to_multiple(x, self.info.window_multiple)
-        y = self.model(x)[..., : h * self.scale, : w * self.scale]
-        return y.clamp_(0, 1).to(out_dtype)
+        return self._run_fitting(x).clamp_(0, 1).to(out_dtype)
