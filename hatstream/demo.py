@@ -56,7 +56,7 @@ def make_clip(path: Path) -> Path:
         out.metadata["title"] = "hatstream demo: astronaut pan"
         for i, rgb in enumerate(_pan_frames(_photo(), count)):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
-                format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
+                format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG", threads=1)
             frame.pts = i
             out.mux(video.encode(frame))
         out.mux(video.encode())

@@ -18,6 +18,9 @@ import av
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+# swscale must run single-threaded: FFmpeg 8.1's threaded path (av 18.1.0) returns slightly
+# different rows from run to run, which would make colour checks flaky.
+SWS_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -87,10 +90,10 @@ def _video_frame(clip: Clip, i: int) -> av.VideoFrame:
         from av.video.reformatter import ColorRange, Colorspace
         colorspace, color_range = clip.colour_tags[:2]
         frame = frame.reformat(format=clip.pix_fmt, dst_colorspace=Colorspace(colorspace),
-                               dst_color_range=ColorRange(color_range))
+                               dst_color_range=ColorRange(color_range), threads=SWS_THREADS)
         frame.colorspace, frame.color_range, frame.color_primaries, frame.color_trc = clip.colour_tags
     else:
-        frame = frame.reformat(format=clip.pix_fmt)
+        frame = frame.reformat(format=clip.pix_fmt, threads=SWS_THREADS)
     return frame
 
 

@@ -37,7 +37,8 @@ def _planes_of(frame, layout):
 def test_yuv_to_rgb_matches_swscale(cs, matrix, full, pix_fmt):
     rgb = _rgb_image()
     frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
-        format=pix_fmt, dst_colorspace=cs, dst_color_range=ColorRange.JPEG if full else ColorRange.MPEG)
+        format=pix_fmt, dst_colorspace=cs, dst_color_range=ColorRange.JPEG if full else ColorRange.MPEG,
+        threads=1)
     layout = PlaneLayout.from_pix_fmt(pix_fmt)
     tensors = planes_to_tensors([_planes_of(frame, layout)])
     back = planes_to_rgb(tensors, layout, ColourSpec(matrix, full))[0].permute(1, 2, 0).numpy() * 255
@@ -49,7 +50,7 @@ def test_rgb_to_yuv_matches_swscale(cs, matrix):
     rgb = _rgb_image(1)
     layout = PlaneLayout.from_pix_fmt("yuv444p10le")
     ref = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
-        format="yuv444p10le", dst_colorspace=cs, dst_color_range=ColorRange.MPEG)
+        format="yuv444p10le", dst_colorspace=cs, dst_color_range=ColorRange.MPEG, threads=1)
     want = _planes_of(ref, layout)
     tensor = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
     got = tensors_to_planes(rgb_to_planes(tensor, layout, ColourSpec(matrix, False)))[0]
@@ -88,7 +89,7 @@ def test_ten_bit_codes_survive_a_round_trip_exactly():
 def test_gbr_planes_are_rgb():
     layout = PlaneLayout.from_pix_fmt("gbrp")
     rgb = _rgb_image(2)
-    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="gbrp")
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="gbrp", threads=1)
     out = planes_to_rgb(planes_to_tensors([_planes_of(frame, layout)]), layout, ColourSpec("rgb", True))
     assert np.array_equal((out[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), rgb)
 
@@ -112,6 +113,19 @@ def test_layouts(name, depth, shift, canonical):
         assert (layout.bit_depth, layout.chroma_shift) == (depth, shift)
     assert canonical_pix_fmt(name) == canonical
     assert PlaneLayout.from_pix_fmt(canonical) is not None
+
+
+def test_swscale_single_threaded_is_deterministic():
+    # Why every swscale call here and in hatstream passes threads=1: with av 18.1.0 (FFmpeg
+    # 8.1.2) the default threaded conversion returns different rows now and then. If this
+    # ever fails, single-threaded swscale is not a safe reference either.
+    rgb = _rgb_image(4)
+    results = set()
+    for _ in range(200):
+        f = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+            format="yuv444p10le", dst_colorspace=Colorspace.BT2020, dst_color_range=ColorRange.MPEG, threads=1)
+        results.add(b"".join(bytes(p) for p in f.planes))
+    assert len(results) == 1
 
 
 def test_odd_sizes_round_chroma_up():

@@ -11,7 +11,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from mediagen import Clip, frame_times, make_video, read_planes, run_cli, video_stream_info
+from mediagen import SWS_THREADS, Clip, frame_times, make_video, read_planes, run_cli, video_stream_info
 
 
 def _ok(proc):
@@ -121,8 +121,8 @@ def test_bt709_patches_keep_their_rgb(tmp_path):
     assert video_stream_info(out)["colour_tags"] == (1, 1, 1, 1)
     with av.open(str(out)) as c:
         frame = next(c.decode(video=0))
-        rgb = frame.to_ndarray(format="rgb24").astype(int)
-        wrong = frame.to_ndarray(format="rgb24", src_colorspace="ITU601").astype(int)
+        rgb = frame.to_ndarray(format="rgb24", threads=SWS_THREADS).astype(int)
+        wrong = frame.to_ndarray(format="rgb24", src_colorspace="ITU601", threads=SWS_THREADS).astype(int)
     worst_wrong = 0
     for n, colour in enumerate(PATCHES):
         r, c = divmod(n, 4)

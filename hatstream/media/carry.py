@@ -239,6 +239,15 @@ def check_streams(path, fmt: str, plan: list[CarriedStream], add_video: Callable
     return kept
 
 
+def mux_packet(out: av.container.OutputContainer, packet: av.Packet) -> None:
+    """`out.mux(packet)`, with FFmpeg's refusal turned into a message naming the stream and time."""
+    try:
+        out.mux(packet)
+    except av.error.FFmpegError as exc:
+        raise HatstreamError(f"cannot write {packet.stream.type} packet at "
+                             f"{seconds(packet.pts, packet.time_base):.3f}s: {exc.strerror or exc}") from None
+
+
 class Carrier:
     """Feeds the carried streams' packets into the output, interleaved with the video by time.
 
@@ -305,11 +314,7 @@ class Carrier:
                                      f"at {float(dts):.3f}s; remux it first (e.g. ffmpeg -c copy to .mkv)")
             self._last_dts[stream.index] = dts
         packet.stream = stream
-        try:
-            self.out.mux(packet)
-        except av.error.FFmpegError as exc:
-            raise HatstreamError(f"cannot write {stream.type} packet at "
-                                 f"{seconds(packet.pts, packet.time_base):.3f}s: {exc.strerror or exc}") from None
+        mux_packet(self.out, packet)
         self.packets += 1
 
     def finish(self) -> None:

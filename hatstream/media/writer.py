@@ -16,7 +16,7 @@ import av
 import numpy as np
 
 from hatstream.errors import HatstreamError
-from hatstream.media.carry import CarriedStream, Carrier, carry_tags, check_streams, plan_streams
+from hatstream.media.carry import CarriedStream, Carrier, carry_tags, check_streams, mux_packet, plan_streams
 from hatstream.media.encode import (EncodeSettings, VideoEncoding, add_video_stream, container_for,
                                     planes_to_frame, resolve_encoding)
 from hatstream.media.probe import VideoInfo, open_input
@@ -118,11 +118,7 @@ class VideoWriter:
         for packet in packets:
             if packet.dts is not None:
                 self.carrier.mux_until(float(packet.dts * packet.time_base))
-            try:
-                self.out.mux(packet)
-            except av.error.FFmpegError as exc:
-                raise HatstreamError(f"cannot write video packet at {float(packet.pts * packet.time_base):.3f}s: "
-                                     f"{exc.strerror or exc}") from None
+            mux_packet(self.out, packet)
 
     def finish(self) -> None:
         """Flush the encoder and carried streams, and write the trailer."""
