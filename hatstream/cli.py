@@ -21,6 +21,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("run", "run", "upscale a video file"),
     ("image", "image", "upscale PNG/JPEG images"),
     ("watch", "watch", "watch a folder and upscale every video that lands in it"),
+    ("bench", "bench", "measure each stage's throughput on a synthetic clip"),
     ("models", "models", "list the built-in models"),
     ("eval", "eval", "PSNR/SSIM of a model against bicubic on a folder of images"),
     ("train", "train", "train or fine-tune HAT (same-task pretraining, then fine-tuning)"),
