@@ -1,0 +1,161 @@
+"""One watch job in its own process: `python -m hatstream.watch.job CONFIG_JSON`.
+
+Each job runs `run_file` in a child process, for three reasons:
+- a file that crashes FFmpeg (a decoder segfault) costs one failed attempt, not the watcher;
+- stopping a job is a signal to the child, which takes `run_file`'s own clean-up path
+  (KeyboardInterrupt in the thread that runs the model; the temporary output is removed);
+- memory from one job (model, decoder pools) is returned to the system when it ends.
+The price is importing torch once per job, a few seconds, small against upscaling a video.
+
+The child prints one JSON line on stdout: the result, or `{"error": ...}` for a HatstreamError
+(exit status 2). Interrupted, it exits 130; anything else is a bug with a traceback on stderr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from hatstream.media.encode import EncodeSettings
+from hatstream.pipeline.run import RunConfig
+
+INTERRUPTED = 130
+_PARENT_ENV = "HATSTREAM_WATCH_PARENT"
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def config_to_json(config: RunConfig) -> str:
+    """A RunConfig as JSON (paths as strings), for the child's command line."""
+    return json.dumps(dataclasses.asdict(config), default=str)
+
+
+def config_from_json(text: str) -> RunConfig:
+    """The inverse of `config_to_json`."""
+    data = json.loads(text)
+    data["input"] = Path(data["input"])
+    data["output"] = Path(data["output"]) if data["output"] is not None else None
+    data["encode"] = EncodeSettings(**data["encode"])
+    return RunConfig(**data)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job process ended: 'done', 'failed' or 'interrupted', with the error or the result."""
+
+    kind: str
+    error: str | None = None
+    frames: int | None = None
+    seconds: float | None = None
+
+
+class JobProcess:
+    """A running job child. Output goes to temporary files, so a chatty child never blocks on a pipe."""
+
+    def __init__(self, config: RunConfig):
+        self._out = tempfile.TemporaryFile()
+        self._err = tempfile.TemporaryFile()
+        env = dict(os.environ, **{_PARENT_ENV: str(os.getpid())})
+        # The child must import this same hatstream, wherever the watcher was started from.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen([sys.executable, "-m", "hatstream.watch.job", config_to_json(config)],
+                                     stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err, env=env)
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        return self.proc.pid
+
+    def stop(self) -> None:
+        """Ask the job to stop cleanly (SIGTERM: the child removes its partial output and exits 130)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+
+    def kill(self) -> None:
+        """Stop the job at once; the caller must clean up its partial output."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def poll(self) -> Outcome | None:
+        """The outcome once the child has exited, else None."""
+        rc = self.proc.poll()
+        if rc is None:
+            return None
+        stdout = self._read(self._out)
+        stderr = self._read(self._err)
+        result = {}
+        for line in reversed(stdout.splitlines()):
+            try:
+                result = json.loads(line)
+                break
+            except ValueError:
+                continue
+        if rc == 0 and "frames" in result:
+            return Outcome("done", frames=result["frames"], seconds=result["seconds"])
+        if rc in (INTERRUPTED, -signal.SIGTERM, -signal.SIGINT):
+            return Outcome("interrupted", error="stopped by a signal")
+        if "error" in result:
+            return Outcome("failed", error=result["error"])
+        last = next((line for line in reversed(stderr.splitlines()) if line.strip()), "")
+        if rc < 0:
+            return Outcome("failed", error=f"the job process died of {signal.Signals(-rc).name}. {last}".strip())
+        return Outcome("failed", error=last or f"the job process exited with status {rc}")
+
+    @staticmethod
+    def _read(f) -> str:
+        f.seek(0)
+        text = f.read().decode("utf-8", "replace")
+        f.close()
+        return text
+
+
+def _die_with_parent() -> None:
+    """Have the kernel send SIGTERM when the watcher dies (Linux), so a killed watcher leaves no orphan job
+    that could race the job's rerun after a restart."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    parent = os.environ.get(_PARENT_ENV)
+    if parent and os.getppid() != int(parent):  # the watcher died before prctl took effect
+        raise KeyboardInterrupt
+
+
+def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str]) -> int:
+    """Run the job described by argv[1]; returns the exit status described in the module docstring."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    logging.basicConfig(level=logging.WARNING, format="hatstream job: %(levelname)s: %(message)s", stream=sys.stderr)
+    from hatstream.errors import HatstreamError
+    from hatstream.pipeline.run import run_file
+
+    try:
+        _die_with_parent()
+        result = run_file(config_from_json(argv[1]))
+        print(json.dumps({"frames": result.frames, "seconds": round(result.seconds, 3),
+                          "output": str(result.output)}), flush=True)
+    except HatstreamError as exc:
+        print(json.dumps({"error": str(exc)}), flush=True)
+        return 2
+    except KeyboardInterrupt:
+        # Also after the output was renamed into place: the rerun then finds it newer than the input.
+        return INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
