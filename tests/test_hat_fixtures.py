@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from conftest import shared_path
 from hatstream.inference import Upscaler
 from hatstream.models.hat import (
+    pad_heads,
     HAT,
     relative_position_index_oca,
     relative_position_index_sa,
@@ -123,3 +124,32 @@ def test_gradients_flow_for_training():
     y.mean().backward()
     table = model.layers[0].residual_group.blocks[1].attn.relative_position_bias_table
     assert table.grad is not None and table.grad.abs().sum() > 0
+
+
+def test_padded_heads_give_the_same_output():
+    # HAT/HAT-L widths (head dim 30) padded to 32 for the fused GPU kernels; checked here on CPU.
+    fx = load_fixture("hatdim30_x4")
+    model, _ = build_from_state_dict(fx["checkpoint"]["params_ema"], "hatdim30")
+    pad_heads(model, 8)
+    assert model.layers[0].residual_group.blocks[0].attn.head_dim == 32
+    assert model.layers[0].residual_group.overlap_attn.qkv.out_features == 3 * 6 * 32
+    case = fx["cases"][0]
+    with torch.no_grad():
+        y = model(case["input"])  # 16x32: already a multiple of the window
+    assert (y - case["output"]).abs().max().item() < 1e-5
+
+
+def test_attention_never_falls_back_to_the_math_kernel(monkeypatch):
+    # With the debug switch on, a math-kernel fallback raises. On this CPU the fused kernel is
+    # CPU flash attention, which takes the model's 4-D biases (a 3-D one would fall back).
+    monkeypatch.setenv("HATSTREAM_STRICT_ATTENTION", "1")
+    fx = load_fixture("small_x3_w8")
+    model, info = build_from_state_dict(fx["checkpoint"]["params_ema"], "small_x3_w8")
+    up = Upscaler(model, info, torch.device("cpu"), torch.float32)
+    case = fx["cases"][1]
+    assert (up(case["input"]) - case["output"].clamp(0, 1)).abs().max().item() < 1e-5
+    q = k = v = torch.rand(2, 3, 64, 10)
+    from hatstream.inference.upscaler import fused_attention_only
+
+    with fused_attention_only(), pytest.raises(RuntimeError):
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=torch.zeros(3, 64, 64))

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hatstream.inference.tiling import upscale_tiled
-from hatstream.models.hat import HAT
+from hatstream.models.hat import HAT, pad_heads
 from hatstream.models.hat_rescale import make_fp16_safe
 from hatstream.models.spec import ModelInfo
 
@@ -28,6 +30,25 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, 
         return x, 0, 0
     mode = "reflect" if ph < h and pw < w else "replicate"
     return F.pad(x, (0, pw, 0, ph), mode=mode), ph, pw
+
+
+STRICT_ATTENTION_ENV = "HATSTREAM_STRICT_ATTENTION"
+
+
+def strict_attention_requested() -> bool:
+    """The debug switch: HATSTREAM_STRICT_ATTENTION=1 makes a fallback to the math kernel fail."""
+    return os.environ.get(STRICT_ATTENTION_ENV, "") not in ("", "0")
+
+
+def fused_attention_only():
+    """A context in which scaled_dot_product_attention raises instead of using its math kernel.
+
+    The fallback is silent and several times slower (a 3-D mask, a strided head dim, or a head dim
+    that is not a multiple of 8 on the GPU all cause it), so benchmarks and debugging turn this on.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION])
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -53,11 +74,18 @@ class Upscaler:
         self.scale = info.scale
         self.device = device
         self.dtype = dtype
-        if dtype == torch.float16 and isinstance(model, HAT):
-            make_fp16_safe(model)
+        if isinstance(model, HAT):
+            if dtype == torch.float16:
+                make_fp16_safe(model)
+            if device.type == "cuda":
+                pad_heads(model, 8)  # head dim 30 would silently take the math kernel
+            # HAT's convs read (B, H, W, C) token tensors permuted to NCHW: that is already the
+            # channels-last layout, so channels-last weights spare a copy per conv.
+            model = model.to(memory_format=torch.channels_last)
         self.model = model.to(device=device, dtype=dtype).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        self.strict_attention = strict_attention_requested()
         self.tile = tile
         # At least two windows of context on each side of a seam.
         self.tile_overlap = tile_overlap if tile_overlap is not None else max(2 * info.window_multiple, 16)
@@ -70,7 +98,9 @@ class Upscaler:
         """Pad, run and crop one piece; unclamped, in the compute dtype."""
         h, w = x.shape[-2:]
         x, _, _ = pad_to_multiple(x, self.info.window_multiple)
-        return self.model(x)[..., : h * self.scale, : w * self.scale]
+        with fused_attention_only() if self.strict_attention else contextlib.nullcontext():
+            y = self.model(x)
+        return y[..., : h * self.scale, : w * self.scale]
 
     def _run_fitting(self, x: torch.Tensor) -> torch.Tensor:
         """Run whole, or tiled once memory has run out, shrinking the tile on every new failure."""

@@ -249,6 +249,7 @@ class WindowAttention(nn.Module):
         self.dim = dim
         self.window_size = window_size
         self.num_heads = num_heads
+        self.head_dim = dim // num_heads  # may grow with `pad_heads`; the scale never does
         self.scale = (dim // num_heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.qkv = nn.Linear(dim, dim * 3)
@@ -273,14 +274,14 @@ class WindowAttention(nn.Module):
     def qkv_heads(self, x: torch.Tensor):
         """(..., n, C) -> three (..., nH, n, d)."""
         *lead, n, c = x.shape
-        qkv = self.qkv(x).view(*lead, n, 3, self.num_heads, c // self.num_heads)
+        qkv = self.qkv(x).view(*lead, n, 3, self.num_heads, self.head_dim)
         qkv = qkv.movedim(-3, 0).transpose(-3, -2)  # (3, ..., nH, n, d)
         return qkv[0], qkv[1], qkv[2]
 
     def merge_heads(self, out: torch.Tensor) -> torch.Tensor:
-        """(..., nH, n, d) -> (..., n, C), then the output projection."""
+        """(..., nH, n, d) -> (..., n, nH*d), then the output projection to C."""
         out = out.transpose(-3, -2)
-        return self.proj(out.reshape(*out.shape[:-2], self.dim))
+        return self.proj(out.reshape(*out.shape[:-2], self.num_heads * self.head_dim))
 
     def forward(self, windows: torch.Tensor, rpi: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
         """windows (B, nh, nw, n, C) -> (B, nh, nw, n, C).
@@ -358,6 +359,7 @@ class OCAB(nn.Module):
         self.num_heads = num_heads
         self.window_size = window_size
         self.overlap_win_size = window_size + int(overlap_ratio * window_size)
+        self.head_dim = dim // num_heads  # may grow with `pad_heads`; the scale never does
         self.scale = (dim // num_heads) ** -0.5
         self.norm1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, dim * 3)
@@ -382,15 +384,14 @@ class OCAB(nn.Module):
     def forward(self, x: torch.Tensor, x_size: tuple[int, int], rpi_oca: torch.Tensor) -> torch.Tensor:
         h, w = x_size
         b, _, c = x.shape
-        ws, ows, nh = self.window_size, self.overlap_win_size, self.num_heads
-        d = c // nh
-        qkv = self.qkv(self.norm1(x)).view(b, h, w, 3, c)
+        ws, ows, nh, d = self.window_size, self.overlap_win_size, self.num_heads, self.head_dim
+        qkv = self.qkv(self.norm1(x)).view(b, h, w, 3, nh * d)
 
         q = window_partition(qkv[..., 0, :].contiguous(), ws)  # (B*nW, ws, ws, C)
         q = q.reshape(-1, ws * ws, nh, d).transpose(1, 2)  # (B*nW, nH, ws*ws, d)
 
         # Overlapping ows×ows windows at stride ws, zero-padded by (ows-ws)/2 on every side.
-        kv = qkv[..., 1:, :].permute(0, 3, 4, 1, 2).reshape(b, 2 * c, h, w)  # (B, 2C, H, W)
+        kv = qkv[..., 1:, :].permute(0, 3, 4, 1, 2).reshape(b, 2 * nh * d, h, w)  # (B, 2C, H, W)
         pad = (ows - ws) // 2
         kv = F.unfold(kv, kernel_size=ows, stride=ws, padding=pad)  # (B, 2C*ows*ows, nW)
         kv = kv.view(b, 2, nh, d, ows * ows, -1).permute(1, 0, 5, 2, 4, 3)  # (2, B, nW, nH, ows², d)
@@ -398,8 +399,8 @@ class OCAB(nn.Module):
         v = kv[1].reshape(-1, nh, ows * ows, d)
 
         out = _attention(q, k, v, self.bias(rpi_oca, q.dtype), self.scale)  # (B*nW, nH, ws², d)
-        out = out.transpose(1, 2).reshape(-1, ws, ws, c)
-        out = window_reverse(out, ws, h, w).reshape(b, h * w, c)
+        out = out.transpose(1, 2).reshape(-1, ws, ws, nh * d)
+        out = window_reverse(out, ws, h, w).reshape(b, h * w, nh * d)
 
         x = x + self.proj(out)
         return x + self.mlp(self.norm2(x))
@@ -560,6 +561,36 @@ class HAT(nn.Module):
         x = self.conv_after_body(self.forward_features(x)) + x
         x = self.conv_last(self.upsample(self.conv_before_upsample(x)))
         return x / self.img_range + mean
+
+
+@torch.no_grad()
+def pad_heads(model: HAT, multiple: int = 8) -> None:
+    """Pad every attention head to a multiple of `multiple` dims, in place, for inference.
+
+    The fused GPU attention kernels (memory-efficient, cuDNN) need head dims that are multiples
+    of 8; HAT and HAT-L have 30, and would silently run the slow math kernel. Zero rows in the
+    qkv projection give zero extra q/k/v dims, which add nothing to q·k, and zero output columns
+    in the projection ignore the extra (zero) outputs, so the function is unchanged. The scale
+    stays 1/sqrt(original head dim). The state dict no longer matches the checkpoint's shapes.
+    """
+    for m in model.modules():
+        if not isinstance(m, (WindowAttention, OCAB)):
+            continue
+        d, nh = m.head_dim, m.num_heads
+        dp = -(-d // multiple) * multiple
+        if dp == d:
+            continue
+        c = m.qkv.in_features
+        qkv = nn.Linear(c, 3 * nh * dp, device=m.qkv.weight.device, dtype=m.qkv.weight.dtype)
+        qkv.weight.zero_()
+        qkv.bias.zero_()
+        qkv.weight.view(3, nh, dp, c)[:, :, :d] = m.qkv.weight.view(3, nh, d, c)
+        qkv.bias.view(3, nh, dp)[:, :, :d] = m.qkv.bias.view(3, nh, d)
+        proj = nn.Linear(nh * dp, m.proj.out_features, device=m.proj.weight.device, dtype=m.proj.weight.dtype)
+        proj.weight.zero_()
+        proj.weight.view(-1, nh, dp)[:, :, :d] = m.proj.weight.view(-1, nh, d)
+        proj.bias.copy_(m.proj.bias)
+        m.qkv, m.proj, m.head_dim = qkv, proj, dp
 
 
 def _input_mean(in_chans: int) -> torch.Tensor:
