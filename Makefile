@@ -22,8 +22,12 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
+# Benchmarks are scripts, not tests: they print figures for benchmarks/RESULTS.md.
+# The model comparison needs the reference (spandrel), a benchmark-only extra.
 bench: install
-	$(PY) -m pytest -q benchmarks
+	$(PY) -m pip install -q --no-deps "spandrel>=0.4.2" einops
+	$(PY) benchmarks/bench_model.py
+	$(PY) benchmarks/bench_pipeline.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -15,14 +15,19 @@ def check_output_path(output: Path, inputs: list[Path] | tuple[Path, ...] = (), 
     """Refuse to write over an input, or over an existing file unless `overwrite` is set."""
     out = Path(output)
     for src in inputs:
-        if out.exists() and Path(src).exists() and os.path.samefile(out, src):
+        same = os.path.samefile(out, src) if out.exists() and Path(src).exists() else out.resolve() == Path(src).resolve()
+        if same:
             raise HatstreamError(f"output {out} is the input file; choose another output path")
-        if out.resolve() == Path(src).resolve():
-            raise HatstreamError(f"output {out} is the input file; choose another output path")
+    if out.is_dir():
+        raise HatstreamError(f"output {out} is a folder, expected a file path")
     if out.exists() and not overwrite:
         raise HatstreamError(f"output {out} already exists; pass --overwrite to replace it")
-    if out.exists() and out.is_dir():
-        raise HatstreamError(f"output {out} is a folder, expected a file path")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -44,6 +49,9 @@ def atomic_output(output: Path, suffix: str | None = None) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        # mkstemp creates the file 0600; give it the permissions any other tool's output would
+        # have (0666 less the umask), or finished files would be readable by their owner only.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, output)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

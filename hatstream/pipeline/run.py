@@ -9,7 +9,6 @@ written. Any exception, Ctrl-C included, removes it (see `hatstream.atomic`).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,19 +107,7 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
             writer.finish()
         finally:
             writer.close()
-        _umask_permissions(tmp)
     return RunResult(output=output, frames=frames, seconds=time.perf_counter() - started,
                      repaired=stats.repaired, dropped=stats.dropped, model=model.info.name,
                      encoding=f"{plan.encoding.codec} {plan.encoding.layout.pix_fmt}",
                      problems=tuple(stats.problems))
-
-
-def _umask_permissions(path: Path) -> None:
-    """Give the finished file the usual permissions (0666 less the umask).
-
-    The temporary file is made by mkstemp, which creates it 0600; without this the output
-    would end up readable by its owner only, unlike any file ffmpeg would write.
-    """
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
