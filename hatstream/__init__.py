@@ -9,8 +9,8 @@ __version__ = "0.1.0"
 __all__ = ["load_model", "__version__"]
 
 
-def load_model(name_or_path=None, device=None, precision="auto", scale=None):
+def load_model(name_or_path=None, device=None, precision="auto", scale=None, compile=False):
     """Load a built-in model by name or a checkpoint by path; see `hatstream.inference.load_model`."""
     from hatstream.inference import load_model as _load_model
 
-    return _load_model(name_or_path, device=device, precision=precision, scale=scale)
+    return _load_model(name_or_path, device=device, precision=precision, scale=scale, compile=compile)

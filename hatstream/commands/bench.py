@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=8, help="timed frames (one more is decoded for warm-up)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster frames)")
     p.add_argument("--json-out", type=Path, default=Path("hatstream-bench.json"), help="where to write JSON")
 
 
@@ -34,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
         raise HatstreamError(str(exc)) from None
     if args.frames < 1 or args.batch < 1:
         raise HatstreamError("--frames and --batch must be at least 1")
-    upscaler = load_model(args.model, device=args.device, precision=args.precision, scale=args.scale)
+    upscaler = load_model(args.model, device=args.device, precision=args.precision, scale=args.scale,
+                          compile=args.compile)
     result = run_bench(upscaler, width, height, frames=args.frames, batch=args.batch)
     print(f"{result.model} x{result.scale} on {result.device} ({result.dtype}), "
           f"{width}x{height} -> {width * result.scale}x{height * result.scale}, {result.frames} frames")

@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=int, default=None, help="upscale factor (default: the model's, or 2)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster frames)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     all_inputs = [src for src, _ in pairs]
     for _, dst in pairs:
         check_output_path(dst, all_inputs, overwrite=args.overwrite)
-    upscaler = load_model(args.model, device=args.device, precision=args.precision, scale=args.scale)
+    upscaler = load_model(args.model, device=args.device, precision=args.precision, scale=args.scale,
+                          compile=args.compile)
     log.info("model: %s", upscaler)
     s = upscaler.scale
     for src, dst in tqdm(pairs, unit="img", disable=len(pairs) < 2):

@@ -25,11 +25,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def load_model(name_or_path: str | Path | None = None, device=None, precision: str = "auto",
-               scale: int | None = None) -> Upscaler:
+               scale: int | None = None, compile: bool = False) -> Upscaler:
     """Load a built-in model by name ('bicubic', 'hat-tiny-x2', ...) or a checkpoint by path.
 
     `name_or_path=None` or 'default' picks the bundled model for `scale` (x2 when unset).
     `scale` is checked against a checkpoint's own scale, and chooses the scale of `bicubic`.
+    `compile=True` applies `torch.compile` (static shapes; CUDA graphs on a GPU).
     """
     dev = resolve_device(device)
     name = str(name_or_path) if name_or_path is not None else "default"
@@ -45,4 +46,4 @@ def load_model(name_or_path: str | Path | None = None, device=None, precision: s
         model, info = load_checkpoint(path)
         if scale is not None and scale != info.scale:
             raise HatstreamError(f"model {path} upscales x{info.scale}, but --scale {scale} was asked for")
-    return Upscaler(model, info, dev, resolve_precision(precision, dev, info))
+    return Upscaler(model, info, dev, resolve_precision(precision, dev, info), compile=compile)

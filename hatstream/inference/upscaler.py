@@ -63,13 +63,14 @@ class Upscaler:
     """A loaded model ready to run: `upscaler(x)` maps (B,3,H,W) in [0,1] to (B,3,sH,sW) in [0,1].
 
     Attributes: `scale`, `info` (ModelInfo: architecture name and hyperparameters), `device`,
-    `dtype` (the compute dtype), `model` (the torch module), and `tile`: None to run whole frames
+    `dtype` (the compute dtype), `model` (the torch module; `compile=True` runs it through
+    `torch.compile` with static shapes), and `tile`: None to run whole frames
     (the default, and the reference), or the tile side in input pixels. When a whole frame runs
     out of memory, the upscaler halves the tile until it fits and warns once.
     """
 
     def __init__(self, model: nn.Module, info: ModelInfo, device: torch.device, dtype: torch.dtype,
-                 tile: int | None = None, tile_overlap: int | None = None):
+                 tile: int | None = None, tile_overlap: int | None = None, compile: bool = False):
         self.info = info
         self.scale = info.scale
         self.device = device
@@ -86,6 +87,12 @@ class Upscaler:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.strict_attention = strict_attention_requested()
+        self.forward = self.model
+        if compile:
+            # Static shapes: a video has one frame size, so each (batch, size) compiles once. On a
+            # GPU, "reduce-overhead" also captures CUDA graphs, removing per-kernel launch costs.
+            mode = "reduce-overhead" if device.type == "cuda" else None
+            self.forward = torch.compile(self.model, dynamic=False, mode=mode)
         self.tile = tile
         # At least two windows of context on each side of a seam.
         self.tile_overlap = tile_overlap if tile_overlap is not None else max(2 * info.window_multiple, 16)
@@ -99,7 +106,7 @@ class Upscaler:
         h, w = x.shape[-2:]
         x, _, _ = pad_to_multiple(x, self.info.window_multiple)
         with fused_attention_only() if self.strict_attention else contextlib.nullcontext():
-            y = self.model(x)
+            y = self.forward(x)
         return y[..., : h * self.scale, : w * self.scale]
 
     def _run_fitting(self, x: torch.Tensor) -> torch.Tensor:
