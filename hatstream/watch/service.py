@@ -158,11 +158,12 @@ class Watcher:
         waiting: list[Candidate] = []
         next_scan = 0.0
         while not self.stop.is_set():
+            freed = self._reap()
             now = time.monotonic()
             if now >= next_scan:
                 waiting = self._dispatch(settler.update(scan(self.in_dir, self.out_dir), now))
                 next_scan = now + self.config.poll
-            elif self._reap() and waiting:
+            elif freed and waiting:
                 waiting = self._dispatch(waiting)  # a slot came free: do not wait for the next scan
             delay = _TICK if self._running else next_scan - time.monotonic()
             self.stop.wait(max(0.0, min(delay, self.config.poll)))
