@@ -78,11 +78,24 @@ def _stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> int:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _catch_mid_job(out: Path, rel: str, proc: subprocess.Popen, log: Path) -> None:
-    """Wait until the job for `rel` is running and has begun writing its temporary output."""
-    _wait_for(lambda: proc.poll() is not None or (any(r[0] == rel and r[1] == "running" for r in _jobs(out))
-                                                  and _partials(out)), what="the job to start writing")
-    assert proc.poll() is None, log.read_text()
+def _watcher_mid_job(tmp: Path) -> tuple[Path, Path, Path, Path, subprocess.Popen]:
+    """A watcher on one long clip, returned once its job is running and writing its temporary output.
+
+    Returns (IN_DIR, OUT_DIR, preset, log file, watcher process).
+    """
+    inp, out, log = tmp / "in", tmp / "out", tmp / "watch.log"
+    inp.mkdir()
+    make_video(inp / "long.mkv", LONG)
+    preset = _preset(tmp)
+    proc = _start_watcher(inp, out, preset, log)
+    try:
+        _wait_for(lambda: proc.poll() is not None or (_jobs(out) == [("long.mkv", "running", 1, 0)]
+                                                      and _partials(out)), what="the job to start writing")
+        assert proc.poll() is None, log.read_text()
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return inp, out, preset, log, proc
 
 
 def test_file_written_slowly_is_taken_only_once_it_holds_still(tmp_path):
@@ -138,18 +151,9 @@ def test_poison_file_is_quarantined_while_good_files_get_done(tmp_path):
 
 
 def test_sigkill_mid_job_then_restart_finishes_it_once(tmp_path):
-    inp, out, log = tmp_path / "in", tmp_path / "out", tmp_path / "watch.log"
-    inp.mkdir()
-    make_video(inp / "long.mkv", LONG)
-    preset = _preset(tmp_path)
-    proc = _start_watcher(inp, out, preset, log)
-    try:
-        _catch_mid_job(out, "long.mkv", proc, log)
-        os.killpg(proc.pid, signal.SIGKILL)  # the watcher and its job die together, as in a power cut
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    inp, out, preset, _, proc = _watcher_mid_job(tmp_path)
+    os.killpg(proc.pid, signal.SIGKILL)  # the watcher and its job die together, as in a power cut
+    proc.wait(timeout=30)
     assert _jobs(out) == [("long.mkv", "running", 1, 0)]
     assert _partials(out), "expected the killed job's temporary file to be left behind"
     assert not (out / "long.mkv").exists()
@@ -162,12 +166,7 @@ def test_sigkill_mid_job_then_restart_finishes_it_once(tmp_path):
 
 
 def test_sigterm_mid_job_leaves_nothing_and_requeues(tmp_path):
-    inp, out, log = tmp_path / "in", tmp_path / "out", tmp_path / "watch.log"
-    inp.mkdir()
-    make_video(inp / "long.mkv", LONG)
-    preset = _preset(tmp_path)
-    proc = _start_watcher(inp, out, preset, log)
-    _catch_mid_job(out, "long.mkv", proc, log)
+    inp, out, preset, log, proc = _watcher_mid_job(tmp_path)
     assert _stop(proc, signal.SIGTERM) == 0, log.read_text()
     text = log.read_text()
     assert "Traceback" not in text
