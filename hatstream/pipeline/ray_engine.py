@@ -1,0 +1,503 @@
+"""The Ray engine: the upscale stage spread over Ray actors that each hold the model.
+
+    decode thread ──batches──▶ driver loop ──submit──▶ worker actors (one per GPU, or CPU actors)
+                                 │   ▲                    device lane: upload → convert+model → download
+                                 │   └──results, any order, at least once──┘
+                                 ▼
+                    ordered collector ──frames in order──▶ encode thread (the same writer as locally)
+
+- **Weights** go into the object store once (`ModelPayload`); an actor builds its model from
+  them, so a worker node needs no model file, only hatstream itself.
+- **Frames** travel as the decoder's compact uint8/uint16 planes, both ways. Colour conversion
+  happens on the worker, next to the model, exactly as `stage.upscale_planes` does it locally.
+- **Order and memory**: results are keyed by frame number and put back in order by
+  `OrderedCollector`. The driver hands out a batch only while frames in flight plus frames
+  waiting for an earlier one stay within the window; otherwise it stops taking batches, the
+  decode thread blocks on its bounded queue, and decoding pauses.
+- **Faults**: actors restart (`max_restarts`) and rebuild the model from the object store. The
+  batches a dead or hung actor held are re-run on the least-loaded other actor (or its restarted
+  self). Ray delivers at least once, so a frame that arrives twice is dropped by the collector.
+  A batch that fails `max_attempts` times fails the run with the last error; a batch that takes
+  longer than `batch_timeout` counts as failed and its actor is restarted, so nothing hangs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import ray
+import torch
+from ray.exceptions import GetTimeoutError, RayError
+
+from hatstream.errors import HatstreamError
+from hatstream.inference import Upscaler, resolve_device
+from hatstream.inference.precision import resolve_precision
+from hatstream.media.colour import planes_to_rgb, planes_to_tensors, rgb_to_planes, tensors_to_planes
+from hatstream.media.decode import Frame
+from hatstream.models.registry import build_from_state_dict, load_builtin
+from hatstream.models.spec import ModelInfo
+# The local engine's stop-aware queue helpers: both engines shut down the same way.
+from hatstream.pipeline.engine import _END, _POLL, Progress, _Stages, _Stopped
+from hatstream.pipeline.collector import OrderedCollector
+from hatstream.pipeline.stage import FrameFormat, Planes, _cpu_threads
+
+log = logging.getLogger(__name__)
+
+WORKER_NAME = "hatstream-worker-{}"   # actor names, in the driver's own (anonymous) namespace
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How to reach Ray and how to run the workers.
+
+    `address`: None starts an embedded single-machine Ray (dashboard off, bound to 127.0.0.1);
+    'auto', 'HOST:PORT' or 'ray://HOST:10001' joins a running cluster. `device`: 'cuda' (one
+    GPU per actor) or 'cpu'; default CUDA when the cluster has GPUs. `workers`: actors to start;
+    default one per GPU, or one on the CPU.
+    """
+
+    address: str | None = None
+    workers: int | None = None
+    device: str | None = None
+    precision: str = "auto"
+    in_flight: int = 2            # batches queued on each actor, so it never waits for the driver
+    window: int | None = None     # frames in flight + waiting for order; default 2 x in_flight x workers x batch
+    max_attempts: int = 3         # tries per batch before the run fails
+    max_restarts: int = 3         # restarts per actor
+    batch_timeout: float = 600.0  # seconds from submission after which a batch counts as failed
+    start_timeout: float = 300.0  # seconds for all actors to build their model
+
+
+# ---- the model, shipped once ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelPayload:
+    """What an actor needs to rebuild the driver's model: its description and, for networks, the
+    weights as one object in the object store (None for weightless built-ins such as bicubic)."""
+
+    info: dict     # ModelInfo's fields; ModelInfo itself holds a mappingproxy, which does not pickle
+    weights: Any   # ray.ObjectRef of the CPU fp32 state dict, or None
+
+    @classmethod
+    def ship(cls, upscaler: Upscaler) -> "ModelPayload":
+        """Put `upscaler`'s weights into the object store (call on the driver, with Ray running)."""
+        info = {f.name: getattr(upscaler.info, f.name) for f in fields(upscaler.info)}
+        info["hyperparameters"] = dict(info["hyperparameters"])
+        if not any(True for _ in upscaler.model.parameters()):
+            return cls(info, None)
+        # `.contiguous()`: the upscaler keeps conv weights channels-last; ship the plain layout.
+        state = {k: v.detach().cpu().contiguous() for k, v in upscaler.model.state_dict().items()}
+        return cls(info, ray.put(state))
+
+    def build(self, device: torch.device, precision: str) -> Upscaler:
+        """Rebuild the model on `device` in `precision` (resolved for that device)."""
+        info = ModelInfo(**self.info)
+        if self.weights is None:
+            model, _ = load_builtin(info.name, info.scale)
+        else:
+            model, _ = build_from_state_dict(ray.get(self.weights), info.source)
+        return Upscaler(model, info, device, resolve_precision(precision, device, info))
+
+
+# ---- on the worker ----------------------------------------------------------------------------
+
+class DeviceLane:
+    """Upload, compute and download one batch of planes; overlapped on CUDA, plain on the CPU.
+
+    On CUDA the planes are stacked straight into pinned host memory and copied on an upload
+    stream; the compute stream waits for that copy's event, and the result is copied back on a
+    download stream into pinned memory. An actor with two batches in flight (two threads) thus
+    moves one batch while the other computes. On the CPU each step is the plain tensor view or
+    copy that `stage.upscale_planes` makes, in the calling thread.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.upload_stream, self.compute_stream, self.download_stream = (
+                torch.cuda.Stream(device) for _ in range(3))
+
+    def run(self, frames: Sequence[Planes], compute: Callable[[list[torch.Tensor]], list[torch.Tensor]]
+            ) -> list[Planes]:
+        """Per-plane (B, h, w) tensors of `frames` through `compute`, back as per-frame planes."""
+        if not self.cuda:
+            return tensors_to_planes(compute(planes_to_tensors(list(frames))))
+        tensors, uploaded = self._upload(frames)
+        planes, computed = self._compute(tensors, uploaded, compute)
+        return self._download(planes, computed)
+
+    def _event(self, stream) -> torch.cuda.Event:
+        event = torch.cuda.Event()
+        event.record(stream)
+        return event
+
+    def _upload(self, frames: Sequence[Planes]):
+        host = []
+        for i in range(len(frames[0])):
+            arrays = [f[i] for f in frames]
+            pinned = torch.empty((len(arrays), *arrays[0].shape), dtype=torch.from_numpy(arrays[0]).dtype,
+                                 pin_memory=True)
+            np.stack(arrays, out=pinned.numpy())
+            host.append(pinned)
+        with torch.cuda.stream(self.upload_stream):
+            tensors = [h.to(self.device, non_blocking=True) for h in host]
+        return tensors, self._event(self.upload_stream)
+
+    def _compute(self, tensors, uploaded, compute):
+        self.compute_stream.wait_event(uploaded)
+        with torch.cuda.stream(self.compute_stream):
+            for t in tensors:
+                t.record_stream(self.compute_stream)   # allocated on the upload stream
+            planes = compute(tensors)
+        return planes, self._event(self.compute_stream)
+
+    def _download(self, planes, computed) -> list[Planes]:
+        self.download_stream.wait_event(computed)
+        host = []
+        with torch.cuda.stream(self.download_stream):
+            for p in planes:
+                p.record_stream(self.download_stream)
+                h = torch.empty(p.shape, dtype=p.dtype, pin_memory=True)
+                h.copy_(p, non_blocking=True)
+                host.append(h)
+        self._event(self.download_stream).synchronize()
+        # Copies: the pinned blocks go back to torch's cache when `host` is dropped.
+        return [tuple(h[i].numpy().copy() for h in host) for i in range(host[0].shape[0])]
+
+
+def _is_cuda_fault(exc: BaseException) -> bool:
+    """A CUDA error that leaves the context unusable (not an out-of-memory, which tiling handles)."""
+    accelerator = getattr(torch, "AcceleratorError", ())
+    return isinstance(exc, accelerator) or (isinstance(exc, RuntimeError) and "CUDA error" in str(exc))
+
+
+class UpscaleWorker:
+    """A Ray actor's body: holds the model on its device and upscales batches of planes."""
+
+    def __init__(self, payload: ModelPayload, device: str, precision: str, src: FrameFormat, dst: FrameFormat):
+        self.device = resolve_device(device)
+        self.upscaler = payload.build(self.device, precision)
+        self.lane = DeviceLane(self.device)
+        self.src, self.dst = src, dst
+
+    def describe(self) -> dict:
+        """Where this actor runs: pid, node, device, compute dtype (also a readiness probe)."""
+        return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(), "device": str(self.device),
+                "dtype": str(self.upscaler.dtype).removeprefix("torch.")}
+
+    def upscale(self, frames: list[Planes]) -> list[Planes]:
+        """Upscale a batch of same-sized frames' planes; one planes tuple per frame, in order."""
+        try:
+            return self.lane.run(frames, self._convert_and_upscale)
+        except BaseException as exc:
+            if self.device.type == "cuda" and _is_cuda_fault(exc):
+                # A retry would reach this same broken context; exit so Ray starts a fresh process.
+                log.error("CUDA fault, restarting this worker: %s", exc)
+                os._exit(1)
+            raise
+
+    @torch.inference_mode()
+    def _convert_and_upscale(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        # The steps of stage.upscale_planes, on tensors the lane has already put on the device.
+        with _cpu_threads(self.device, 1):
+            rgb = planes_to_rgb(tensors, self.src.layout, self.src.colour).clamp_(0.0, 1.0)
+        up = self.upscaler(rgb)
+        del rgb
+        with _cpu_threads(self.device, 1):
+            return rgb_to_planes(up, self.dst.layout, self.dst.colour)
+
+
+# ---- on the driver ----------------------------------------------------------------------------
+
+@dataclass
+class _Job:
+    """One batch: the sequence number of its first frame, its frames, and its tries so far."""
+
+    first: int
+    frames: list[Frame]
+    attempts: int = 0
+    worker: int = -1
+    submitted: float = 0.0
+
+    def describe(self) -> str:
+        return f"frames {self.first}-{self.first + len(self.frames) - 1}"
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for an error from Ray: the worker's own exception where there is one."""
+    cause = getattr(exc, "cause", None)
+    text = f"{type(cause).__name__}: {cause}" if isinstance(cause, BaseException) else str(exc)
+    return (text.strip().splitlines() or [type(exc).__name__])[0]
+
+
+class WorkerPool:
+    """Hands batches to actors, least-loaded first, and gets their results back, re-running failures.
+
+    `actors` are handles with an `upscale(list_of_planes)` method. Every batch is tried at most
+    `max_attempts` times; a retry prefers another actor than the one that failed, and actors that
+    keep failing (dead for good) sink to the end of the choice.
+    """
+
+    def __init__(self, actors: Sequence, in_flight: int = 2, max_attempts: int = 3, batch_timeout: float = 600.0):
+        self.actors = list(actors)
+        self.capacity = in_flight * len(self.actors)
+        self.max_attempts = max_attempts
+        self.batch_timeout = batch_timeout
+        self.load = [0] * len(self.actors)
+        self.failures = [0] * len(self.actors)
+        self.retries = 0
+        self._jobs: dict[Any, _Job] = {}
+
+    @property
+    def busy(self) -> bool:
+        """True while any batch is out."""
+        return bool(self._jobs)
+
+    @property
+    def frames_in_flight(self) -> int:
+        """Frames handed out and not yet returned."""
+        return sum(len(job.frames) for job in self._jobs.values())
+
+    def has_room(self) -> bool:
+        """True when another batch can be handed out without queueing more than `in_flight` per actor."""
+        return len(self._jobs) < self.capacity
+
+    def submit(self, job: _Job, avoid: int = -1) -> None:
+        """Hand `job` to the least-loaded actor, away from `avoid` and from actors that keep failing."""
+        i = min(range(len(self.actors)), key=lambda k: (k == avoid, self.failures[k], self.load[k]))
+        job.attempts += 1
+        job.worker = i
+        job.submitted = time.monotonic()
+        ref = self.actors[i].upscale.remote([f.planes for f in job.frames])
+        self._jobs[ref] = job
+        self.load[i] += 1
+
+    def poll(self, timeout: float) -> list[tuple[_Job, list[Planes]]]:
+        """Finished batches with their planes, waiting up to `timeout` s for the first one."""
+        if not self._jobs:
+            return []
+        ready, _ = ray.wait(list(self._jobs), num_returns=1, timeout=timeout)
+        if ready:  # take whatever else is already done in the same round
+            ready, _ = ray.wait(list(self._jobs), num_returns=len(self._jobs), timeout=0)
+        done = []
+        for ref in ready:
+            job = self._take(ref)
+            try:
+                outputs = ray.get(ref)
+            except RayError as exc:
+                self._retry(job, exc)
+                continue
+            if len(outputs) != len(job.frames):
+                self._retry(job, RuntimeError(f"{len(outputs)} frames came back for {len(job.frames)}"))
+                continue
+            done.append((job, outputs))
+        self._expire()
+        return done
+
+    def _take(self, ref) -> _Job:
+        job = self._jobs.pop(ref)
+        self.load[job.worker] -= 1
+        return job
+
+    def _retry(self, job: _Job, exc: BaseException) -> None:
+        self.failures[job.worker] += 1
+        if job.attempts >= self.max_attempts:
+            raise HatstreamError(f"{job.describe()} failed {job.attempts} times on the Ray workers; "
+                                 f"last error: {_reason(exc)}")
+        log.warning("%s failed on worker %d (%s); running them again", job.describe(), job.worker, _reason(exc))
+        self.retries += 1
+        self.submit(job, avoid=job.worker)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for ref, job in list(self._jobs.items()):
+            if now - job.submitted > self.batch_timeout:
+                # A hung actor would hold its batches forever: restart it (its other batches then
+                # fail and are re-run too) and count this one as a failed try.
+                self._take(ref)
+                ray.kill(self.actors[job.worker], no_restart=False)
+                self._retry(job, TimeoutError(f"no result within {self.batch_timeout:g} s"))
+
+
+def _batches(frames: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
+    """Lists of up to `size` frames; a change of frame size starts a new list (a batch is one tensor)."""
+    group: list[Frame] = []
+    for frame in frames:
+        if group and frame.planes[0].shape != group[0].planes[0].shape:
+            yield group
+            group = []
+        group.append(frame)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _drive(stages: _Stages, batches: queue.Queue, pool: WorkerPool, out: queue.Queue, window: int) -> None:
+    """The driver loop: hand out batches while the window has room, put results back in order."""
+    collector: OrderedCollector[Frame] = OrderedCollector()
+    decoded_all = False
+    seq = 0                       # sequence number of the next frame handed out
+    while True:
+        if stages.stop.is_set():
+            raise _Stopped
+        # Hand out work while the window allows; otherwise the decode queue fills and decoding pauses.
+        while not decoded_all and pool.has_room() and pool.frames_in_flight + len(collector) < window:
+            try:
+                item = batches.get(timeout=0 if pool.busy else _POLL)
+            except queue.Empty:
+                break
+            if item is _END:
+                decoded_all = True
+                break
+            pool.submit(_Job(seq, item))
+            seq += len(item)
+        for job, outputs in pool.poll(timeout=_POLL / 2):
+            for k, (frame, planes) in enumerate(zip(job.frames, outputs)):
+                collector.add(job.first + k, Frame(frame.index, frame.pts, tuple(planes), frame.repaired))
+        for frame in collector.ready():
+            stages.put(out, frame)
+        if decoded_all and not pool.busy:
+            if len(collector):  # cannot happen unless a batch was lost: never write a gap
+                raise RuntimeError(f"frame {collector.next} never came back from the Ray workers")
+            if collector.duplicates or pool.retries:
+                log.info("Ray engine: %d batch(es) re-run, %d duplicate frame(s) dropped",
+                         pool.retries, collector.duplicates)
+            return
+
+
+def _stream(frames: Iterable[Frame], pool: WorkerPool, write: Callable[[Frame], None], batch: int, window: int,
+            total: int, exact: bool, on_progress: Callable[[Progress], None] | None) -> int:
+    """decode thread → driver loop (this thread) → encode thread, shut down as the local engine is."""
+    stages = _Stages()
+    batches: queue.Queue = queue.Queue(maxsize=2)
+    ordered: queue.Queue = queue.Queue(maxsize=2 * batch)
+    written = 0
+    started = time.perf_counter()
+
+    def decode_loop():
+        for group in _batches(frames, batch):
+            stages.put(batches, group)
+        stages.put(batches, _END)
+
+    def encode_loop():
+        nonlocal written
+        while (frame := stages.get(ordered)) is not _END:
+            write(frame)
+            written += 1
+            if on_progress is not None:
+                on_progress(Progress(written, max(total, written), exact, time.perf_counter() - started))
+
+    threads = [stages.thread("decode", decode_loop), stages.thread("encode", encode_loop)]
+    try:
+        try:
+            _drive(stages, batches, pool, ordered, window)
+            stages.put(ordered, _END)
+        except _Stopped:
+            pass
+        for t in threads:
+            while t.is_alive():
+                t.join(timeout=_POLL)
+    except BaseException as exc:
+        stages.fail(exc)
+        raise
+    finally:
+        stages.stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    if stages.error is not None:
+        raise stages.error
+    return written
+
+
+def _connect(options: RayOptions) -> bool:
+    """Join the cluster at `options.address`, or start an embedded Ray; True when this call started it."""
+    if ray.is_initialized():
+        return False
+    common = {"configure_logging": False, "log_to_driver": False}
+    if options.address is not None:
+        ray.init(address=options.address, **common)
+        return True
+    # Embedded: loopback only and no dashboard, so nothing is reachable from outside this machine.
+    # Logical CPUs are scheduling tokens: make room for every actor even on a small machine.
+    cpus = max(os.cpu_count() or 1, (options.workers or 1) + 1)
+    ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **common)
+    return True
+
+
+def _plan(options: RayOptions) -> tuple[str, int]:
+    """The device and number of actors: as asked, else one actor per GPU of the cluster, else one CPU actor."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    device = options.device or ("cuda" if gpus else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise HatstreamError(f"--device {device}: the Ray engine runs its workers on 'cuda' or 'cpu'")
+    count = options.workers or (gpus if device == "cuda" else 1)
+    if device == "cuda" and gpus < max(count, 1):
+        raise HatstreamError(f"{count or 1} GPU worker(s) asked for, but the Ray cluster has {gpus} GPU(s)")
+    return device, count
+
+
+def _start_workers(payload: ModelPayload, options: RayOptions, device: str, count: int,
+                   src: FrameFormat, dst: FrameFormat) -> list:
+    """Start `count` actors and wait until each has built its model; clear errors, never a hang."""
+    cuda = device == "cuda"
+    remote = ray.remote(UpscaleWorker)
+    actors = [remote.options(name=WORKER_NAME.format(i), num_cpus=1, num_gpus=1 if cuda else 0,
+                             max_restarts=options.max_restarts, max_task_retries=0,
+                             # Two threads on a GPU so one batch moves while the other computes.
+                             max_concurrency=2 if cuda else 1)
+              .remote(payload, device, options.precision, src, dst) for i in range(count)]
+    try:
+        described = ray.get([a.describe.remote() for a in actors], timeout=options.start_timeout)
+    except GetTimeoutError:
+        _stop_workers(actors)
+        raise HatstreamError(f"the Ray workers did not start within {options.start_timeout:g} s; "
+                             f"the cluster has {ray.cluster_resources()}") from None
+    except RayError as exc:
+        _stop_workers(actors)
+        raise HatstreamError(f"a Ray worker could not load the model: {_reason(exc)}") from None
+    for i, d in enumerate(described):
+        log.info("Ray worker %d: pid %d on %s, %s %s", i, d["pid"], d["node"], d["device"], d["dtype"])
+    return actors
+
+
+def _stop_workers(actors: Sequence) -> None:
+    for actor in actors:
+        try:
+            ray.kill(actor, no_restart=True)
+        except RayError:  # already gone
+            pass
+
+
+def run_ray(frames: Iterable[Frame], model: Upscaler, src: FrameFormat, dst: FrameFormat,
+            write: Callable[[Frame], None], options: RayOptions = RayOptions(), batch: int = 1,
+            total: int = 0, exact: bool = False, on_progress: Callable[[Progress], None] | None = None) -> int:
+    """Stream `frames` through Ray actors running `model` into `write`, in order; returns frames written.
+
+    The same contract as `engine.run_stages` with `stage.upscale_planes`: `write` gets every
+    frame once, in order, with its index and pts and upscaled planes for `dst`, from one thread.
+    `model` is the driver's copy (on the CPU); each actor rebuilds it on its own device. Ray is
+    started (and shut down afterwards) here unless the caller has already initialised it.
+    """
+    started_ray = _connect(options)
+    try:
+        device, count = _plan(options)
+        actors = _start_workers(ModelPayload.ship(model), options, device, count, src, dst)
+        try:
+            pool = WorkerPool(actors, options.in_flight, options.max_attempts, options.batch_timeout)
+            window = options.window or 2 * pool.capacity * batch
+            return _stream(frames, pool, write, batch, max(window, batch), total, exact, on_progress)
+        finally:
+            _stop_workers(actors)
+    finally:
+        if started_ray:
+            ray.shutdown()
