@@ -44,6 +44,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-error", default="fail", choices=("fail", "conceal"),
                    help="damaged video: stop naming the timestamp (default), or conceal it and count it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--engine", default="auto", choices=("auto", "local", "ray"),
+                   help="local threads, or Ray actors (default: local, Ray only with --address or several GPUs)")
+    p.add_argument("--address", help="Ray cluster to join: auto, HOST:PORT or ray://HOST:10001 "
+                                     "(default with --engine ray: an embedded single-machine Ray)")
+    p.add_argument("--workers", type=_positive, help="Ray actors (default: one per GPU, or one on the CPU)")
     p.add_argument("--json", action="store_true", help="print progress as JSON lines instead of a bar")
 
 
@@ -109,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, batch=args.batch,
         encode=EncodeSettings(codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt),
         audio_codec=args.audio_codec, subtitles=args.subtitles, on_error=args.on_error, overwrite=args.overwrite,
+        engine=args.engine, address=args.address, workers=args.workers,
     )
     progress = _JsonProgress() if args.json else _BarProgress()
     try:

@@ -41,6 +41,9 @@ class RunConfig:
     subtitles: str = "copy"
     on_error: str = "fail"
     overwrite: bool = False
+    engine: str = "auto"           # local | ray | auto (ray only with an address or more than one GPU)
+    address: str | None = None     # Ray cluster to join; None starts an embedded one
+    workers: int | None = None     # Ray actors; default one per GPU
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,14 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
 
     if config.output is not None:
         container_for(config.output)  # an unusable extension is refused before the model loads
-    model = load_model(config.model, device=config.device, precision=config.precision, scale=config.scale)
+    engine = config.engine
+    if engine == "auto":
+        import torch
+        engine = "ray" if config.address or torch.cuda.device_count() > 1 else "local"
+    on_ray = engine == "ray"
+    # On Ray the driver's copy only plans the output and ships its weights; actors build their own.
+    model = load_model(config.model, device="cpu" if on_ray else config.device,
+                       precision="fp32" if on_ray else config.precision, scale=config.scale)
     output = Path(config.output) if config.output is not None else default_output_path(config.input, model.scale)
     check_output_path(output, [Path(config.input)], config.overwrite)
     plan = plan_output(info, output, model.scale, config.encode, config.audio_codec, config.subtitles)
@@ -98,10 +108,15 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
             def write(frame: Frame) -> None:
                 writer.write(frame.planes, frame.pts)
 
-            frames = run_stages(
-                read_frames(info, config.on_error, stats),
-                lambda batch: upscale_planes(batch, model, src, dst),
-                write, batch=config.batch, total=info.frames, exact=info.frames_exact, on_progress=on_progress)
+            decoded = read_frames(info, config.on_error, stats)
+            common = dict(batch=config.batch, total=info.frames, exact=info.frames_exact, on_progress=on_progress)
+            if on_ray:
+                from hatstream.pipeline.ray_engine import RayOptions, run_ray
+                options = RayOptions(address=config.address, workers=config.workers, device=config.device,
+                                     precision=config.precision)
+                frames = run_ray(decoded, model, src, dst, write, options, **common)
+            else:
+                frames = run_stages(decoded, lambda batch: upscale_planes(batch, model, src, dst), write, **common)
             if frames != stats.frames:  # every decoded frame must have been written; never drop one
                 raise RuntimeError(f"{stats.frames} frames decoded but {frames} written")
             writer.finish()
