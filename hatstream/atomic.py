@@ -30,8 +30,24 @@ def _umask() -> int:
     return mask
 
 
+def _temp_prefix_suffix(output: Path) -> tuple[str, str]:
+    """The name pattern of `atomic_output`'s temporary files: hidden, and keeping the extension."""
+    return f".{output.stem}.", f".part{output.suffix}"
+
+
+def partial_files(output: Path) -> list[Path]:
+    """Temporary files that `atomic_output` left beside `output` (a writer killed outright with
+    SIGKILL or a power cut gets no chance to remove its own)."""
+    output = Path(output)
+    prefix, suffix = _temp_prefix_suffix(output)
+    if not output.parent.is_dir():
+        return []
+    return [p for p in output.parent.iterdir() if p.name.startswith(prefix) and p.name.endswith(suffix)
+            and len(p.name) > len(prefix) + len(suffix)]
+
+
 @contextlib.contextmanager
-def atomic_output(output: Path, suffix: str | None = None) -> Iterator[Path]:
+def atomic_output(output: Path) -> Iterator[Path]:
     """Yield a temporary path beside `output`; rename it onto `output` only if the block succeeds.
 
     The temporary file lives in the output's own folder, so the final `os.replace` is a rename
@@ -41,8 +57,8 @@ def atomic_output(output: Path, suffix: str | None = None) -> Iterator[Path]:
     """
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    ext = suffix if suffix is not None else output.suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=f".part{ext}", dir=output.parent)
+    prefix, suffix = _temp_prefix_suffix(output)
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=output.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

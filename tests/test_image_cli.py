@@ -103,3 +103,24 @@ def test_bad_inputs_give_one_line_errors(tmp_path, photo):
     assert res.returncode == 2 and "input" in res.stderr
     leftovers = [p.name for p in tmp_path.iterdir() if ".part" in p.name]
     assert leftovers == []
+
+
+def test_partial_files_are_found_and_finished_files_are_world_readable(tmp_path):
+    import os
+
+    from hatstream.atomic import atomic_output, partial_files
+
+    out = tmp_path / "clip.x2.mkv"
+    with pytest.raises(RuntimeError):
+        with atomic_output(out) as tmp:
+            tmp.write_bytes(b"half")
+            assert partial_files(out) == [tmp]  # what a SIGKILL at this point would leave
+            raise RuntimeError("writer failed")
+    assert partial_files(out) == [] and not out.exists()
+    (tmp_path / "unrelated.part.mkv").write_bytes(b"x")
+    with atomic_output(out) as tmp:
+        tmp.write_bytes(b"whole")
+    assert out.read_bytes() == b"whole" and partial_files(out) == []
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -16,7 +16,6 @@ polled every `_TICK` seconds, so there is no locking, and a stop request is just
 from __future__ import annotations
 
 import fcntl
-import glob
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hatstream.atomic import atomic_output
+from hatstream.atomic import atomic_output, partial_files
 from hatstream.errors import HatstreamError
 from hatstream.watch.job import JobProcess
 from hatstream.watch.ledger import STATE_DIR, Job, Ledger
@@ -84,8 +83,7 @@ def _field(value) -> str:
 
 def remove_partials(output: Path) -> None:
     """Remove temporary files that `atomic_output` left beside `output` when its writer was killed outright."""
-    pattern = f".{glob.escape(output.stem)}.*.part{glob.escape(output.suffix)}"
-    for path in output.parent.glob(pattern):
+    for path in partial_files(output):
         path.unlink(missing_ok=True)
         log.info("removed partial output %s", path)
 
