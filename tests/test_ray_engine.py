@@ -1,0 +1,165 @@
+"""The Ray engine on a real local Ray instance with CPU actors: same output as the local engine, through
+faults, with no Ray process left behind.
+
+Every Ray process started here inherits a marker in its environment, so the "nothing left" check
+finds exactly this test's processes, whatever else runs Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from hatstream.media.decode import Frame
+from hatstream.models.hat import HAT
+from hatstream.pipeline.collector import OrderedCollector
+from hatstream.pipeline.ray_engine import WORKER_NAME, WorkerPool, _Job
+from hatstream.pipeline.run import RunConfig, run_file
+from hatstream.media.encode import EncodeSettings
+from mediagen import Clip, make_video, read_planes, run_cli
+
+MARK = "HATSTREAM_RAY_TEST"
+LOSSLESS = EncodeSettings(codec="ffv1")
+
+
+def _ray_processes(tag: str) -> list[int]:
+    """Pids (other than this one) whose environment carries this test's marker."""
+    found = []
+    needle = f"{MARK}={tag}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:  # gone, or not ours
+            continue
+    return found
+
+
+def _assert_no_ray_left(tag: str) -> None:
+    deadline = time.monotonic() + 20
+    while (left := _ray_processes(tag)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"Ray processes left running: {left}"
+
+
+@pytest.fixture
+def marker(monkeypatch):
+    """A fresh marker in this process's environment (and so in every Ray process it starts)."""
+    tag = uuid.uuid4().hex
+    monkeypatch.setenv(MARK, tag)
+    yield tag
+    _assert_no_ray_left(tag)
+
+
+@pytest.fixture
+def local_ray(marker):
+    """A small Ray instance in this process: 3 logical CPUs, no dashboard; shut down afterwards."""
+    ray.init(num_cpus=3, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return make_video(tmp_path_factory.mktemp("ray") / "clip.mkv", Clip(frames=16))
+
+
+@pytest.fixture(scope="module")
+def tiny_hat(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = HAT(upscale=2, window_size=8, embed_dim=12, depths=[1], num_heads=[2], squeeze_factor=4)
+    path = tmp_path_factory.mktemp("ray") / "tiny-hat.pth"
+    torch.save({"params_ema": model.state_dict()}, path)
+    return path
+
+
+def _run(clip: Path, out: Path, model: str, **kwargs) -> list:
+    run_file(RunConfig(input=clip, output=out, model=model, encode=LOSSLESS, **kwargs))
+    return read_planes(out)
+
+
+def _assert_same(a: list, b: list) -> None:
+    assert len(a) == len(b)
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert all(np.array_equal(p, q) for p, q in zip(x, y)), f"frame {i} differs"
+
+
+def test_collector_orders_and_drops_duplicates():
+    c: OrderedCollector[str] = OrderedCollector()
+    assert c.add(1, "b") and c.add(2, "c")
+    assert list(c.ready()) == [] and len(c) == 2
+    assert c.add(0, "a") and list(c.ready()) == ["a", "b", "c"]
+    assert not c.add(1, "b again") and c.add(3, "d")
+    assert not c.add(3, "d twice") and c.duplicates == 2
+    assert list(c.ready()) == ["d"] and c.next == 4
+
+
+def test_cli_embedded_ray_two_cpu_actors_match_the_local_engine(clip, tmp_path, marker):
+    local = _run(clip, tmp_path / "local.mkv", "bicubic", engine="local")
+    res = run_cli(clip, "-o", tmp_path / "ray.mkv", "--model", "bicubic", "--codec", "ffv1",
+                  "--engine", "ray", "--workers", "2", "--device", "cpu", "--json", timeout=240)
+    assert res.returncode == 0, res.stderr
+    assert '"event": "done"' in res.stdout
+    _assert_same(read_planes(tmp_path / "ray.mkv"), local)
+
+
+def test_tiny_hat_on_two_actors_matches_the_local_engine(clip, tiny_hat, tmp_path, local_ray):
+    local = _run(clip, tmp_path / "local.mkv", str(tiny_hat), engine="local", batch=2)
+    remote = _run(clip, tmp_path / "ray.mkv", str(tiny_hat), engine="ray", workers=2, device="cpu", batch=2)
+    _assert_same(remote, local)
+
+
+def test_killing_an_actor_mid_run_changes_nothing(clip, tiny_hat, tmp_path, local_ray, caplog):
+    local = _run(clip, tmp_path / "local.mkv", str(tiny_hat), engine="local")
+    killed = []
+
+    def kill_worker_0(progress):
+        if progress.frames == 2 and not killed:
+            # The pid comes from the actor itself; SIGKILL, as a crash or the OOM killer would.
+            pid = ray.get(ray.get_actor(WORKER_NAME.format(0)).describe.remote())["pid"]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    caplog.set_level(logging.WARNING, logger="hatstream.pipeline.ray_engine")
+    run_file(RunConfig(input=clip, output=tmp_path / "ray.mkv", model=str(tiny_hat), encode=LOSSLESS,
+                       engine="ray", workers=2, device="cpu"), on_progress=kill_worker_0)
+    assert killed
+    assert "running them again" in caplog.text   # the dead actor's batches were re-run
+    _assert_same(read_planes(tmp_path / "ray.mkv"), local)
+
+
+@ray.remote
+class _Flaky:
+    """A stand-in worker: `upscale` fails for frames with a bad value, succeeds otherwise."""
+
+    def upscale(self, frames):
+        if any(int(f[0][0, 0]) == 255 for f in frames):
+            raise ValueError("this batch always fails")
+        return [tuple(p * 2 for p in f) for f in frames]
+
+
+def test_a_batch_that_keeps_failing_fails_the_run_clearly(local_ray):
+    pool = WorkerPool([_Flaky.remote(), _Flaky.remote()], max_attempts=3)
+    good = _Job(0, [Frame(0, 0, (np.ones((2, 2), np.uint8),))])
+    bad = _Job(1, [Frame(1, 1, (np.full((2, 2), 255, np.uint8),))])
+    pool.submit(good)
+    pool.submit(bad)
+    results = []
+    with pytest.raises(Exception, match=r"frames 1-1 failed 3 times .*this batch always fails"):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            results += pool.poll(timeout=0.5)
+    assert [job.first for job, _ in results] == [0] and results[0][1][0][0][0, 0] == 2
