@@ -57,7 +57,7 @@ WORKER_NAME = "hatstream-worker-{}"   # actor names, in the driver's own (anonym
 class RayOptions:
     """How to reach Ray and how to run the workers.
 
-    `address`: None starts an embedded single-machine Ray (dashboard off, bound to 127.0.0.1);
+    `address`: None starts an embedded single-machine Ray (no dashboard, node address 127.0.0.1);
     'auto', 'HOST:PORT' or 'ray://HOST:10001' joins a running cluster. `device`: 'cuda' (one
     GPU per actor) or 'cpu'; default CUDA when the cluster has GPUs. `workers`: actors to start;
     default one per GPU, or one on the CPU.
@@ -427,7 +427,8 @@ def _connect(options: RayOptions) -> bool:
     if options.address is not None:
         ray.init(address=options.address, **common)
         return True
-    # Embedded: loopback only and no dashboard, so nothing is reachable from outside this machine.
+    # Embedded: no dashboard and a loopback node address. Ray's gRPC servers still listen on every
+    # interface whatever the node address; its token auth (on by default since 2.52) guards them.
     # Logical CPUs are scheduling tokens: make room for every actor even on a small machine.
     cpus = max(os.cpu_count() or 1, (options.workers or 1) + 1)
     ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **common)
