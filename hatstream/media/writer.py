@@ -87,20 +87,47 @@ def _add_video(out: av.container.OutputContainer, info: VideoInfo, plan: OutputP
                             info.sample_aspect_ratio, info.display_matrix, dict(plan.video_tags))
 
 
+def _add_copied_video(out: av.container.OutputContainer, info: VideoInfo, plan: OutputPlan, encoded):
+    """An output video stream that takes `encoded`'s packets as they are (codec parameters copied).
+
+    The intermediate file need not keep colour tags, aspect ratio, rotation or tags (NUT keeps
+    none of them), so they are set again from the plan, as `_add_video` sets them on the encoder.
+    The time base is the input's, like the encoder's, so pts are rebased exactly.
+    """
+    stream = out.add_stream_from_template(encoded)
+    stream.time_base = info.time_base
+    cc = stream.codec_context
+    cc.time_base = info.time_base
+    cc.framerate = info.average_rate or 24  # becomes the stream's rate (MKV DefaultDuration), as add_stream's
+    cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc = plan.encoding.colour_tags
+    if info.sample_aspect_ratio:
+        cc.sample_aspect_ratio = info.sample_aspect_ratio
+    if info.display_matrix is not None:
+        stream.set_display_matrix(list(info.display_matrix))
+    for key, value in plan.video_tags:
+        stream.metadata[key] = value
+    return stream
+
+
 class VideoWriter:
     """Writes the planned output to `path` (the caller makes it a temporary path).
 
     `write(planes, pts, duration)` encodes one frame at its original pts; `finish()` flushes
     the encoder (skipping that loses the last frames), muxes the rest of the carried streams
     and writes the trailer; `close()` releases everything without finishing.
+
+    With `encoded` (an input video stream already in the planned encoding, e.g. a finished
+    segment), the video is not encoded: `write_packet` muxes that stream's packets unchanged.
     """
 
-    def __init__(self, path: Path, info: VideoInfo, plan: OutputPlan):
+    def __init__(self, path: Path, info: VideoInfo, plan: OutputPlan, encoded=None):
         self.plan = plan
+        self.copying = encoded is not None
         self.out = av.open(str(path), "w", format=plan.container, options=_container_options(plan.container, info))
         try:
             # Every stream is added before the first mux: the header freezes them.
-            self.stream = _add_video(self.out, info, plan)
+            self.stream = (_add_copied_video(self.out, info, plan, encoded) if self.copying
+                           else _add_video(self.out, info, plan))
             self.carrier = Carrier(info.path, self.out, list(plan.streams))
         except BaseException:
             self.out.close()
@@ -114,6 +141,12 @@ class VideoWriter:
         self._mux(self.stream.encode(frame))
         self.frames += 1
 
+    def write_packet(self, packet: av.Packet) -> None:
+        """Mux one already-encoded video packet (only with `encoded`); its timestamps are kept."""
+        packet.stream = self.stream
+        self._mux([packet])
+        self.frames += 1
+
     def _mux(self, packets: list[av.Packet]) -> None:
         for packet in packets:
             if packet.dts is not None:
@@ -122,7 +155,8 @@ class VideoWriter:
 
     def finish(self) -> None:
         """Flush the encoder and carried streams, and write the trailer."""
-        self._mux(self.stream.encode(None))
+        if not self.copying:
+            self._mux(self.stream.encode(None))
         self.carrier.finish()
         self._close()
 
