@@ -1,0 +1,419 @@
+"""Keyframe-aligned segments: the unit of resumable runs and of farming a video out to other machines.
+
+    plan_segments(info, seconds)        demux the video packets only (no decoding), cut at keyframes
+    encode_segment(job, segment, ...)   decode one segment from its keyframe, upscale, encode to NUT
+    assemble(job, segments, output)     remux the segment files in order, plus the carried streams
+
+Every function takes plain, picklable arguments (paths and frozen dataclasses) and returns
+frozen dataclasses, so a Ray task on another node can call `encode_segment` with the same
+`SegmentJob` and send back the file (compressed bytes travel, not frames).
+
+A segment is the frames whose pts lie in [start_pts, end_pts), both keyframe pts of the input.
+Frames keep their input pts throughout: nothing is rebased, so concatenating the segments
+gives exactly the timeline an uninterrupted run gives.
+
+Why NUT for the segment files: it stores each stream in a time base that divides the one it is
+given (FFmpeg's `ff_choose_timebase` only refines it), so every pts survives exactly, and it
+keeps the encoder's global header (extradata) like MP4/MKV want it. Matroska would round every
+timestamp to 1 ms, which is not exact for 1001-based or 90 kHz time bases; MPEG-TS rounds to
+90 kHz; MP4 needs its trailer and edit lists. NUT, like Matroska, stores no dts, which
+`assemble` rebuilds (see `_fill_dts`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import av
+
+from hatstream.errors import HatstreamError
+from hatstream.media.decode import Frame, frame_to_planes
+from hatstream.media.probe import VideoInfo, configure_decoder, open_input, seconds
+from hatstream.media.writer import OutputPlan, VideoWriter
+from hatstream.pipeline.engine import Progress, run_stages
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEGMENT_SECONDS = 60.0
+SEGMENT_FORMAT = "nut"
+SEGMENT_SUFFIX = ".nut"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Frames with `start_pts <= pts < end_pts` (input time base); None means the file's start or end.
+
+    `start_pts` is a keyframe's pts, where decoding of the segment begins.
+    """
+
+    index: int
+    start_pts: int | None
+    end_pts: int | None
+
+    def contains(self, pts: int) -> bool:
+        """Whether a frame at `pts` belongs to this segment."""
+        return (self.start_pts is None or pts >= self.start_pts) and (self.end_pts is None or pts < self.end_pts)
+
+
+@dataclass(frozen=True)
+class SegmentJob:
+    """What every segment of one run shares: the input, the planned output, and how to run the model."""
+
+    info: VideoInfo
+    plan: OutputPlan
+    batch: int = 1
+
+
+@dataclass(frozen=True)
+class EncodedSegment:
+    """A finished, fsynced segment file: its frame count, first frame's pts (input time base), size, SHA-256."""
+
+    index: int
+    path: Path
+    frames: int
+    first_pts: int
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class KeyframeIndex:
+    """The input's video packets in brief: keyframe pts in decode order, the packet count, pts range."""
+
+    keyframes: tuple[int, ...]
+    packets: int
+    first_pts: int | None
+    last_pts: int | None
+    usable: bool  # False when some packet has no pts or keyframes go backwards
+
+
+def index_keyframes(info: VideoInfo) -> KeyframeIndex:
+    """Demux the main video stream (no decoding) and list its keyframes' pts.
+
+    Reading packets is I/O only: a two-hour film takes seconds, against hours of upscaling.
+    """
+    keyframes: list[int] = []
+    packets, usable = 0, True
+    first = last = None
+    with open_input(info.path) as container:
+        stream = container.streams[info.stream_index]
+        for s in container.streams:
+            if s is not stream:
+                s.discard = av.stream.Discard.all
+        try:
+            for packet in container.demux(stream):
+                if not packet.size:
+                    continue  # the demuxer's flush packet
+                packets += 1
+                if packet.pts is None:
+                    usable = False
+                    continue
+                first = packet.pts if first is None else min(first, packet.pts)
+                last = packet.pts if last is None else max(last, packet.pts)
+                if packet.is_keyframe:
+                    if keyframes and packet.pts <= keyframes[-1]:
+                        usable = False
+                    keyframes.append(packet.pts)
+        except av.error.FFmpegError as exc:
+            raise HatstreamError(f"{info.path.name}: the container is damaged ({exc.strerror or exc})") from None
+    return KeyframeIndex(tuple(keyframes), packets, first, last, usable)
+
+
+def plan_segments(info: VideoInfo, segment_seconds: float, index: KeyframeIndex | None = None) -> tuple[Segment, ...]:
+    """Cut the input at keyframes into segments of at least `segment_seconds` (the last may be shorter).
+
+    Returns a single whole-file segment when segments are off (`segment_seconds <= 0`), when
+    the input is known to be shorter than one segment (then nothing is even indexed), or when
+    the packets cannot be cut safely (missing pts, keyframes out of order).
+    """
+    whole = (Segment(0, None, None),)
+    if segment_seconds <= 0 or (info.duration is not None and info.duration <= segment_seconds):
+        return whole
+    index = index or index_keyframes(info)
+    if info.frames_exact and index.packets < info.frames:
+        raise HatstreamError(f"{info.path.name} is truncated: it declares {info.frames} frames but only "
+                             f"{index.packets} could be read")
+    if not index.usable:
+        log.info("%s: video packets without pts or with keyframes out of order; not cut into segments",
+                 info.path.name)
+        return whole
+    step = Fraction(segment_seconds) / info.time_base
+    starts: list[int] = []
+    origin = index.first_pts
+    for pts in index.keyframes:
+        if origin is not None and pts - origin >= step:
+            starts.append(pts)
+            origin = pts
+    bounds = [None, *starts, None]
+    return tuple(Segment(i, bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1))
+
+
+def segment_frames(info: VideoInfo, segment: Segment) -> Iterator[Frame]:
+    """Decode exactly the frames of `segment`, at their input pts, starting from its keyframe.
+
+    Decoding starts at the keyframe packet whose pts is `start_pts` (after a backward seek);
+    frames a decoder returns with an earlier pts (leading pictures of an open GOP) belong to
+    the previous segment, which decodes them from its own references, so they are dropped here.
+    Decoders return frames in pts order, so the first frame at or past `end_pts` ends the
+    segment. Damage stops the segment with its timestamp, as in a whole-file run.
+    """
+    name, tb = info.path.name, info.time_base
+    index = 0
+    with open_input(info.path) as container:
+        stream = container.streams[info.stream_index]
+        configure_decoder(stream)
+        started = segment.start_pts is None
+        if not started:
+            # backward=True lands on the keyframe at or before start_pts; packets before our
+            # keyframe are then skipped without being decoded.
+            container.seek(segment.start_pts, backward=True, any_frame=False, stream=stream)
+        last = None
+        for packet in container.demux(stream):
+            if not started:
+                if packet.pts is None or not packet.is_keyframe or packet.pts < segment.start_pts:
+                    continue
+                if packet.pts > segment.start_pts:
+                    raise HatstreamError(f"{name}: cannot seek to the keyframe at "
+                                         f"{seconds(segment.start_pts, tb):.3f}s")
+                started = True
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as exc:
+                where = seconds(packet.pts if packet.pts is not None else packet.dts, tb)
+                raise HatstreamError(f"{name}: damaged video packet at {where:.3f}s ({exc.strerror or exc})") from None
+            for frame in frames:
+                pts = frame.pts
+                if segment.end_pts is not None and pts is not None and pts >= segment.end_pts:
+                    return
+                if pts is None or not segment.contains(pts):
+                    continue
+                if last is not None and pts <= last:
+                    raise HatstreamError(f"{name}: video timestamps go backwards at {seconds(pts, tb):.3f}s")
+                if frame.is_corrupt:
+                    raise HatstreamError(f"{name}: damaged video frame at {seconds(pts, tb):.3f}s")
+                last = pts
+                yield Frame(index, pts, frame_to_planes(frame, info.layout))
+                index += 1
+
+
+def segment_path(folder: Path, index: int) -> Path:
+    """Where segment `index` is written in a work folder: `seg-00003.nut`."""
+    return Path(folder) / f"seg-{index:05d}{SEGMENT_SUFFIX}"
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder's entry list makes a rename durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a whole file, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def encode_segment(job: SegmentJob, segment: Segment, upscale: Callable[[list[tuple]], list[tuple]],
+                   dest: Path, on_progress: Callable[[Progress], None] | None = None) -> EncodedSegment:
+    """Decode, upscale and encode one segment into the NUT file `dest`, durably; returns what was written.
+
+    `upscale(list of plane tuples) -> list of plane tuples` runs the model, e.g.
+    `lambda b: upscale_planes(b, model, src, dst)` (see `upscaler_for`). The file is written
+    as `dest.part`, fsynced, then renamed onto `dest` (and the folder fsynced), so `dest`
+    exists only complete. It holds the video only, encoded exactly as the final output's;
+    the encoder starts afresh, so the segment begins with an IDR frame and references nothing
+    outside itself (x264's default closed GOP).
+    """
+    dest = Path(dest)
+    tmp = dest.with_name(dest.name + ".part")
+    # The intermediate gets the final encoding but no carried streams and no container options.
+    plan = dataclasses.replace(job.plan, container=SEGMENT_FORMAT, streams=())
+    writer = VideoWriter(tmp, job.info, plan)
+    first: list[int] = []
+    try:
+        def write(frame: Frame) -> None:
+            if not first:
+                first.append(frame.pts)
+            writer.write(frame.planes, frame.pts)
+
+        frames = run_stages(segment_frames(job.info, segment), upscale, write, batch=job.batch,
+                            on_progress=on_progress)
+        writer.finish()
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    if frames == 0:
+        tmp.unlink(missing_ok=True)
+        raise HatstreamError(f"{job.info.path.name}: segment {segment.index} has no frames")
+    fsync_path(tmp)
+    digest, size = file_sha256(tmp), tmp.stat().st_size
+    os.replace(tmp, dest)
+    fsync_path(dest.parent)
+    log.debug("segment %d: %d frames, %d bytes -> %s", segment.index, frames, size, dest)
+    return EncodedSegment(segment.index, dest, frames, first[0], size, digest)
+
+
+def upscaler_for(job: SegmentJob, model) -> Callable[[list[tuple]], list[tuple]]:
+    """The `upscale` callable for `encode_segment`: `upscale_planes` with the job's formats."""
+    from hatstream.pipeline.stage import FrameFormat, upscale_planes
+
+    src = FrameFormat(job.info.layout, job.info.colour)
+    dst = FrameFormat(job.plan.encoding.layout, job.plan.encoding.colour)
+    return lambda batch: upscale_planes(batch, model, src, dst)
+
+
+def count_packets(path: Path) -> int:
+    """Video packets in a segment file (one per frame), read without decoding; -1 if it cannot be read."""
+    try:
+        with open_input(path) as container:
+            return sum(1 for p in container.demux(container.streams.video[0]) if p.size)
+    except (HatstreamError, av.error.FFmpegError, IndexError):
+        return -1
+
+
+def _rebase(value: int | None, src: Fraction, dst: Fraction) -> int | None:
+    # NUT's time base divides the input's, so this is exact; round() only guards the type.
+    return None if value is None else round(Fraction(value) * src / dst)
+
+
+def _fill_dts(packets: list[av.Packet], after: int | None) -> None:
+    """Give the first packets of a segment the dts the encoder gave them, which NUT did not keep.
+
+    NUT (like Matroska) stores only pts. The demuxer rebuilds dts as the pts sorted into
+    decode order, delayed by the reorder depth d, so the first d packets of a B-frame segment
+    come back without one. x264/x265 gave them `D[j] - (D[d] - D[0])`, with D the sorted pts
+    (the dts the demuxer does give: D[j] is the dts of packet d + j); that is rebuilt here, so
+    an MP4 gets the same negative start (edit list) as from an uninterrupted run. For CFR
+    these dts continue the previous segment's exactly. With variable frame rate they could
+    reach back to the previous segment's last dts, which muxers refuse, so each is raised to
+    at least one tick past it; that stays below its pts, which is past the previous segment.
+    """
+    missing = 0
+    while missing < len(packets) and packets[missing].dts is None:
+        missing += 1
+    known = [p.dts for p in packets[missing:] if p.dts is not None]
+    if len(known) <= missing:  # a tiny segment: fall back on the sorted pts themselves
+        known = sorted(p.pts for p in packets)
+    delay = known[min(missing, len(known) - 1)] - known[0]
+    for j in range(missing):
+        dts = known[j] - delay if j < len(known) else packets[j].pts
+        if after is not None:
+            dts = max(dts, after + 1)
+        packets[j].dts = min(dts, packets[j].pts)
+        after = packets[j].dts
+
+
+def encoder_duration(info: VideoInfo) -> int:
+    """The duration libavcodec gives each packet of the final encoding, in the input's time base.
+
+    Frames reach the encoder without a duration, so FFmpeg's encode layer gives each one frame
+    interval of the stream's rate (`av_rescale_q(1, 1/framerate, time_base)`, rounded to
+    nearest, halves away from zero), and the packet carries it. NUT keeps no packet durations,
+    so the remuxed packets get that value again: the same block durations and stream duration
+    as an uninterrupted run. Without a known rate PyAV's `add_stream` sets 24 fps, and so here.
+    """
+    rate = info.average_rate or Fraction(24)
+    return math.floor(1 / (rate * info.time_base) + Fraction(1, 2))
+
+
+def _segment_packets(segment: EncodedSegment, time_base: Fraction, after: int | None,
+                     duration: int) -> Iterator[av.Packet]:
+    """The packets of one segment file in decode order, at their input pts, with every dts set.
+
+    NUT cannot store negative timestamps, so FFmpeg's muxer (avoid_negative_ts=auto) shifted
+    the whole file forward when the encoder's first dts was negative (x264 with B-frames starts
+    it before the first pts). The shift is undone from the first packet, the keyframe that a
+    fresh encoder emits first, whose pts is the segment's first frame's.
+    """
+    shift = None
+    with open_input(segment.path) as container:
+        stream = container.streams.video[0]
+        head: list[av.Packet] = []
+        filled = False
+        for packet in container.demux(stream):
+            if not packet.size:
+                continue
+            src = Fraction(packet.time_base)
+            pts, dts = _rebase(packet.pts, src, time_base), _rebase(packet.dts, src, time_base)
+            if shift is None:
+                shift = pts - segment.first_pts
+            packet.pts = pts - shift
+            packet.dts = dts - shift if dts is not None else None
+            packet.duration = duration or _rebase(packet.duration, src, time_base) or 0
+            packet.time_base = time_base
+            if filled:
+                yield packet
+                continue
+            head.append(packet)
+            # Enough known dts past the missing ones to rebuild them (see _fill_dts).
+            missing = next((i for i, p in enumerate(head) if p.dts is not None), len(head))
+            if len(head) - missing > missing:
+                _fill_dts(head, after)
+                filled = True
+                yield from head
+        if not filled and head:
+            _fill_dts(head, after)
+            yield from head
+
+
+def assemble(job: SegmentJob, segments: Sequence[EncodedSegment], output: Path) -> int:
+    """Concatenate segment files, in order, into `output` with the carried streams; returns frames.
+
+    No video is re-encoded: packets are remuxed with their own pts (nothing is rebased or
+    shifted), while audio, subtitles, chapters and metadata come from the input exactly as in
+    a whole-file run (`VideoWriter` and its `Carrier`). `output` should be a temporary path
+    (see `hatstream.atomic`). Refuses segments whose codec headers differ (they could not be
+    decoded as one stream) and joins where timestamps overlap or dts go backwards.
+    """
+    if not segments:
+        raise ValueError("no segments to assemble")
+    tb, duration = job.info.time_base, encoder_duration(job.info)
+    with open_input(segments[0].path) as first:
+        template = first.streams.video[0]
+        extradata = bytes(template.codec_context.extradata or b"")
+        writer = VideoWriter(output, job.info, job.plan, encoded=template)
+    try:
+        last_pts = last_dts = None
+        for segment in segments:
+            seg_max = None
+            for n, packet in enumerate(_segment_packets(segment, tb, last_dts, duration)):
+                if n == 0:
+                    _check_join(segment.path, packet, extradata, last_pts)
+                if last_dts is not None and packet.dts <= last_dts:
+                    raise HatstreamError(f"{segment.path.name}: video dts go backwards at "
+                                         f"{seconds(packet.dts, tb):.3f}s")
+                last_dts = packet.dts
+                seg_max = packet.pts if seg_max is None else max(seg_max, packet.pts)
+                writer.write_packet(packet)
+            last_pts = seg_max if seg_max is not None else last_pts
+        writer.finish()
+    finally:
+        writer.close()
+    return writer.frames
+
+
+def _check_join(path: Path, packet: av.Packet, extradata: bytes, last_pts: int | None) -> None:
+    """The first packet of a segment: a keyframe past the previous segment, same codec headers."""
+    with open_input(path) as container:
+        if bytes(container.streams.video[0].codec_context.extradata or b"") != extradata:
+            raise HatstreamError(f"{Path(path).name}: its codec headers differ from the first segment's; "
+                                 "segments encoded with different settings cannot be joined")
+    if not packet.is_keyframe:
+        raise HatstreamError(f"{Path(path).name} does not start with a keyframe")
+    if last_pts is not None and packet.pts <= last_pts:
+        raise HatstreamError(f"{Path(path).name} overlaps the segment before it")
