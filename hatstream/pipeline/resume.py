@@ -1,0 +1,309 @@
+"""Resumable runs: segments in a work folder beside the output, recorded in a durable manifest.
+
+    <output folder>/.<output name>.hatstream-work/
+        manifest.json      fingerprints, the segment plan, and the finished segments
+        seg-00000.nut      one file per finished segment (seg-00001.nut.part while being written)
+        lock               held (flock) by the run using the folder
+
+Durability: a segment file is fsynced and renamed into place before the manifest records it,
+and the manifest is replaced atomically (written beside, fsynced, renamed, folder fsynced). A
+crash at any moment (kill -9, power loss) therefore leaves a manifest that lists only complete
+segments; whatever it does not list is redone. On resume each listed segment is checked again
+(size, SHA-256, packet count), so a file damaged since is redone too.
+
+The manifest is trusted only for the same input and the same settings: the input's size,
+mtime and a hash of its head and tail, and everything that changes the encoded video (model
+and weights, precision, encoder and its options, pixel format, size, segment length). Choices
+about carried streams (audio codec, subtitles) are not part of it: they are applied only when
+the segments are assembled, so changing them never costs the upscaled video.
+
+Nothing appears at the output path until the assembly is complete (`hatstream.atomic`), and
+the work folder is removed once the output is in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from hatstream import __version__
+from hatstream.atomic import atomic_output, partial_files
+from hatstream.errors import HatstreamError
+from hatstream.pipeline.engine import Progress
+from hatstream.pipeline.segments import (EncodedSegment, Segment, SegmentJob, assemble, count_packets,
+                                         encode_segment, file_sha256, fsync_path, segment_path)
+
+log = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+_EDGE = 1 << 20  # bytes hashed at each end of the input
+
+
+@dataclass(frozen=True)
+class InputFingerprint:
+    """Enough to notice a replaced or edited input without reading all of it."""
+
+    size: int
+    mtime_ns: int
+    head_sha256: str
+    tail_sha256: str
+
+    @classmethod
+    def of(cls, path: Path) -> "InputFingerprint":
+        """Fingerprint `path`: size, mtime and SHA-256 of its first and last MiB."""
+        st = os.stat(path)
+        with open(path, "rb") as f:
+            head = hashlib.sha256(f.read(_EDGE)).hexdigest()
+            f.seek(max(0, st.st_size - _EDGE))
+            tail = hashlib.sha256(f.read(_EDGE)).hexdigest()
+        return cls(st.st_size, st.st_mtime_ns, head, tail)
+
+    def difference(self, other: "InputFingerprint") -> str | None:
+        """Why `other` is not the same input (None when it is)."""
+        if self.size != other.size:
+            return f"the input changed size ({other.size} -> {self.size} bytes)"
+        if (self.head_sha256, self.tail_sha256) != (other.head_sha256, other.tail_sha256):
+            return "the input's content changed"
+        if self.mtime_ns != other.mtime_ns:
+            return "the input was modified (its mtime changed)"
+        return None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What the work folder holds: fingerprints, the segment plan, and the finished segments."""
+
+    input: InputFingerprint
+    settings: tuple[tuple[str, str], ...]   # (name, JSON value), sorted
+    segments: tuple[Segment, ...]
+    done: tuple[EncodedSegment, ...] = ()
+    version: int = MANIFEST_VERSION
+
+    def to_json(self) -> str:
+        """The manifest as JSON text (segment paths are stored by name, relative to the folder)."""
+        data = dataclasses.asdict(self)
+        data["done"] = [dict(d, path=Path(d["path"]).name) for d in data["done"]]
+        return json.dumps(data, indent=1, default=str)
+
+    @classmethod
+    def from_json(cls, text: str, folder: Path) -> "Manifest":
+        """Parse `to_json`'s output; ValueError/KeyError/TypeError for anything else."""
+        data = json.loads(text)
+        if data.get("version") != MANIFEST_VERSION:
+            raise ValueError(f"manifest version {data.get('version')}")
+        return cls(input=InputFingerprint(**data["input"]),
+                   settings=tuple(tuple(item) for item in data["settings"]),
+                   segments=tuple(Segment(**s) for s in data["segments"]),
+                   done=tuple(EncodedSegment(**dict(d, path=Path(folder) / d["path"])) for d in data["done"]))
+
+    def frames_done(self) -> int:
+        """Frames in the finished segments."""
+        return sum(d.frames for d in self.done)
+
+
+def settings_fingerprint(**settings: Any) -> tuple[tuple[str, str], ...]:
+    """The settings as sorted (name, canonical JSON) pairs, for the manifest and for comparing."""
+    return tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in settings.items()))
+
+
+def model_identity(name_or_path: str | None, upscaler) -> dict[str, Any]:
+    """What identifies the model's output: its description, compute dtype, and the weights' hash.
+
+    A checkpoint file is hashed whole; built-in models are named, with the hatstream version
+    that ships them. The device is left out: resuming a CPU run on a GPU is allowed.
+    """
+    info = upscaler.info
+    ident: dict[str, Any] = {"name": info.name, "arch": info.arch, "scale": info.scale,
+                             "hyperparameters": dict(info.hyperparameters), "dtype": str(upscaler.dtype)}
+    path = Path(name_or_path).expanduser() if name_or_path else None
+    if path is not None and path.is_file():
+        ident["weights_sha256"] = file_sha256(path)
+    else:
+        ident["builtin"] = f"{name_or_path or 'default'} (hatstream {__version__})"
+    return ident
+
+
+def work_dir(output: Path) -> Path:
+    """The work folder of an output: `.<output name>.hatstream-work` beside it."""
+    output = Path(output)
+    return output.with_name(f".{output.name}.hatstream-work")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` durably: write beside it, fsync, rename, fsync the folder."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_path(path.parent)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold the folder's lock, so that two runs never write the same segments."""
+    with open(folder / "lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise HatstreamError(f"another hatstream run is working in {folder}") from None
+        yield
+
+
+@dataclass(frozen=True)
+class ResumeOutcome:
+    """What a segmented run did: total frames, those taken from an earlier run, those upscaled now, and
+    why it started over (None when it did not)."""
+
+    frames: int
+    resumed: int
+    processed: int
+    segments: int
+    note: str | None = None
+
+
+class WorkFolder:
+    """A work folder and its manifest, loaded, checked against this run, and updated as segments finish."""
+
+    def __init__(self, output: Path, fresh: Manifest, resume: bool = True):
+        self.folder = work_dir(output)
+        self.manifest = fresh
+        self.note: str | None = None
+        self.folder.mkdir(exist_ok=True)
+        self._lock = _locked(self.folder)
+        self._lock.__enter__()
+        old = self._load() if resume else None
+        reason = "--no-resume" if not resume else (self._mismatch(old, fresh) if old is not None else None)
+        if old is None or reason is not None:
+            if reason is not None:
+                self.note = f"started over: {reason}"
+                log.warning("%s: starting over (%s)", output.name, reason)
+            self._clear()
+        else:
+            good = tuple(d for d in old.done if self._intact(d))
+            self.manifest = dataclasses.replace(fresh, done=good)
+            if good:
+                log.info("%s: resuming; %d of %d segments (%d frames) already done", output.name, len(good),
+                         len(fresh.segments), self.manifest.frames_done())
+        self._save()
+
+    def close(self) -> None:
+        """Release the lock (the folder stays for a later run)."""
+        self._lock.__exit__(None, None, None)
+
+    def _load(self) -> Manifest | None:
+        path = self.folder / "manifest.json"
+        if not path.exists():
+            return None
+        try:
+            return Manifest.from_json(path.read_text(encoding="utf-8"), self.folder)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("the manifest in %s is unreadable (%s); starting over", self.folder, exc)
+            return None
+
+    @staticmethod
+    def _mismatch(old: Manifest, new: Manifest) -> str | None:
+        """Why `old`'s segments cannot be used for `new` (None when they can)."""
+        reason = new.input.difference(old.input)
+        if reason:
+            return reason
+        before, after = dict(old.settings), dict(new.settings)
+        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        if changed:
+            return "the settings changed (" + ", ".join(
+                f"{k}: {before.get(k, 'unset')} -> {after.get(k, 'unset')}" for k in changed) + ")"
+        if old.segments != new.segments:
+            return "the segment plan changed"
+        return None
+
+    def _intact(self, done: EncodedSegment) -> bool:
+        """Whether a recorded segment's file is still exactly what was recorded."""
+        problem = None
+        if not done.path.is_file():
+            problem = "its file is missing"
+        elif done.path.stat().st_size != done.size:
+            problem = f"its size is {done.path.stat().st_size}, not {done.size}"
+        elif file_sha256(done.path) != done.sha256:
+            problem = "its checksum does not match"
+        elif (packets := count_packets(done.path)) != done.frames:
+            problem = f"it holds {packets} frames, not {done.frames}"
+        if problem:
+            log.warning("segment %d is damaged (%s); it will be redone", done.index, problem)
+            done.path.unlink(missing_ok=True)
+            return False
+        return True
+
+    def _clear(self) -> None:
+        for entry in self.folder.iterdir():
+            if entry.name != "lock":
+                entry.unlink()
+
+    def _save(self) -> None:
+        _write_atomic(self.folder / "manifest.json", self.manifest.to_json())
+
+    def record(self, segment: EncodedSegment) -> None:
+        """Add a finished (already fsynced) segment to the manifest, durably."""
+        self.manifest = dataclasses.replace(self.manifest, done=(*self.manifest.done, segment))
+        self._save()
+
+
+def run_resumable(job: SegmentJob, segments: tuple[Segment, ...], upscale: Callable[[list[tuple]], list[tuple]],
+                  output: Path, settings: tuple[tuple[str, str], ...], resume: bool = True, total: int = 0,
+                  exact: bool = False, on_progress: Callable[[Progress], None] | None = None) -> ResumeOutcome:
+    """Encode the segments the work folder lacks, assemble them all onto `output`, remove the folder.
+
+    The output's temporary file exists only while the segments are assembled (a kill before
+    that leaves nothing beside the output but the work folder). On any failure the folder is
+    kept, for the next run to resume.
+    """
+    fresh = Manifest(InputFingerprint.of(job.info.path), settings, segments)
+    work = WorkFolder(output, fresh, resume)
+    try:
+        for stale in partial_files(output):  # a run killed while assembling; we hold the lock
+            stale.unlink(missing_ok=True)
+        resumed = base = work.manifest.frames_done()
+        processed = 0
+        finished = {d.index: d for d in work.manifest.done}
+        started = time.perf_counter()
+
+        def progress(p: Progress) -> None:
+            if on_progress is not None:
+                on_progress(Progress(base + p.frames, max(total, base + p.frames), exact,
+                                     time.perf_counter() - started))
+
+        for segment in segments:
+            if segment.index not in finished:
+                done = encode_segment(job, segment, upscale, segment_path(work.folder, segment.index), progress)
+                work.record(done)
+                finished[segment.index] = done
+                base += done.frames
+                processed += done.frames
+        with atomic_output(output) as tmp:
+            frames = assemble(job, [finished[s.index] for s in segments], tmp)
+            if frames != resumed + processed:  # every frame exactly once: none lost, none twice
+                raise RuntimeError(f"{resumed} frames resumed and {processed} encoded, but {frames} assembled")
+    finally:
+        work.close()
+    shutil.rmtree(work.folder, ignore_errors=True)
+    return ResumeOutcome(frames, resumed, processed, len(segments), work.note)
+
+
+def run_settings(model_name: str | None, upscaler, job: SegmentJob, segment_seconds: float
+                 ) -> tuple[tuple[str, str], ...]:
+    """The settings fingerprint of a run: everything that changes the encoded video of a segment."""
+    enc, plan = job.plan.encoding, job.plan
+    return settings_fingerprint(model=model_identity(model_name, upscaler), codec=enc.codec, options=enc.options,
+                                pix_fmt=enc.layout.pix_fmt, colour=[enc.colour.matrix, enc.colour.full_range],
+                                colour_tags=enc.colour_tags, size=[plan.width, plan.height],
+                                video_stream=job.info.stream_index, segment_seconds=segment_seconds)
