@@ -9,6 +9,7 @@ temporary file that is renamed into place only when complete.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -19,6 +20,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
     return value
 
 
@@ -44,6 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-error", default="fail", choices=("fail", "conceal"),
                    help="damaged video: stop naming the timestamp (default), or conceal it and count it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--segment-seconds", type=_seconds, default=None, metavar="S",
+                   help="inputs longer than this run in keyframe-aligned segments of about S seconds, so an "
+                        "interrupted run resumes where it stopped (default: 60; 0 turns segments off)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start over instead of reusing the segments an interrupted run finished")
     p.add_argument("--engine", default="auto", choices=("auto", "local", "ray"),
                    help="local threads, or Ray actors (default: local, Ray only with --address or several GPUs)")
     p.add_argument("--address", help="Ray cluster to join: auto, HOST:PORT or ray://HOST:10001 "
@@ -114,8 +127,10 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, batch=args.batch,
         encode=EncodeSettings(codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt),
         audio_codec=args.audio_codec, subtitles=args.subtitles, on_error=args.on_error, overwrite=args.overwrite,
-        engine=args.engine, address=args.address, workers=args.workers,
+        engine=args.engine, address=args.address, workers=args.workers, resume=not args.no_resume,
     )
+    if args.segment_seconds is not None:
+        config = dataclasses.replace(config, segment_seconds=args.segment_seconds)
     progress = _JsonProgress() if args.json else _BarProgress()
     try:
         result = run_file(config, on_progress=progress.update, on_start=progress.start)
@@ -123,12 +138,16 @@ def run(args: argparse.Namespace) -> int:
         progress.close()
     repaired = f", {result.repaired} damaged frame(s) concealed" if result.repaired else ""
     dropped = f", {result.dropped} frame(s) lost" if result.dropped else ""
+    resumed = f", {result.resumed} more resumed from an interrupted run" if result.resumed else ""
     if args.json:
         print(json.dumps({"event": "done", "output": str(result.output), "frames": result.frames,
                           "seconds": round(result.seconds, 3), "fps": round(result.fps, 3),
                           "repaired": result.repaired, "dropped": result.dropped, "model": result.model,
-                          "encoding": result.encoding, "problems": list(result.problems)}), flush=True)
+                          "encoding": result.encoding, "problems": list(result.problems),
+                          "resumed": result.resumed, "note": result.note}), flush=True)
     else:
-        print(f"hatstream: {result.frames} frames in {result.seconds:.1f}s ({result.fps:.2f} fps){repaired}"
-              f"{dropped} -> {result.output}", flush=True)
+        if result.note:
+            print(f"hatstream: {result.note}", file=sys.stderr, flush=True)
+        print(f"hatstream: {result.frames - result.resumed} frames in {result.seconds:.1f}s ({result.fps:.2f} fps)"
+              f"{resumed}{repaired}{dropped} -> {result.output}", flush=True)
     return 0

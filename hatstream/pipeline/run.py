@@ -21,6 +21,7 @@ from hatstream.media.encode import EncodeSettings, container_for
 from hatstream.media.probe import probe
 from hatstream.media.writer import VideoWriter, default_output_path, plan_output
 from hatstream.pipeline.engine import Progress, run_stages
+from hatstream.pipeline.segments import DEFAULT_SEGMENT_SECONDS, SegmentJob, plan_segments, upscaler_for
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class RunConfig:
     engine: str = "auto"           # local | ray | auto (ray only with an address or more than one GPU)
     address: str | None = None     # Ray cluster to join; None starts an embedded one
     workers: int | None = None     # Ray actors; default one per GPU
+    segment_seconds: float = DEFAULT_SEGMENT_SECONDS  # resumable segments for longer inputs; 0 = off
+    resume: bool = True            # pick up an interrupted run's finished segments
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,13 @@ class RunResult:
     model: str
     encoding: str
     problems: tuple[str, ...] = ()
+    resumed: int = 0               # frames taken from segments an interrupted run had finished
+    note: str | None = None        # why the run started over instead of resuming
 
     @property
     def fps(self) -> float:
-        """Frames per second over the whole run."""
-        return self.frames / self.seconds if self.seconds > 0 else 0.0
+        """Frames upscaled per second over the whole run (resumed frames were done before it)."""
+        return (self.frames - self.resumed) / self.seconds if self.seconds > 0 else 0.0
 
 
 def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None = None,
@@ -95,6 +100,21 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
     check_output_path(output, [Path(config.input)], config.overwrite)
     plan = plan_output(info, output, model.scale, config.encode, config.audio_codec, config.subtitles)
     log.info("%s -> %s: %s, model %s", info.path.name, output, plan.describe(), model.info.name)
+    # Inputs longer than one segment run in resumable keyframe-aligned segments (local engine;
+    # concealing damage needs the frame before, which may lie in another segment).
+    segments = plan_segments(info, config.segment_seconds) if not on_ray and config.on_error == "fail" else ()
+    if len(segments) > 1:
+        from hatstream.pipeline.resume import run_resumable, run_settings
+
+        job = SegmentJob(info, plan, config.batch)
+        if on_start is not None:
+            on_start(info.frames, info.frames_exact)
+        done = run_resumable(job, segments, upscaler_for(job, model), output,
+                             run_settings(config.model, model, job, config.segment_seconds), config.resume,
+                             info.frames, info.frames_exact, on_progress)
+        return RunResult(output=output, frames=done.frames, seconds=time.perf_counter() - started, repaired=0,
+                         dropped=0, model=model.info.name, resumed=done.resumed, note=done.note,
+                         encoding=f"{plan.encoding.codec} {plan.encoding.layout.pix_fmt}")
 
     src = FrameFormat(info.layout, info.colour)
     dst = FrameFormat(plan.encoding.layout, plan.encoding.colour)
