@@ -145,3 +145,23 @@ def test_ray_train_two_cpu_workers(tmp_path):
     state = read_state_dict(ckpt)
     up = load_model(ckpt, device="cpu")
     assert up.scale == 2 and set(state) == set(up.model.state_dict())
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_bilinear_start_is_a_bilinear_upscaler(scale):
+    import torch.nn.functional as F
+
+    from hatstream.models.hat import HAT
+    from hatstream.train.init import bilinear_init
+
+    torch.manual_seed(0)
+    net = HAT.from_config(hat_config("hat-micro", scale)).eval()
+    bilinear_init(net)
+    x = torch.rand(1, 3, 16, 24)
+    with torch.no_grad():
+        y = net(x)
+    ref = x
+    for _ in range(scale // 2):  # x4 = two bilinear x2 stages, as the head does
+        ref = F.interpolate(ref, scale_factor=2, mode="bilinear", align_corners=False)
+    m = scale  # borders see the convolutions' zero padding
+    assert torch.allclose(y[..., m:-m, m:-m], ref[..., m:-m, m:-m], atol=1e-5)
