@@ -14,7 +14,6 @@ from hatstream.models.hat import (
     relative_position_index_oca,
     relative_position_index_sa,
     shift_mask_patterns,
-    window_partition,
 )
 from hatstream.models.registry import build_from_state_dict
 
@@ -71,6 +70,12 @@ def test_oca_index_has_the_released_negative_values():
     assert idx.shape == (256, 576)
     assert idx.min().item() == -880 and idx.max().item() == 640
     assert (idx < 0).sum().item() == 92_800
+
+
+def window_partition(x, ws):
+    """The reference's partition: (B, H, W, C) -> (B*nW, ws, ws, C), row-major windows."""
+    b, h, w, c = x.shape
+    return x.view(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws, ws, c)
 
 
 def reference_shift_mask(h, w, ws, shift):
@@ -153,3 +158,22 @@ def test_attention_never_falls_back_to_the_math_kernel(monkeypatch):
 
     with fused_attention_only(), pytest.raises(RuntimeError):
         torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=torch.zeros(3, 64, 64))
+
+
+@pytest.mark.parametrize("shift", [0, 4])
+def test_window_plan_matches_roll_and_partition(shift):
+    from hatstream.models.hat import window_plan
+
+    b, h, w, ws, c = 2, 24, 32, 8, 5
+    x = torch.randn(b, h, w, c)
+    plan = window_plan(b, h, w, ws, shift, 12, torch.device("cpu"))
+    gathered = x.reshape(-1, c).index_select(0, plan.order).view(-1, b, ws * ws, c)  # (nW, B, n, C)
+    rolled = torch.roll(x, (-shift, -shift), dims=(1, 2))
+    reference = window_partition(rolled, ws).view(b, -1, ws * ws, c).transpose(0, 1)  # (nW, B, n, C)
+    # Same windows, grouped by mask pattern: compare as sets of windows in plan order.
+    wins = {tuple(reference[i, 0, 0].tolist()): i for i in range(reference.shape[0])}
+    for i in range(gathered.shape[0]):
+        assert torch.equal(gathered[i], reference[wins[tuple(gathered[i, 0, 0].tolist())]])
+    back = gathered.reshape(-1, c).index_select(0, plan.inverse).view(b, h, w, c)
+    assert torch.equal(back, x)
+    assert plan.groups[-1][1] == gathered.shape[0] * b

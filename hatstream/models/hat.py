@@ -9,7 +9,9 @@ the official ones; everything else (how attention is computed, what is cached) i
 - the bias gathers and the shifted-window mask are built once per input size, device and dtype and
   cached, instead of being rebuilt on the CPU at every forward as the reference does;
 - the shift mask is non-zero only in the last row and column of windows, so those windows are
-  attended separately and the interior needs no mask at all (a full mask costs ~2 GB at 1080p).
+  attended separately and the interior needs no mask at all (a full mask costs ~2 GB at 1080p);
+- window partition, cyclic shift and OCAB's overlapping windows are each one cached gather
+  (`WindowPlan`) instead of rolls, permute-copies and unfold: ~20% faster on a small HAT here.
 
 Shapes in comments: B batch, C channels, H×W the (padded) feature size, ws window, ows overlapping
 window, nW windows per image, nH heads, d head dim, n = ws*ws tokens per window.
@@ -125,21 +127,6 @@ def relative_position_index_oca(ws: int, ows: int) -> torch.Tensor:
     return (rel[..., 0] + off) * (ws + ows - 1) + (rel[..., 1] + off)
 
 
-def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B*nW, ws, ws, C), windows in row-major order within each image."""
-    b, h, w, c = x.shape
-    x = x.view(b, h // ws, ws, w // ws, ws, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, ws, ws, c)
-
-
-def window_reverse(windows: torch.Tensor, ws: int, h: int, w: int) -> torch.Tensor:
-    """(B*nW, ws, ws, C) -> (B, H, W, C); the inverse of `window_partition`."""
-    c = windows.shape[-1]
-    b = windows.shape[0] // ((h // ws) * (w // ws))
-    x = windows.view(b, h // ws, w // ws, ws, ws, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
-
-
 def shift_mask_patterns(ws: int, shift: int) -> torch.Tensor:
     """(4, n, n) additive masks of shifted-window attention: interior, last column, last row, corner.
 
@@ -156,6 +143,61 @@ def shift_mask_patterns(ws: int, shift: int) -> torch.Tensor:
         differs = label[None, :] != label[:, None]
         patterns.append(torch.where(differs, SHIFT_MASK_VALUE, 0.0))
     return torch.stack(patterns)
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """Where each window's tokens live in the flat (B*H*W, C) token matrix, for one input size.
+
+    Window partition, the cyclic shift and their inverses are each one `index_select` with these
+    indices, instead of a roll (two copies per axis) plus a permute-copy each way. Windows are
+    ordered window-major, then batch, then token: (nW, B, n). They are also grouped by shift-mask
+    pattern (interior, last column, last row, corner), so each group is one contiguous slice.
+    """
+
+    order: torch.Tensor  # (nW*B*n,) flat token index of each window slot
+    inverse: torch.Tensor  # (B*H*W,) window slot of each flat token
+    groups: tuple[tuple[int, int, int], ...]  # (first window, end window, mask pattern), in nW*B units
+    kv_order: torch.Tensor | None = None  # OCAB: (nW*B*ows²,) index into the zero-padded token map
+
+
+def _index_dtype(n: int) -> torch.dtype:
+    return torch.int32 if n < 2**31 else torch.int64  # int32 halves the plan's memory
+
+
+def window_plan(b: int, h: int, w: int, ws: int, shift: int, ows: int | None, device) -> WindowPlan:
+    """Build the gather indices for (B, H, W) tokens, ws windows cyclically shifted by `shift`.
+
+    With `ows`, also the indices of OCAB's ows×ows key/value windows in the token map zero-padded
+    by (ows-ws)/2 on each side (the same windows `nn.Unfold(ows, stride=ws, padding=...)` takes).
+    """
+    nh, nw = h // ws, w // ws
+    kind = (2 * (torch.arange(nh)[:, None] == nh - 1) + (torch.arange(nw)[None, :] == nw - 1)).flatten()
+    if not shift:
+        kind = torch.zeros_like(kind)  # no mask: one group, natural order
+    wins = torch.argsort(kind, stable=True)  # (nW,) window ids grouped by mask pattern
+    wr, wc = (wins // nw)[:, None], (wins % nw)[:, None]
+    t = torch.arange(ws)
+    ty, tx = t.repeat_interleave(ws)[None, :], t.repeat(ws)[None, :]  # (1, n) row-major offsets
+    # Token (i, j) of the rolled map is token ((i+s) % H, (j+s) % W) of the original.
+    pos = ((wr * ws + ty + shift) % h) * w + (wc * ws + tx + shift) % w  # (nW, n)
+    batch = torch.arange(b)[None, :, None]
+    order = (batch * (h * w) + pos[:, None, :]).flatten()  # (nW, B, n) -> flat
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel())
+    counts = torch.bincount(kind, minlength=4).tolist()
+    ends = torch.tensor(counts).cumsum(0).tolist()
+    groups = tuple((b * (e - c), b * e, p) for p, (c, e) in enumerate(zip(counts, ends)) if c)
+    kv_order = None
+    if ows is not None:
+        hp, wp = h + ows - ws, w + ows - ws
+        t = torch.arange(ows)
+        ky, kx = t.repeat_interleave(ows)[None, :], t.repeat(ows)[None, :]
+        kpos = (wr * ws + ky) * wp + (wc * ws + kx)  # (nW, ows²) in the padded map
+        kv_order = (batch * (hp * wp) + kpos[:, None, :]).flatten()
+    dt = _index_dtype(max(order.numel(), kv_order.numel() if kv_order is not None else 0))
+    as_index = lambda idx: None if idx is None else idx.to(device=device, dtype=dt)  # noqa: E731
+    return WindowPlan(as_index(order), as_index(inverse), groups, as_index(kv_order))
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,39 +313,23 @@ class WindowAttention(nn.Module):
 
         return self._bias.get(self.relative_position_bias_table, build, dtype)
 
-    def qkv_heads(self, x: torch.Tensor):
-        """(..., n, C) -> three (..., nH, n, d)."""
-        *lead, n, c = x.shape
-        qkv = self.qkv(x).view(*lead, n, 3, self.num_heads, self.head_dim)
-        qkv = qkv.movedim(-3, 0).transpose(-3, -2)  # (3, ..., nH, n, d)
-        return qkv[0], qkv[1], qkv[2]
-
-    def merge_heads(self, out: torch.Tensor) -> torch.Tensor:
-        """(..., nH, n, d) -> (..., n, nH*d), then the output projection to C."""
-        out = out.transpose(-3, -2)
-        return self.proj(out.reshape(*out.shape[:-2], self.num_heads * self.head_dim))
-
-    def forward(self, windows: torch.Tensor, rpi: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
-        """windows (B, nh, nw, n, C) -> (B, nh, nw, n, C).
+    def forward(self, windows: torch.Tensor, rpi: torch.Tensor, masks: torch.Tensor | None,
+                groups: tuple[tuple[int, int, int], ...]) -> torch.Tensor:
+        """windows (nW*B, n, C) -> (nW*B, n, C).
 
         `masks` is None for unshifted blocks; for shifted ones, the (4, n, n) patterns of
-        `shift_mask_patterns` applied to interior, last-column, last-row and corner windows.
+        `shift_mask_patterns`, and `groups` says which contiguous run of windows takes which.
         """
-        q, k, v = self.qkv_heads(windows)  # each (B, nh, nw, nH, n, d)
+        nb, n, _ = windows.shape
+        nh, d = self.num_heads, self.head_dim
+        qkv = self.qkv(windows).view(nb, n, 3, nh, d)
+        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (nW*B, nH, n, d), d contiguous
         bias = self.bias(rpi, q.dtype, masks)  # (1 or 4, nH, n, n)
-        if masks is None:
-            return self.merge_heads(_attention(q, k, v, bias, self.scale))
-        out = torch.empty_like(q)
-        # The four groups of windows in the (nh, nw) grid, each with its own mask pattern.
-        groups = ((slice(0, -1), slice(0, -1)), (slice(0, -1), slice(-1, None)),
-                  (slice(-1, None), slice(0, -1)), (slice(-1, None), slice(-1, None)))
-        for pattern, (rows, cols) in enumerate(groups):
-            qs = q[:, rows, cols]
-            if qs.numel() == 0:
-                continue  # a single row or column of windows has no interior
-            out[:, rows, cols] = _attention(qs, k[:, rows, cols], v[:, rows, cols],
-                                            bias[pattern : pattern + 1], self.scale)
-        return self.merge_heads(out)
+        out = q.new_empty(nb, n, nh, d)
+        for first, end, pattern in groups:
+            mask = bias[pattern : pattern + 1] if masks is not None else bias
+            out[first:end] = _attention(q[first:end], k[first:end], v[first:end], mask, self.scale).transpose(1, 2)
+        return self.proj(out.view(nb, n, nh * d))
 
 
 class HAB(nn.Module):
@@ -322,27 +348,21 @@ class HAB(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor, x_size: tuple[int, int], rpi_sa: torch.Tensor,
-                masks: torch.Tensor) -> torch.Tensor:
+                masks: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
+        """x (B, H*W, C) -> (B, H*W, C); `plan` is the shifted one for shifted blocks."""
         h, w = x_size
         b, _, c = x.shape
-        ws, s = self.window_size, self.shift_size
-        y = self.norm1(x).view(b, h, w, c)
+        y = self.norm1(x)
 
-        conv = self.conv_block(y.permute(0, 3, 1, 2))  # (B, C, H, W)
+        conv = self.conv_block(y.view(b, h, w, c).permute(0, 3, 1, 2))  # (B, C, H, W), channels-last
         conv = conv.permute(0, 2, 3, 1).reshape(b, h * w, c)
 
-        if s:
-            y = torch.roll(y, shifts=(-s, -s), dims=(1, 2))
-        # (B, H, W, C) -> (B, nh, nw, n, C)
-        windows = y.view(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
-        windows = windows.reshape(b, h // ws, w // ws, ws * ws, c)
-        attn = self.attn(windows, rpi_sa, masks if s else None)
-        # (B, nh, nw, n, C) -> (B, H, W, C)
-        attn = attn.view(b, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
-        if s:
-            attn = torch.roll(attn, shifts=(s, s), dims=(1, 2))
+        # (B*H*W, C) -> (nW*B, n, C): partition (and cyclic shift) in one gather.
+        windows = y.reshape(b * h * w, c).index_select(0, plan.order).view(-1, self.window_size**2, c)
+        attn = self.attn(windows, rpi_sa, masks if self.shift_size else None, plan.groups)
+        attn = attn.view(-1, c).index_select(0, plan.inverse).view(b, h * w, c)  # and back
 
-        x = x + attn.reshape(b, h * w, c) + conv * self.conv_scale
+        x = x + attn + conv * self.conv_scale
         return x + self.mlp(self.norm2(x))
 
 
@@ -381,26 +401,27 @@ class OCAB(nn.Module):
 
         return self._bias.get(table, build, dtype)
 
-    def forward(self, x: torch.Tensor, x_size: tuple[int, int], rpi_oca: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x_size: tuple[int, int], rpi_oca: torch.Tensor,
+                plan: WindowPlan) -> torch.Tensor:
+        """x (B, H*W, C) -> (B, H*W, C); `plan` is the unshifted one, with `kv_order`."""
         h, w = x_size
-        b, _, c = x.shape
+        b, _, _ = x.shape
         ws, ows, nh, d = self.window_size, self.overlap_win_size, self.num_heads, self.head_dim
-        qkv = self.qkv(self.norm1(x)).view(b, h, w, 3, nh * d)
+        cq = nh * d
+        qkv = self.qkv(self.norm1(x))  # (B, H*W, 3C)
 
-        q = window_partition(qkv[..., 0, :].contiguous(), ws)  # (B*nW, ws, ws, C)
-        q = q.reshape(-1, ws * ws, nh, d).transpose(1, 2)  # (B*nW, nH, ws*ws, d)
+        q = qkv.view(b * h * w, 3 * cq)[:, :cq].index_select(0, plan.order)  # (nW*B*n, C)
+        q = q.view(-1, ws * ws, nh, d).transpose(1, 2)  # (nW*B, nH, n, d)
 
-        # Overlapping ows×ows windows at stride ws, zero-padded by (ows-ws)/2 on every side.
-        kv = qkv[..., 1:, :].permute(0, 3, 4, 1, 2).reshape(b, 2 * nh * d, h, w)  # (B, 2C, H, W)
+        # Overlapping ows×ows key/value windows at stride ws over the map zero-padded by
+        # (ows-ws)/2 on every side: one pad, one gather.
         pad = (ows - ws) // 2
-        kv = F.unfold(kv, kernel_size=ows, stride=ws, padding=pad)  # (B, 2C*ows*ows, nW)
-        kv = kv.view(b, 2, nh, d, ows * ows, -1).permute(1, 0, 5, 2, 4, 3)  # (2, B, nW, nH, ows², d)
-        k = kv[0].reshape(-1, nh, ows * ows, d)
-        v = kv[1].reshape(-1, nh, ows * ows, d)
+        kv = F.pad(qkv.view(b, h, w, 3 * cq)[..., cq:], (0, 0, pad, pad, pad, pad))  # (B, Hp, Wp, 2C)
+        kv = kv.view(-1, 2 * cq).index_select(0, plan.kv_order).view(-1, ows * ows, 2, nh, d)
+        k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # (nW*B, nH, ows², d)
 
-        out = _attention(q, k, v, self.bias(rpi_oca, q.dtype), self.scale)  # (B*nW, nH, ws², d)
-        out = out.transpose(1, 2).reshape(-1, ws, ws, nh * d)
-        out = window_reverse(out, ws, h, w).reshape(b, h * w, nh * d)
+        out = _attention(q, k, v, self.bias(rpi_oca, q.dtype), self.scale)  # (nW*B, nH, n, d)
+        out = out.transpose(1, 2).reshape(-1, cq).index_select(0, plan.inverse).view(b, h * w, cq)
 
         x = x + self.proj(out)
         return x + self.mlp(self.norm2(x))
@@ -419,10 +440,11 @@ class AttenBlocks(nn.Module):
         )
         self.overlap_attn = OCAB(cfg.embed_dim, ws, cfg.overlap_ratio, num_heads, cfg.mlp_ratio)
 
-    def forward(self, x, x_size, rpi_sa, rpi_oca, masks):
+    def forward(self, x, x_size, rpi_sa, rpi_oca, masks, plans):
+        plain, shifted = plans
         for blk in self.blocks:
-            x = blk(x, x_size, rpi_sa, masks)
-        return self.overlap_attn(x, x_size, rpi_oca)
+            x = blk(x, x_size, rpi_sa, masks, shifted if blk.shift_size else plain)
+        return self.overlap_attn(x, x_size, rpi_oca, plain)
 
 
 class PatchEmbed(nn.Module):
@@ -464,8 +486,8 @@ class RHAG(nn.Module):
         self.conv = _group_conv(cfg.embed_dim, cfg.resi_connection)
         self.patch_embed = PatchEmbed(cfg.embed_dim, norm=False)
 
-    def forward(self, x, x_size, rpi_sa, rpi_oca, masks):
-        y = self.residual_group(x, x_size, rpi_sa, rpi_oca, masks)
+    def forward(self, x, x_size, rpi_sa, rpi_oca, masks, plans):
+        y = self.residual_group(x, x_size, rpi_sa, rpi_oca, masks, plans)
         return self.patch_embed(self.conv(_unembed(y, x_size))) + x
 
 
@@ -512,6 +534,7 @@ class HAT(nn.Module):
         self.upsample = Upsample(cfg.upscale, cfg.num_feat)
         self.conv_last = nn.Conv2d(cfg.num_feat, cfg.in_chans, 3, 1, 1)
         self._masks: dict = {}
+        self._plans: dict = {}
         self.apply(_init_weights)
 
     @classmethod
@@ -540,14 +563,28 @@ class HAT(nn.Module):
             masks = self._masks[device] = shift_mask_patterns(ws, ws // 2).to(device)
         return masks
 
+    def window_plans(self, b: int, h: int, w: int, device: torch.device) -> tuple[WindowPlan, WindowPlan]:
+        """(unshifted, shifted) gather plans for a (B, ·, H, W) input, cached per size and device."""
+        key = (b, h, w, device)
+        plans = self._plans.get(key)
+        if plans is None:
+            if len(self._plans) >= 8:  # a video has one size; don't hoard indices for many
+                self._plans.clear()
+            cfg = self.config
+            ws = cfg.window_size
+            plans = self._plans[key] = (window_plan(b, h, w, ws, 0, cfg.overlap_window_size, device),
+                                        window_plan(b, h, w, ws, ws // 2, None, device))
+        return plans
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W) through the groups of hybrid attention."""
         x_size = (x.shape[2], x.shape[3])
         masks = self.shift_masks(x.device)
+        plans = self.window_plans(x.shape[0], *x_size, x.device)
         rpi_sa, rpi_oca = self.relative_position_index_SA, self.relative_position_index_OCA
         x = self.patch_embed(x)  # (B, H*W, C)
         for layer in self.layers:
-            x = layer(x, x_size, rpi_sa, rpi_oca, masks)
+            x = layer(x, x_size, rpi_sa, rpi_oca, masks, plans)
         return _unembed(self.norm(x), x_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
