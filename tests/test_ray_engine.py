@@ -22,10 +22,15 @@ import torch
 from hatstream.media.decode import Frame
 from hatstream.models.hat import HAT
 from hatstream.pipeline.collector import OrderedCollector
-from hatstream.pipeline.ray_engine import WORKER_NAME, WorkerPool, _Job
-from hatstream.pipeline.run import RunConfig, run_file
+from hatstream.atomic import atomic_output
+from hatstream.errors import HatstreamError
+from hatstream.inference import load_model
 from hatstream.media.encode import EncodeSettings
-from mediagen import Clip, make_video, read_planes, run_cli
+from hatstream.media.probe import probe
+from hatstream.media.writer import plan_output
+from hatstream.pipeline.ray_engine import WORKER_NAME, RayOptions, WorkerPool, _batch_job, run_ray_segments
+from hatstream.pipeline.run import RunConfig, run_file
+from mediagen import Clip, frame_times, make_video, read_planes, run_cli
 
 MARK = "HATSTREAM_RAY_TEST"
 LOSSLESS = EncodeSettings(codec="ffv1")
@@ -137,7 +142,7 @@ def test_killing_an_actor_mid_run_changes_nothing(clip, tiny_hat, tmp_path, loca
     run_file(RunConfig(input=clip, output=tmp_path / "ray.mkv", model=str(tiny_hat), encode=LOSSLESS,
                        engine="ray", workers=2, device="cpu"), on_progress=kill_worker_0)
     assert killed
-    assert "running them again" in caplog.text   # the dead actor's batches were re-run
+    assert "running it again" in caplog.text   # the dead actor's batches were re-run
     _assert_same(read_planes(tmp_path / "ray.mkv"), local)
 
 
@@ -153,13 +158,77 @@ class _Flaky:
 
 def test_a_batch_that_keeps_failing_fails_the_run_clearly(local_ray):
     pool = WorkerPool([_Flaky.remote(), _Flaky.remote()], max_attempts=3)
-    good = _Job(0, [Frame(0, 0, (np.ones((2, 2), np.uint8),))])
-    bad = _Job(1, [Frame(1, 1, (np.full((2, 2), 255, np.uint8),))])
+    good = _batch_job(0, [Frame(0, 0, (np.ones((2, 2), np.uint8),))])
+    bad = _batch_job(1, [Frame(1, 1, (np.full((2, 2), 255, np.uint8),))])
     pool.submit(good)
     pool.submit(bad)
     results = []
-    with pytest.raises(Exception, match=r"frames 1-1 failed 3 times .*this batch always fails"):
+    with pytest.raises(HatstreamError, match=r"frames 1-1 failed 3 times .*this batch always fails"):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             results += pool.poll(timeout=0.5)
-    assert [job.first for job, _ in results] == [0] and results[0][1][0][0][0, 0] == 2
+    assert [job.key for job, _ in results] == [0] and results[0][1][0][0][0, 0] == 2
+
+
+# ---- segment mode on a 2-node cluster on this machine -----------------------------------------
+
+@pytest.fixture
+def two_nodes(marker):
+    """A head without CPUs (the driver's) and two worker nodes of 2 CPUs each; all shut down afterwards."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]
+        ray.init(address=cluster.address, configure_logging=False, log_to_driver=False)
+        yield cluster, nodes
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def keyframed_clip(tmp_path_factory) -> Path:
+    """24 frames with a keyframe every 4 (0.16 s), so 0.15 s segments give 6 of them."""
+    return make_video(tmp_path_factory.mktemp("ray") / "gop4.mkv", Clip(frames=24, options={"g": "4"}))
+
+
+def _run_segments(clip: Path, model_name: str, out: Path, on_progress=None) -> int:
+    from hatstream.pipeline.segments import SegmentJob, plan_segments
+
+    info = probe(clip)
+    model = load_model(model_name, device="cpu", precision="fp32")
+    job = SegmentJob(info, plan_output(info, out, model.scale, LOSSLESS, "copy", "copy"))
+    segments = plan_segments(info, 0.15)
+    assert len(segments) == 6
+    folder = out.parent / "segments"
+    folder.mkdir()
+    with atomic_output(out) as tmp:
+        return run_ray_segments(job, segments, model, tmp, folder, RayOptions(device="cpu", workers=2),
+                                on_progress=on_progress)
+
+
+def test_segment_mode_on_two_nodes_matches_the_local_engine(keyframed_clip, tmp_path, two_nodes):
+    local = _run(keyframed_clip, tmp_path / "local.mkv", "bicubic", engine="local")
+    assert _run_segments(keyframed_clip, "bicubic", tmp_path / "ray.mkv") == 24
+    _assert_same(read_planes(tmp_path / "ray.mkv"), local)
+    assert frame_times(tmp_path / "ray.mkv") == frame_times(tmp_path / "local.mkv")
+
+
+def test_removing_a_node_mid_run_changes_nothing(keyframed_clip, tiny_hat, tmp_path, two_nodes, caplog):
+    cluster, nodes = two_nodes
+    local = _run(keyframed_clip, tmp_path / "local.mkv", str(tiny_hat), engine="local")
+    removed = []
+
+    def remove_worker_1_node(progress):
+        if not removed:
+            node_id = ray.get(ray.get_actor(WORKER_NAME.format(1)).describe.remote())["node_id"]
+            node = next(n for n in nodes if n.node_id == node_id)
+            cluster.remove_node(node, allow_graceful=False)
+            removed.append(node_id)
+
+    caplog.set_level(logging.WARNING, logger="hatstream.pipeline.ray_engine")
+    assert _run_segments(keyframed_clip, str(tiny_hat), tmp_path / "ray.mkv", remove_worker_1_node) == 24
+    assert removed and "running it again" in caplog.text   # the lost node's segment was re-run
+    _assert_same(read_planes(tmp_path / "ray.mkv"), local)
+    assert frame_times(tmp_path / "ray.mkv") == frame_times(tmp_path / "local.mkv")

@@ -23,12 +23,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
-import threading
+import tempfile
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -190,7 +192,8 @@ class UpscaleWorker:
 
     def describe(self) -> dict:
         """Where this actor runs: pid, node, device, compute dtype (also a readiness probe)."""
-        return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(), "device": str(self.device),
+        return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(),
+                "node_id": ray.get_runtime_context().get_node_id(), "device": str(self.device),
                 "dtype": str(self.upscaler.dtype).removeprefix("torch.")}
 
     def upscale(self, frames: list[Planes]) -> list[Planes]:
@@ -203,6 +206,17 @@ class UpscaleWorker:
                 log.error("CUDA fault, restarting this worker: %s", exc)
                 os._exit(1)
             raise
+
+    def encode_segment(self, job, segment) -> tuple[Any, bytes]:
+        """Decode, upscale and encode one segment of `job`'s input on this node; its file comes back as bytes."""
+        from hatstream.pipeline.segments import encode_segment, segment_path
+
+        if not Path(job.info.path).is_file():
+            raise HatstreamError(f"{job.info.path} cannot be read on node {ray.util.get_node_ip_address()}: "
+                                 "segment mode needs the input at the same path on every node")
+        with tempfile.TemporaryDirectory(prefix="hatstream-segment-") as folder:
+            encoded = encode_segment(job, segment, self.upscale, segment_path(Path(folder), segment.index))
+            return encoded, encoded.path.read_bytes()
 
     @torch.inference_mode()
     def _convert_and_upscale(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -219,16 +233,21 @@ class UpscaleWorker:
 
 @dataclass
 class _Job:
-    """One batch: the sequence number of its first frame, its frames, and its tries so far."""
+    """One unit of work for an actor: a batch of frames, or a whole segment, and its tries so far."""
 
-    first: int
-    frames: list[Frame]
+    key: int              # the sequence number of a batch's first frame, or a segment's index
+    args: tuple           # the arguments of the actor method
+    size: int             # frames it holds, counted against the window
+    label: str            # for messages: "frames 8-11", "segment 3"
+    context: Any = None   # what the driver needs with the result (a batch's Frames)
     attempts: int = 0
     worker: int = -1
     submitted: float = 0.0
 
-    def describe(self) -> str:
-        return f"frames {self.first}-{self.first + len(self.frames) - 1}"
+
+def _batch_job(first: int, frames: list[Frame]) -> _Job:
+    return _Job(first, ([f.planes for f in frames],), len(frames), f"frames {first}-{first + len(frames) - 1}",
+                frames)
 
 
 def _reason(exc: BaseException) -> str:
@@ -239,15 +258,17 @@ def _reason(exc: BaseException) -> str:
 
 
 class WorkerPool:
-    """Hands batches to actors, least-loaded first, and gets their results back, re-running failures.
+    """Hands jobs to actors, least-loaded first, and gets their results back, re-running failures.
 
-    `actors` are handles with an `upscale(list_of_planes)` method. Every batch is tried at most
+    Each job calls the actors' `method` with its `args`. Every job is tried at most
     `max_attempts` times; a retry prefers another actor than the one that failed, and actors that
     keep failing (dead for good) sink to the end of the choice.
     """
 
-    def __init__(self, actors: Sequence, in_flight: int = 2, max_attempts: int = 3, batch_timeout: float = 600.0):
+    def __init__(self, actors: Sequence, in_flight: int = 2, max_attempts: int = 3, batch_timeout: float = 600.0,
+                 method: str = "upscale"):
         self.actors = list(actors)
+        self.method = method
         self.capacity = in_flight * len(self.actors)
         self.max_attempts = max_attempts
         self.batch_timeout = batch_timeout
@@ -264,7 +285,7 @@ class WorkerPool:
     @property
     def frames_in_flight(self) -> int:
         """Frames handed out and not yet returned."""
-        return sum(len(job.frames) for job in self._jobs.values())
+        return sum(job.size for job in self._jobs.values())
 
     def has_room(self) -> bool:
         """True when another batch can be handed out without queueing more than `in_flight` per actor."""
@@ -276,12 +297,12 @@ class WorkerPool:
         job.attempts += 1
         job.worker = i
         job.submitted = time.monotonic()
-        ref = self.actors[i].upscale.remote([f.planes for f in job.frames])
+        ref = getattr(self.actors[i], self.method).remote(*job.args)
         self._jobs[ref] = job
         self.load[i] += 1
 
-    def poll(self, timeout: float) -> list[tuple[_Job, list[Planes]]]:
-        """Finished batches with their planes, waiting up to `timeout` s for the first one."""
+    def poll(self, timeout: float) -> list[tuple[_Job, Any]]:
+        """Finished jobs with their results, waiting up to `timeout` s for the first one."""
         if not self._jobs:
             return []
         ready, _ = ray.wait(list(self._jobs), num_returns=1, timeout=timeout)
@@ -291,14 +312,9 @@ class WorkerPool:
         for ref in ready:
             job = self._take(ref)
             try:
-                outputs = ray.get(ref)
+                done.append((job, ray.get(ref)))
             except RayError as exc:
                 self._retry(job, exc)
-                continue
-            if len(outputs) != len(job.frames):
-                self._retry(job, RuntimeError(f"{len(outputs)} frames came back for {len(job.frames)}"))
-                continue
-            done.append((job, outputs))
         self._expire()
         return done
 
@@ -310,9 +326,9 @@ class WorkerPool:
     def _retry(self, job: _Job, exc: BaseException) -> None:
         self.failures[job.worker] += 1
         if job.attempts >= self.max_attempts:
-            raise HatstreamError(f"{job.describe()} failed {job.attempts} times on the Ray workers; "
+            raise HatstreamError(f"{job.label} failed {job.attempts} times on the Ray workers; "
                                  f"last error: {_reason(exc)}")
-        log.warning("%s failed on worker %d (%s); running them again", job.describe(), job.worker, _reason(exc))
+        log.warning("%s failed on worker %d (%s); running it again", job.label, job.worker, _reason(exc))
         self.retries += 1
         self.submit(job, avoid=job.worker)
 
@@ -359,11 +375,13 @@ def _drive(stages: _Stages, batches: queue.Queue, pool: WorkerPool, out: queue.Q
             if item is _END:
                 decoded_all = True
                 break
-            pool.submit(_Job(seq, item))
+            pool.submit(_batch_job(seq, item))
             seq += len(item)
         for job, outputs in pool.poll(timeout=_POLL / 2):
-            for k, (frame, planes) in enumerate(zip(job.frames, outputs)):
-                collector.add(job.first + k, Frame(frame.index, frame.pts, tuple(planes), frame.repaired))
+            if len(outputs) != job.size:
+                raise RuntimeError(f"{job.label}: {len(outputs)} frames came back from the Ray worker")
+            for k, (frame, planes) in enumerate(zip(job.context, outputs)):
+                collector.add(job.key + k, Frame(frame.index, frame.pts, tuple(planes), frame.repaired))
         for frame in collector.ready():
             stages.put(out, frame)
         if decoded_all and not pool.busy:
@@ -454,6 +472,8 @@ def _start_workers(payload: ModelPayload, options: RayOptions, device: str, coun
     remote = ray.remote(UpscaleWorker)
     actors = [remote.options(name=WORKER_NAME.format(i), num_cpus=1, num_gpus=1 if cuda else 0,
                              max_restarts=options.max_restarts, max_task_retries=0,
+                             # Across nodes: more decode/encode CPUs and network, less lost with a node.
+                             scheduling_strategy="SPREAD",
                              # Two threads on a GPU so one batch moves while the other computes.
                              max_concurrency=2 if cuda else 1)
               .remote(payload, device, options.precision, src, dst) for i in range(count)]
@@ -479,6 +499,22 @@ def _stop_workers(actors: Sequence) -> None:
             pass
 
 
+@contextlib.contextmanager
+def _workers(options: RayOptions, model: Upscaler, src: FrameFormat, dst: FrameFormat) -> Iterator[list]:
+    """Ray connected (or started), the model shipped and the actors ready; all undone on leaving."""
+    started_ray = _connect(options)
+    try:
+        device, count = _plan(options)
+        actors = _start_workers(ModelPayload.ship(model), options, device, count, src, dst)
+        try:
+            yield actors
+        finally:
+            _stop_workers(actors)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
 def run_ray(frames: Iterable[Frame], model: Upscaler, src: FrameFormat, dst: FrameFormat,
             write: Callable[[Frame], None], options: RayOptions = RayOptions(), batch: int = 1,
             total: int = 0, exact: bool = False, on_progress: Callable[[Progress], None] | None = None) -> int:
@@ -489,16 +525,49 @@ def run_ray(frames: Iterable[Frame], model: Upscaler, src: FrameFormat, dst: Fra
     `model` is the driver's copy (on the CPU); each actor rebuilds it on its own device. Ray is
     started (and shut down afterwards) here unless the caller has already initialised it.
     """
-    started_ray = _connect(options)
-    try:
-        device, count = _plan(options)
-        actors = _start_workers(ModelPayload.ship(model), options, device, count, src, dst)
-        try:
-            pool = WorkerPool(actors, options.in_flight, options.max_attempts, options.batch_timeout)
-            window = options.window or 2 * pool.capacity * batch
-            return _stream(frames, pool, write, batch, max(window, batch), total, exact, on_progress)
-        finally:
-            _stop_workers(actors)
-    finally:
-        if started_ray:
-            ray.shutdown()
+    with _workers(options, model, src, dst) as actors:
+        pool = WorkerPool(actors, options.in_flight, options.max_attempts, options.batch_timeout)
+        window = max(options.window or 2 * pool.capacity * batch, batch)
+        return _stream(frames, pool, write, batch, window, total, exact, on_progress)
+
+
+def run_ray_segments(job, segments: Sequence, model: Upscaler, output: Path, folder: Path,
+                     options: RayOptions = RayOptions(), total: int = 0, exact: bool = False,
+                     on_progress: Callable[[Progress], None] | None = None) -> int:
+    """Segment mode, for clusters of several machines: whole segments go to the actors, files come back.
+
+    `job` is a `segments.SegmentJob` and `segments` its keyframe-aligned `Segment`s. Each actor
+    decodes, upscales and encodes a segment on its own node (`segments.encode_segment`), so
+    compressed bytes cross the network, not frames; the input must be readable at the same path
+    on every node (shared storage). The files land in `folder`, are checked against their
+    SHA-256, and are joined in order into `output` without re-encoding, with the input's audio,
+    subtitles and chapters (`segments.assemble`). A segment whose actor or node is lost is
+    re-run elsewhere; one that comes back twice is kept once. Returns the frames written.
+    """
+    from hatstream.pipeline.segments import assemble, file_sha256, segment_path
+
+    src = FrameFormat(job.info.layout, job.info.colour)
+    dst = FrameFormat(job.plan.encoding.layout, job.plan.encoding.colour)
+    started = time.perf_counter()
+    done: dict[int, Any] = {}
+    frames = 0
+    with _workers(options, model, src, dst) as actors:
+        # One segment per actor at a time: a lost node then costs at most one segment per actor.
+        pool = WorkerPool(actors, 1, options.max_attempts, options.batch_timeout, method="encode_segment")
+        todo = list(segments)
+        while todo or pool.busy:
+            while todo and pool.has_room():
+                segment = todo.pop(0)
+                pool.submit(_Job(segment.index, (job, segment), 0, f"segment {segment.index}"))
+            for _, (encoded, data) in pool.poll(timeout=_POLL):
+                if encoded.index in done:
+                    continue
+                path = segment_path(folder, encoded.index)
+                path.write_bytes(data)
+                if file_sha256(path) != encoded.sha256:
+                    raise HatstreamError(f"segment {encoded.index} arrived damaged from its Ray worker")
+                done[encoded.index] = replace(encoded, path=path)
+                frames += encoded.frames
+                if on_progress is not None:
+                    on_progress(Progress(frames, max(total, frames), exact, time.perf_counter() - started))
+    return assemble(job, [done[s.index] for s in segments], output)
