@@ -183,8 +183,8 @@ class WorkFolder:
         self.folder.mkdir(exist_ok=True)
         self._lock = _locked(self.folder)
         self._lock.__enter__()
-        old = self._load() if resume else None
-        reason = "--no-resume" if not resume else (self._mismatch(old, fresh) if old is not None else None)
+        old = self._load()
+        reason = None if old is None else "--no-resume" if not resume else self._mismatch(old, fresh)
         if old is None or reason is not None:
             if reason is not None:
                 self.note = f"started over: {reason}"
