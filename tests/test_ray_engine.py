@@ -22,13 +22,10 @@ import torch
 from hatstream.media.decode import Frame
 from hatstream.models.hat import HAT
 from hatstream.pipeline.collector import OrderedCollector
-from hatstream.atomic import atomic_output
 from hatstream.errors import HatstreamError
-from hatstream.inference import load_model
 from hatstream.media.encode import EncodeSettings
 from hatstream.media.probe import probe
-from hatstream.media.writer import plan_output
-from hatstream.pipeline.ray_engine import WORKER_NAME, RayOptions, WorkerPool, _batch_job, run_ray_segments
+from hatstream.pipeline.ray_engine import WORKER_NAME, WorkerPool, _batch_job
 from hatstream.pipeline.run import RunConfig, run_file
 from mediagen import Clip, frame_times, make_video, read_planes, run_cli
 
@@ -193,24 +190,20 @@ def keyframed_clip(tmp_path_factory) -> Path:
     return make_video(tmp_path_factory.mktemp("ray") / "gop4.mkv", Clip(frames=24, options={"g": "4"}))
 
 
-def _run_segments(clip: Path, model_name: str, out: Path, on_progress=None) -> int:
-    from hatstream.pipeline.segments import SegmentJob, plan_segments
+def _run_segments(clip: Path, model: str, out: Path, address: str, on_progress=None) -> int:
+    """`hatstream run --engine ray --address ...` with 0.15 s segments, through `run_file`."""
+    from hatstream.pipeline.segments import plan_segments
 
-    info = probe(clip)
-    model = load_model(model_name, device="cpu", precision="fp32")
-    job = SegmentJob(info, plan_output(info, out, model.scale, LOSSLESS, "copy", "copy"))
-    segments = plan_segments(info, 0.15)
-    assert len(segments) == 6
-    folder = out.parent / "segments"
-    folder.mkdir()
-    with atomic_output(out) as tmp:
-        return run_ray_segments(job, segments, model, tmp, folder, RayOptions(device="cpu", workers=2),
-                                on_progress=on_progress)
+    assert len(plan_segments(probe(clip), 0.15)) == 6
+    return run_file(RunConfig(input=clip, output=out, model=model, encode=LOSSLESS, engine="ray", address=address,
+                              workers=2, device="cpu", segment_seconds=0.15), on_progress=on_progress).frames
 
 
 def test_segment_mode_on_two_nodes_matches_the_local_engine(keyframed_clip, tmp_path, two_nodes):
     local = _run(keyframed_clip, tmp_path / "local.mkv", "bicubic", engine="local")
-    assert _run_segments(keyframed_clip, "bicubic", tmp_path / "ray.mkv") == 24
+    cluster, _ = two_nodes
+    assert _run_segments(keyframed_clip, "bicubic", tmp_path / "ray.mkv", cluster.address) == 24
+    assert not list(tmp_path.glob(".hatstream-segments-*"))
     _assert_same(read_planes(tmp_path / "ray.mkv"), local)
     assert frame_times(tmp_path / "ray.mkv") == frame_times(tmp_path / "local.mkv")
 
@@ -228,7 +221,8 @@ def test_removing_a_node_mid_run_changes_nothing(keyframed_clip, tiny_hat, tmp_p
             removed.append(node_id)
 
     caplog.set_level(logging.WARNING, logger="hatstream.pipeline.ray_engine")
-    assert _run_segments(keyframed_clip, str(tiny_hat), tmp_path / "ray.mkv", remove_worker_1_node) == 24
+    assert _run_segments(keyframed_clip, str(tiny_hat), tmp_path / "ray.mkv", cluster.address,
+                         remove_worker_1_node) == 24
     assert removed and "running it again" in caplog.text   # the lost node's segment was re-run
     _assert_same(read_planes(tmp_path / "ray.mkv"), local)
     assert frame_times(tmp_path / "ray.mkv") == frame_times(tmp_path / "local.mkv")

@@ -531,19 +531,21 @@ def run_ray(frames: Iterable[Frame], model: Upscaler, src: FrameFormat, dst: Fra
         return _stream(frames, pool, write, batch, window, total, exact, on_progress)
 
 
-def run_ray_segments(job, segments: Sequence, model: Upscaler, output: Path, folder: Path,
-                     options: RayOptions = RayOptions(), total: int = 0, exact: bool = False,
-                     on_progress: Callable[[Progress], None] | None = None) -> int:
+def run_ray_segments(job, segments: Sequence, model: Upscaler, output: Path, options: RayOptions = RayOptions(),
+                     total: int = 0, exact: bool = False, on_progress: Callable[[Progress], None] | None = None):
     """Segment mode, for clusters of several machines: whole segments go to the actors, files come back.
 
     `job` is a `segments.SegmentJob` and `segments` its keyframe-aligned `Segment`s. Each actor
     decodes, upscales and encodes a segment on its own node (`segments.encode_segment`), so
     compressed bytes cross the network, not frames; the input must be readable at the same path
-    on every node (shared storage). The files land in `folder`, are checked against their
-    SHA-256, and are joined in order into `output` without re-encoding, with the input's audio,
-    subtitles and chapters (`segments.assemble`). A segment whose actor or node is lost is
-    re-run elsewhere; one that comes back twice is kept once. Returns the frames written.
+    on every node (shared storage). The files land in a temporary folder beside `output`, are
+    checked against their SHA-256, and are joined in order into `output` (atomically) without
+    re-encoding, with the input's audio, subtitles and chapters (`segments.assemble`). A segment
+    whose actor or node is lost is re-run elsewhere; one that comes back twice is kept once.
+    Not resumable yet: returns a `resume.ResumeOutcome` with nothing resumed.
     """
+    from hatstream.atomic import atomic_output
+    from hatstream.pipeline.resume import ResumeOutcome
     from hatstream.pipeline.segments import assemble, file_sha256, segment_path
 
     src = FrameFormat(job.info.layout, job.info.colour)
@@ -551,7 +553,9 @@ def run_ray_segments(job, segments: Sequence, model: Upscaler, output: Path, fol
     started = time.perf_counter()
     done: dict[int, Any] = {}
     frames = 0
-    with _workers(options, model, src, dst) as actors:
+    with tempfile.TemporaryDirectory(dir=Path(output).parent, prefix=".hatstream-segments-") as tmp, \
+            _workers(options, model, src, dst) as actors:
+        folder = Path(tmp)
         # One segment per actor at a time: a lost node then costs at most one segment per actor.
         pool = WorkerPool(actors, 1, options.max_attempts, options.batch_timeout, method="encode_segment")
         todo = list(segments)
@@ -570,4 +574,8 @@ def run_ray_segments(job, segments: Sequence, model: Upscaler, output: Path, fol
                 frames += encoded.frames
                 if on_progress is not None:
                     on_progress(Progress(frames, max(total, frames), exact, time.perf_counter() - started))
-    return assemble(job, [done[s.index] for s in segments], output)
+        with atomic_output(output) as partial:
+            written = assemble(job, [done[s.index] for s in segments], partial)
+            if written != frames:  # every frame exactly once
+                raise RuntimeError(f"{frames} frames encoded on the Ray workers but {written} assembled")
+    return ResumeOutcome(written, 0, written, len(segments))

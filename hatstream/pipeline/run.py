@@ -70,6 +70,12 @@ class RunResult:
         return (self.frames - self.resumed) / self.seconds if self.seconds > 0 else 0.0
 
 
+def _ray_options(config: RunConfig):
+    from hatstream.pipeline.ray_engine import RayOptions
+    return RayOptions(address=config.address, workers=config.workers, device=config.device,
+                      precision=config.precision)
+
+
 def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None = None,
              on_start: Callable[[int, bool], None] | None = None) -> RunResult:
     """Upscale `config.input` into `config.output` (default `<stem>.x<scale><ext>` beside it).
@@ -100,18 +106,25 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
     check_output_path(output, [Path(config.input)], config.overwrite)
     plan = plan_output(info, output, model.scale, config.encode, config.audio_codec, config.subtitles)
     log.info("%s -> %s: %s, model %s", info.path.name, output, plan.describe(), model.info.name)
-    # Inputs longer than one segment run in resumable keyframe-aligned segments (local engine;
-    # concealing damage needs the frame before, which may lie in another segment).
-    segments = plan_segments(info, config.segment_seconds) if not on_ray and config.on_error == "fail" else ()
+    # Inputs longer than one segment run in keyframe-aligned segments: resumable on the local engine,
+    # whole on the nodes of a Ray cluster (--address). Concealing damage needs the frame before,
+    # which may lie in another segment.
+    segmented = (not on_ray or config.address is not None) and config.on_error == "fail"
+    segments = plan_segments(info, config.segment_seconds) if segmented else ()
     if len(segments) > 1:
         from hatstream.pipeline.resume import run_resumable, run_settings
 
         job = SegmentJob(info, plan, config.batch)
         if on_start is not None:
             on_start(info.frames, info.frames_exact)
-        done = run_resumable(job, segments, upscaler_for(job, model), output,
-                             run_settings(config.model, model, job, config.segment_seconds), config.resume,
-                             info.frames, info.frames_exact, on_progress)
+        if on_ray:
+            from hatstream.pipeline.ray_engine import run_ray_segments
+            done = run_ray_segments(job, segments, model, output, _ray_options(config), info.frames,
+                                    info.frames_exact, on_progress)
+        else:
+            done = run_resumable(job, segments, upscaler_for(job, model), output,
+                                 run_settings(config.model, model, job, config.segment_seconds), config.resume,
+                                 info.frames, info.frames_exact, on_progress)
         return RunResult(output=output, frames=done.frames, seconds=time.perf_counter() - started, repaired=0,
                          dropped=0, model=model.info.name, resumed=done.resumed, note=done.note,
                          encoding=f"{plan.encoding.codec} {plan.encoding.layout.pix_fmt}")
@@ -131,10 +144,8 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
             decoded = read_frames(info, config.on_error, stats)
             common = dict(batch=config.batch, total=info.frames, exact=info.frames_exact, on_progress=on_progress)
             if on_ray:
-                from hatstream.pipeline.ray_engine import RayOptions, run_ray
-                options = RayOptions(address=config.address, workers=config.workers, device=config.device,
-                                     precision=config.precision)
-                frames = run_ray(decoded, model, src, dst, write, options, **common)
+                from hatstream.pipeline.ray_engine import run_ray
+                frames = run_ray(decoded, model, src, dst, write, _ray_options(config), **common)
             else:
                 frames = run_stages(decoded, lambda batch: upscale_planes(batch, model, src, dst), write, **common)
             if frames != stats.frames:  # every decoded frame must have been written; never drop one
