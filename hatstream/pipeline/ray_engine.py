@@ -19,6 +19,10 @@
   self). Ray delivers at least once, so a frame that arrives twice is dropped by the collector.
   A batch that fails `max_attempts` times fails the run with the last error; a batch that takes
   longer than `batch_timeout` counts as failed and its actor is restarted, so nothing hangs.
+- **Segment mode** (`run_ray_segments`, for clusters of several machines): the same actors take
+  whole keyframe-aligned segments (`segments.encode_segment` on their node) and send back the
+  encoded file, so compressed bytes cross the network, not frames; the driver joins them in
+  order without re-encoding (`segments.assemble`).
 """
 
 from __future__ import annotations
