@@ -25,7 +25,7 @@ from hatstream.pipeline.collector import OrderedCollector
 from hatstream.errors import HatstreamError
 from hatstream.media.encode import EncodeSettings
 from hatstream.media.probe import probe
-from hatstream.pipeline.ray_engine import WORKER_NAME, WorkerPool, _batch_job
+from hatstream.pipeline.ray_engine import WORKER_NAME, WorkerPool, _batch_job, _stream
 from hatstream.pipeline.run import RunConfig, run_file
 from mediagen import Clip, frame_times, make_video, read_planes, run_cli
 
@@ -165,6 +165,39 @@ def test_a_batch_that_keeps_failing_fails_the_run_clearly(local_ray):
         while time.monotonic() < deadline:
             results += pool.poll(timeout=0.5)
     assert [job.key for job, _ in results] == [0] and results[0][1][0][0][0, 0] == 2
+
+
+@ray.remote
+class _StuckOnFirst:
+    """A stand-in worker that holds frame 0 for a while and doubles everything else at once."""
+
+    def upscale(self, frames):
+        if any(int(f[0][0, 0]) == 0 for f in frames):
+            time.sleep(3)
+        return [tuple(p * 2 for p in f) for f in frames]
+
+
+def test_decoding_pauses_while_the_window_is_full_and_order_is_kept(local_ray):
+    produced, written = [], []
+
+    def frames():
+        for i in range(200):
+            produced.append(i)
+            yield Frame(i, i, (np.full((2, 2), i % 100, np.uint8),))
+
+    def write(frame):
+        if not written:
+            # Frame 0 was held back for 3 s: everything decoded meanwhile had to fit the window.
+            ahead.append(len(produced))
+        written.append(frame)
+
+    ahead = []
+    pool = WorkerPool([_StuckOnFirst.remote(), _StuckOnFirst.remote()], in_flight=2)
+    assert _stream(frames(), pool, write, batch=2, window=8, total=200, exact=True, on_progress=None) == 200
+    assert [f.index for f in written] == list(range(200))
+    assert all(f.planes[0][0, 0] == 2 * (f.index % 100) for f in written)
+    # window (8) + the decode queue (2 batches of 2) + a batch in the decoder's hands + the one over the window
+    assert ahead[0] <= 8 + 4 + 2 + 2
 
 
 # ---- segment mode on a 2-node cluster on this machine -----------------------------------------
