@@ -51,12 +51,16 @@ def assert_config_inferred(upscaler, layout):
     assert upscaler.info.parameters == layout["params"]
 
 
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
 @pytest.mark.parametrize("name", list(LAYOUTS))
-def test_released_layout_loads_strictly_and_infers_config(name, tmp_path):
+def test_released_layout_loads_strictly_and_infers_config(name, fmt, tmp_path):
     layout = LAYOUTS[name]
     state = random_checkpoint(layout)
-    path = tmp_path / f"{name}.pth"
-    torch.save({"params_ema": state, "params": state}, path)
+    path = tmp_path / f"{name}.{fmt}"
+    if fmt == "pth":
+        torch.save({"params_ema": state, "params": state}, path)
+    else:
+        save_file(state, str(path))
     up = load_model(path, device="cpu", precision="fp32")
     assert_config_inferred(up, layout)
     assert up.info.name == name.split("_")[0]
@@ -64,15 +68,6 @@ def test_released_layout_loads_strictly_and_infers_config(name, tmp_path):
     # Strict both ways: our state dict has exactly the released keys and shapes.
     ours = up.model.state_dict()
     assert {k: list(v.shape) for k, v in ours.items()} == {k: s for k, (s, _) in layout["keys"].items()}
-
-
-@pytest.mark.parametrize("name", ["HAT-S_SRx4", "HAT-L_SRx3"])
-def test_safetensors_layout_loads(name, tmp_path):
-    layout = LAYOUTS[name]
-    path = tmp_path / f"{name}.safetensors"
-    save_file(random_checkpoint(layout), str(path))
-    up = load_model(path, device="cpu", precision="fp32")
-    assert_config_inferred(up, layout)
 
 
 def test_params_used_when_no_ema_and_module_prefix_stripped(tmp_path):
