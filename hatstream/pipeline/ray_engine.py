@@ -1,10 +1,13 @@
 """The Ray engine: the upscale stage spread over Ray actors that each hold the model.
 
-    decode thread ──batches──▶ driver loop ──submit──▶ worker actors (one per GPU, or CPU actors)
-                                 │   ▲                    device lane: upload → convert+model → download
-                                 │   └──results, any order, at least once──┘
-                                 ▼
-                    ordered collector ──frames in order──▶ encode thread (the same writer as locally)
+    decode thread: decoder ──batches──▶ driver loop ──submit──▶ worker actors (one per GPU, or CPU actors)
+                                          │   ▲                    device lane: upload → convert+model → download
+                                          │   └──results, any order, at least once──┘
+                                          ▼
+                             ordered collector ──frames in order──▶ encode thread (the same writer as locally)
+
+The threads, queues and shutdown are the local engine's own (`engine.run_stages`): the driver
+loop runs in its decode thread, in place of the decoder, and pulls from the decoder itself.
 
 - **Weights** go into the object store once (`ModelPayload`); an actor builds its model from
   them, so a worker node needs no model file, only hatstream itself.
@@ -12,8 +15,8 @@
   happens on the worker, next to the model, exactly as `stage.upscale_planes` does it locally.
 - **Order and memory**: results are keyed by frame number and put back in order by
   `OrderedCollector`. The driver hands out a batch only while frames in flight plus frames
-  waiting for an earlier one stay within the window; otherwise it stops taking batches, the
-  decode thread blocks on its bounded queue, and decoding pauses.
+  waiting for an earlier one stay within the window; otherwise it stops pulling frames from the
+  decoder, and decoding pauses.
 - **Faults**: actors restart (`max_restarts`) and rebuild the model from the object store. The
   batches a dead or hung actor held are re-run on the least-loaded other actor (or its restarted
   self). Ray delivers at least once, so a frame that arrives twice is dropped by the collector.
@@ -30,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import tempfile
 import time
 from dataclasses import dataclass, fields, replace
@@ -49,14 +51,14 @@ from hatstream.media.colour import planes_to_rgb, planes_to_tensors, rgb_to_plan
 from hatstream.media.decode import Frame
 from hatstream.models.registry import build_from_state_dict, load_builtin
 from hatstream.models.spec import ModelInfo
-# The local engine's stop-aware queue helpers: both engines shut down the same way.
-from hatstream.pipeline.engine import _END, _POLL, Progress, _Stages, _Stopped
+from hatstream.pipeline.engine import Progress, run_stages
 from hatstream.pipeline.collector import OrderedCollector
 from hatstream.pipeline.stage import FrameFormat, Planes, _cpu_threads
 
 log = logging.getLogger(__name__)
 
 WORKER_NAME = "hatstream-worker-{}"   # actor names, in the driver's own (anonymous) namespace
+_POLL = 0.05                          # seconds the driver waits for a result before looking again
 
 
 @dataclass(frozen=True)
@@ -362,32 +364,30 @@ def _batches(frames: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
         yield group
 
 
-def _drive(stages: _Stages, batches: queue.Queue, pool: WorkerPool, out: queue.Queue, window: int) -> None:
-    """The driver loop: hand out batches while the window has room, put results back in order."""
+def _ordered_results(frames: Iterable[Frame], pool: WorkerPool, batch: int, window: int) -> Iterator[Frame]:
+    """The driver loop: hand out batches while the window has room; yield upscaled frames in order.
+
+    Frames are pulled from `frames` (the decoder) only while frames in flight plus frames waiting
+    for an earlier one stay under `window`, so decoding pauses when the workers fall behind.
+    """
     collector: OrderedCollector[Frame] = OrderedCollector()
+    groups = _batches(frames, batch)
     decoded_all = False
     seq = 0                       # sequence number of the next frame handed out
     while True:
-        if stages.stop.is_set():
-            raise _Stopped
-        # Hand out work while the window allows; otherwise the decode queue fills and decoding pauses.
         while not decoded_all and pool.has_room() and pool.frames_in_flight + len(collector) < window:
-            try:
-                item = batches.get(timeout=0 if pool.busy else _POLL)
-            except queue.Empty:
-                break
-            if item is _END:
+            group = next(groups, None)
+            if group is None:
                 decoded_all = True
-                break
-            pool.submit(_batch_job(seq, item))
-            seq += len(item)
-        for job, outputs in pool.poll(timeout=_POLL / 2):
+            else:
+                pool.submit(_batch_job(seq, group))
+                seq += len(group)
+        for job, outputs in pool.poll(timeout=_POLL):
             if len(outputs) != job.size:
                 raise RuntimeError(f"{job.label}: {len(outputs)} frames came back from the Ray worker")
             for k, (frame, planes) in enumerate(zip(job.context, outputs)):
                 collector.add(job.key + k, Frame(frame.index, frame.pts, tuple(planes), frame.repaired))
-        for frame in collector.ready():
-            stages.put(out, frame)
+        yield from collector.ready()
         if decoded_all and not pool.busy:
             if len(collector):  # cannot happen unless a batch was lost: never write a gap
                 raise RuntimeError(f"frame {collector.next} never came back from the Ray workers")
@@ -399,46 +399,14 @@ def _drive(stages: _Stages, batches: queue.Queue, pool: WorkerPool, out: queue.Q
 
 def _stream(frames: Iterable[Frame], pool: WorkerPool, write: Callable[[Frame], None], batch: int, window: int,
             total: int, exact: bool, on_progress: Callable[[Progress], None] | None) -> int:
-    """decode thread → driver loop (this thread) → encode thread, shut down as the local engine is."""
-    stages = _Stages()
-    batches: queue.Queue = queue.Queue(maxsize=2)
-    ordered: queue.Queue = queue.Queue(maxsize=2 * batch)
-    written = 0
-    started = time.perf_counter()
+    """The local engine's threads and shutdown around the driver loop, which takes the decoder's place.
 
-    def decode_loop():
-        for group in _batches(frames, batch):
-            stages.put(batches, group)
-        stages.put(batches, _END)
-
-    def encode_loop():
-        nonlocal written
-        while (frame := stages.get(ordered)) is not _END:
-            write(frame)
-            written += 1
-            if on_progress is not None:
-                on_progress(Progress(written, max(total, written), exact, time.perf_counter() - started))
-
-    threads = [stages.thread("decode", decode_loop), stages.thread("encode", encode_loop)]
-    try:
-        try:
-            _drive(stages, batches, pool, ordered, window)
-            stages.put(ordered, _END)
-        except _Stopped:
-            pass
-        for t in threads:
-            while t.is_alive():
-                t.join(timeout=_POLL)
-    except BaseException as exc:
-        stages.fail(exc)
-        raise
-    finally:
-        stages.stop.set()
-        for t in threads:
-            t.join(timeout=10)
-    if stages.error is not None:
-        raise stages.error
-    return written
+    `run_stages` runs `_ordered_results` in its decode thread and `write` in its encode thread; its
+    model step has nothing left to do. An error or Ctrl-C anywhere stops the run as it does locally;
+    the driver loop sees the stop when it next hands over a frame (within one batch's time).
+    """
+    return run_stages(_ordered_results(frames, pool, batch, window), lambda planes: list(planes), write,
+                      batch=1, total=total, exact=exact, on_progress=on_progress)
 
 
 def _connect(options: RayOptions) -> bool:
