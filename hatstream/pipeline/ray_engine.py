@@ -80,7 +80,7 @@ class RayOptions:
     max_attempts: int = 3         # tries per batch before the run fails
     max_restarts: int = 3         # restarts per actor
     batch_timeout: float = 600.0  # seconds from submission after which a batch counts as failed
-    start_timeout: float = 300.0  # seconds for all actors to build their model
+    start_timeout: float = 600.0  # seconds for all actors to start (GPU nodes may be scaling up) and load
 
 
 # ---- the model, shipped once ------------------------------------------------------------------
@@ -426,13 +426,18 @@ def _connect(options: RayOptions) -> bool:
 
 
 def _plan(options: RayOptions) -> tuple[str, int]:
-    """The device and number of actors: as asked, else one actor per GPU of the cluster, else one CPU actor."""
+    """The device and number of actors: as asked, else one actor per GPU of the cluster, else one CPU actor.
+
+    With `--address` and no `--device`, CUDA only if the cluster has a GPU node up now.
+    """
     gpus = int(ray.cluster_resources().get("GPU", 0))
     device = options.device or ("cuda" if gpus else "cpu")
     if device not in ("cpu", "cuda"):
         raise HatstreamError(f"--device {device}: the Ray engine runs its workers on 'cuda' or 'cpu'")
     count = options.workers or (gpus if device == "cuda" else 1)
-    if device == "cuda" and gpus < max(count, 1):
+    # An autoscaling cluster may have no GPU node up yet: `--workers N` waits for them (start_timeout).
+    can_grow = options.address is not None and options.workers is not None
+    if device == "cuda" and gpus < max(count, 1) and not can_grow:
         raise HatstreamError(f"{count or 1} GPU worker(s) asked for, but the Ray cluster has {gpus} GPU(s)")
     return device, count
 
