@@ -72,7 +72,7 @@ def bench(frames: int, width: int, height: int, workers: list[int], folder: Path
         torch.set_num_threads(threads)
     for n in workers:
         out = folder / f"ray{n}.mkv"
-        ray.init(num_cpus=n + 1, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=n + 1, include_dashboard=False, configure_logging=False, log_to_driver=False)
         try:
             timing = _timed(replace(base, output=out, engine="ray", workers=n, device="cpu"))
         finally:

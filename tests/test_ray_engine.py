@@ -75,7 +75,7 @@ def marker(monkeypatch):
 @pytest.fixture
 def local_ray(marker):
     """A small Ray instance in this process: 3 logical CPUs, no dashboard; shut down afterwards."""
-    ray.init(num_cpus=3, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=3, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
         yield
     finally:

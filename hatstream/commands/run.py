@@ -15,19 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
+from hatstream.commands.common import add_engine_arguments, positive_int, seconds
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,11 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", type=Path, help="the video file to upscale")
     p.add_argument("-o", "--output", type=Path, help="output file (default: <stem>.x<scale><ext> beside the input)")
     p.add_argument("--model", help="built-in model name or checkpoint path (default: the bundled default)")
-    p.add_argument("--scale", type=_positive, help="upscale factor (default: the model's; x2 for the default model)")
+    p.add_argument("--scale", type=positive_int, help="upscale factor (default: the model's; x2 for the default model)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="compute precision (default: auto)")
-    p.add_argument("--device", help="torch device, e.g. cuda or cpu (default: CUDA when present)")
-    p.add_argument("--batch", type=_positive, default=1, help="frames per model call (default: 1)")
+    p.add_argument("--batch", type=positive_int, default=1, help="frames per model call (default: 1)")
     p.add_argument("--codec", help="video encoder (default: libx264, or libx265 above 10-bit, VP9/AV1 for WebM); "
                                    "ffv1 is lossless")
     p.add_argument("--crf", type=int, help="quality for CRF encoders (default: 18 for libx264)")
@@ -52,16 +39,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-error", default="fail", choices=("fail", "conceal"),
                    help="damaged video: stop naming the timestamp (default), or conceal it and count it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.add_argument("--segment-seconds", type=_seconds, default=None, metavar="S",
+    p.add_argument("--segment-seconds", type=seconds, default=None, metavar="S",
                    help="inputs longer than this run in keyframe-aligned segments of about S seconds, so an "
                         "interrupted run resumes where it stopped (default: 60; 0 turns segments off)")
     p.add_argument("--no-resume", action="store_true",
                    help="start over instead of reusing the segments an interrupted run finished")
-    p.add_argument("--engine", default="auto", choices=("auto", "local", "ray"),
-                   help="local threads, or Ray actors (default: local, Ray only with --address or several GPUs)")
-    p.add_argument("--address", help="Ray cluster to join: auto, HOST:PORT or ray://HOST:10001 "
-                                     "(default with --engine ray: an embedded single-machine Ray)")
-    p.add_argument("--workers", type=_positive, help="Ray actors (default: one per GPU, or one on the CPU)")
+    add_engine_arguments(p)
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model: a slow first frame, faster frames after (local engine)")
     p.add_argument("--json", action="store_true", help="print progress as JSON lines instead of a bar")
 
 
@@ -128,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         encode=EncodeSettings(codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt),
         audio_codec=args.audio_codec, subtitles=args.subtitles, on_error=args.on_error, overwrite=args.overwrite,
         engine=args.engine, address=args.address, workers=args.workers, resume=not args.no_resume,
+        compile=args.compile,
     )
     if args.segment_seconds is not None:
         config = dataclasses.replace(config, segment_seconds=args.segment_seconds)

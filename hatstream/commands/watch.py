@@ -20,15 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from hatstream.commands.run import _positive
+from hatstream.commands.common import add_engine_arguments, positive_int, seconds
 from hatstream.errors import HatstreamError
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,15 +31,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, metavar="OUT_DIR", help="where outputs, the ledger and failed/ go")
     p.add_argument("--preset", default="default", metavar="NAME|FILE",
                    help="run settings: a preset in pipelines/ or a .toml file (default: default)")
-    p.add_argument("--poll", type=_seconds, default=5.0, metavar="SECONDS", help="seconds between scans (default: 5)")
-    p.add_argument("--settle", type=_seconds, default=5.0, metavar="SECONDS",
+    p.add_argument("--poll", type=seconds, default=5.0, metavar="SECONDS", help="seconds between scans (default: 5)")
+    p.add_argument("--settle", type=seconds, default=5.0, metavar="SECONDS",
                    help="a file must hold still this long before it is taken (default: 5)")
-    p.add_argument("--max-attempts", type=_positive, default=3, metavar="N",
+    p.add_argument("--max-attempts", type=positive_int, default=3, metavar="N",
                    help="tries before a failing file is quarantined (default: 3)")
-    p.add_argument("--retry-delay", type=_seconds, default=60.0, metavar="SECONDS",
+    p.add_argument("--retry-delay", type=seconds, default=60.0, metavar="SECONDS",
                    help="wait before retrying a failed file, doubling each time (default: 60)")
-    p.add_argument("--jobs", type=_positive, default=1, metavar="N", help="files processed at a time (default: 1)")
-    p.add_argument("--device", help="torch device for every job, e.g. cuda or cpu (default: CUDA when present)")
+    p.add_argument("--jobs", type=positive_int, default=1, metavar="N", help="files processed at a time (default: 1)")
+    add_engine_arguments(p)
     p.add_argument("--once", action="store_true", help="process what is ready now, then exit (for cron)")
     p.add_argument("--status", type=Path, metavar="OUT_DIR", help="print the jobs recorded in OUT_DIR and exit")
 
@@ -88,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = WatchConfig(in_dir=args.in_dir, out_dir=args.output, preset=args.preset, poll=args.poll,
                          settle=args.settle, max_attempts=args.max_attempts, jobs=args.jobs, once=args.once,
-                         retry_delay=args.retry_delay, device=args.device)
+                         retry_delay=args.retry_delay, device=args.device, engine=args.engine,
+                         address=args.address, workers=args.workers)
     stop = threading.Event()
 
     def request_stop(signum, frame):  # noqa: ARG001 - signal handler signature

@@ -47,13 +47,13 @@ from ray.exceptions import GetTimeoutError, RayError
 from hatstream.errors import HatstreamError
 from hatstream.inference import Upscaler, resolve_device
 from hatstream.inference.precision import resolve_precision
-from hatstream.media.colour import planes_to_rgb, planes_to_tensors, rgb_to_planes, tensors_to_planes
+from hatstream.media.colour import planes_to_tensors, tensors_to_planes
 from hatstream.media.decode import Frame
 from hatstream.models.registry import build_from_state_dict, load_builtin
 from hatstream.models.spec import ModelInfo
 from hatstream.pipeline.engine import Progress, run_stages
 from hatstream.pipeline.collector import OrderedCollector
-from hatstream.pipeline.stage import FrameFormat, Planes, _cpu_threads
+from hatstream.pipeline.stage import FrameFormat, Planes, upscale_plane_tensors
 
 log = logging.getLogger(__name__)
 
@@ -224,15 +224,9 @@ class UpscaleWorker:
             encoded = encode_segment(job, segment, self.upscale, segment_path(Path(folder), segment.index))
             return encoded, encoded.path.read_bytes()
 
-    @torch.inference_mode()
     def _convert_and_upscale(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        # The steps of stage.upscale_planes, on tensors the lane has already put on the device.
-        with _cpu_threads(self.device, 1):
-            rgb = planes_to_rgb(tensors, self.src.layout, self.src.colour).clamp_(0.0, 1.0)
-        up = self.upscaler(rgb)
-        del rgb
-        with _cpu_threads(self.device, 1):
-            return rgb_to_planes(up, self.dst.layout, self.dst.colour)
+        # The lane has already put the planes on the device.
+        return upscale_plane_tensors(tensors, self.upscaler, self.src, self.dst, self.device)
 
 
 # ---- on the driver ----------------------------------------------------------------------------
@@ -421,7 +415,9 @@ def _connect(options: RayOptions) -> bool:
     # interface whatever the node address; its token auth (on by default since 2.52) guards them.
     # Logical CPUs are scheduling tokens: make room for every actor even on a small machine.
     cpus = max(os.cpu_count() or 1, (options.workers or 1) + 1)
-    ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **common)
+    # address="local": a new instance of our own, never a cluster that RAY_ADDRESS or
+    # /tmp/ray/ray_current_cluster happens to name.
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **common)
     return True
 
 

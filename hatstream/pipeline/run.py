@@ -47,6 +47,7 @@ class RunConfig:
     workers: int | None = None     # Ray actors; default one per GPU
     segment_seconds: float = DEFAULT_SEGMENT_SECONDS  # resumable segments for longer inputs; 0 = off
     resume: bool = True            # pick up an interrupted run's finished segments
+    compile: bool = False          # torch.compile the model (local engine; static shapes per video)
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,8 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
     on_ray = engine == "ray"
     # On Ray the driver's copy only plans the output and ships its weights; actors build their own.
     model = load_model(config.model, device="cpu" if on_ray else config.device,
-                       precision="fp32" if on_ray else config.precision, scale=config.scale)
+                       precision="fp32" if on_ray else config.precision, scale=config.scale,
+                       compile=config.compile and not on_ray)
     output = Path(config.output) if config.output is not None else default_output_path(config.input, model.scale)
     check_output_path(output, [Path(config.input)], config.overwrite)
     plan = plan_output(info, output, model.scale, config.encode, config.audio_codec, config.subtitles)

@@ -51,23 +51,32 @@ def _cpu_threads(device: torch.device, count: int) -> Iterator[None]:
 
 
 @torch.inference_mode()
+def upscale_plane_tensors(planes: list[torch.Tensor], model: Callable[[torch.Tensor], torch.Tensor],
+                          src: FrameFormat, dst: FrameFormat, device: torch.device) -> list[torch.Tensor]:
+    """Per-plane (B, h, w) integer tensors already on `device` -> the output's per-plane tensors.
+
+    Colour conversion to RGB (clipped to [0, 1]: YUV can encode colours outside the RGB cube,
+    which the model was never trained on), the model, and conversion back. Engines that move the
+    planes themselves (the Ray actors, with pinned buffers and CUDA streams) call this directly.
+    """
+    with _cpu_threads(device, 1):
+        rgb = planes_to_rgb(planes, src.layout, src.colour).clamp_(0.0, 1.0)
+    up = model(rgb)
+    del rgb
+    with _cpu_threads(device, 1):
+        return rgb_to_planes(up, dst.layout, dst.colour)
+
+
 def upscale_planes(frames: Sequence[Planes], model: Callable[[torch.Tensor], torch.Tensor],
                    src: FrameFormat, dst: FrameFormat, device: torch.device | str | None = None) -> list[Planes]:
     """Upscale a batch of same-sized frames given as planes; returns one planes tuple per frame.
 
     `model` maps RGB float (B, 3, H, W) in [0, 1] to (B, 3, sH, sW) in [0, 1], as an `Upscaler`
     does. `device` defaults to the model's own `device` attribute (CPU when it has none).
-    The input RGB is clipped to [0, 1]: YUV can encode colours outside the RGB cube, which the
-    model was never trained on.
     """
     if not frames:
         return []
     device = torch.device(device if device is not None else getattr(model, "device", "cpu"))
     with _cpu_threads(device, 1):
         tensors = planes_to_tensors(list(frames), device)
-        rgb = planes_to_rgb(tensors, src.layout, src.colour).clamp_(0.0, 1.0)
-        del tensors
-    up = model(rgb)
-    del rgb
-    with _cpu_threads(device, 1):
-        return tensors_to_planes(rgb_to_planes(up, dst.layout, dst.colour))
+    return tensors_to_planes(upscale_plane_tensors(tensors, model, src, dst, device))

@@ -59,11 +59,12 @@ class Preset:
             return self.container
         return input_suffix.lower() if input_suffix.lower() in CONTAINERS else DEFAULT_CONTAINER
 
-    def run_config(self, input: Path, output: Path, device: str | None, overwrite: bool) -> RunConfig:
-        """The RunConfig that `run_file` takes for one job with these settings."""
+    def run_config(self, input: Path, output: Path, overwrite: bool, **placement) -> RunConfig:
+        """The RunConfig that `run_file` takes for one job with these settings; `placement` holds
+        the watcher's device/engine/address/workers, which no preset sets."""
         return RunConfig(input=input, output=output, model=self.model, scale=self.scale, precision=self.precision,
-                         device=device, batch=self.batch, encode=self.encode, audio_codec=self.audio_codec,
-                         subtitles=self.subtitles, on_error=self.on_error, overwrite=overwrite)
+                         batch=self.batch, encode=self.encode, audio_codec=self.audio_codec,
+                         subtitles=self.subtitles, on_error=self.on_error, overwrite=overwrite, **placement)
 
 
 def _read_toml(path: Path) -> dict:

@@ -52,6 +52,9 @@ class WatchConfig:
     once: bool = False
     retry_delay: float = 60.0
     device: str | None = None
+    engine: str = "auto"  # as `hatstream run`: jobs can run on a Ray cluster (--address)
+    address: str | None = None
+    workers: int | None = None
     stop_timeout: float = 60.0  # how long a stopping job may take before it is killed
 
 
@@ -247,7 +250,9 @@ class Watcher:
             self._log(job, output=output)
             self.summary.done += 1
             return
-        config = settings.run_config(c.path, output, self.config.device, overwrite=output.exists())
+        config = settings.run_config(c.path, output, overwrite=output.exists(), device=self.config.device,
+                                     engine=self.config.engine, address=self.config.address,
+                                     workers=self.config.workers)
         job = self.ledger.start(job.id, str(output))
         self._running[c.rel] = _Running(job, JobProcess(config))
         self._log(job, output=output, preset=settings.name)
