@@ -67,6 +67,9 @@ class Upscaler:
     `torch.compile` with static shapes), and `tile`: None to run whole frames
     (the default, and the reference), or the tile side in input pixels. When a whole frame runs
     out of memory, the upscaler halves the tile until it fits and warns once.
+
+    The upscaler takes the module over: it is converted in place (device, dtype, memory format,
+    and for HAT the fp16 trunk rescaling and GPU head padding), so pass a copy to keep the original.
     """
 
     def __init__(self, model: nn.Module, info: ModelInfo, device: torch.device, dtype: torch.dtype,
