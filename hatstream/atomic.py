@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -30,6 +31,9 @@ def _umask() -> int:
     return mask
 
 
+_RANDOM_PART = re.compile(r"[a-z0-9_]{8}")  # what tempfile.mkstemp puts between prefix and suffix
+
+
 def _temp_prefix_suffix(output: Path) -> tuple[str, str]:
     """The name pattern of `atomic_output`'s temporary files: hidden, and keeping the extension."""
     return f".{output.stem}.", f".part{output.suffix}"
@@ -42,8 +46,12 @@ def partial_files(output: Path) -> list[Path]:
     prefix, suffix = _temp_prefix_suffix(output)
     if not output.parent.is_dir():
         return []
-    return [p for p in output.parent.iterdir() if p.name.startswith(prefix) and p.name.endswith(suffix)
-            and len(p.name) > len(prefix) + len(suffix)]
+    # Exactly mkstemp's shape: prefix, 8 random characters (no dot), suffix. A looser match would
+    # also take the live temporary file of another output, e.g. `.talk.final.<rand>.part.mp4`
+    # when looking for `talk.mp4`'s.
+    return [p for p in output.parent.iterdir()
+            if p.name.startswith(prefix) and p.name.endswith(suffix)
+            and _RANDOM_PART.fullmatch(p.name[len(prefix):len(p.name) - len(suffix)])]
 
 
 @contextlib.contextmanager

@@ -124,3 +124,12 @@ def test_partial_files_are_found_and_finished_files_are_world_readable(tmp_path)
     mask = os.umask(0)
     os.umask(mask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_partial_files_never_match_another_outputs_temporary_file(tmp_path):
+    from hatstream.atomic import atomic_output, partial_files
+
+    with atomic_output(tmp_path / "talk.final.mp4") as other:
+        other.write_bytes(b"someone else's run")
+        assert partial_files(tmp_path / "talk.mp4") == []
+        assert partial_files(tmp_path / "talk.final.mp4") == [other]

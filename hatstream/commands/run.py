@@ -1,6 +1,7 @@
 """Upscale a video file: decode, upscale with the model, re-encode, and carry over audio,
 subtitles, chapters, metadata, rotation and colour tags. Frame count and timestamps stay
-identical to the input's.
+identical to the input's (with the default --on-error fail; concealment repeats or drops
+damaged frames and counts them).
 
 The output is `<stem>.x<scale><ext>` beside the input unless -o is given, and is written to a
 temporary file that is renamed into place only when complete.

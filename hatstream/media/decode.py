@@ -234,9 +234,10 @@ def _check_complete(info: VideoInfo, stats: DecodeStats, last_pts: int | None) -
     if info.frames_exact and stats.packets < info.frames:
         raise HatstreamError(f"{name} is truncated: it declares {info.frames} frames but only "
                              f"{stats.packets} could be read")
-    if stats.frames + stats.dropped - stats.repeated < stats.packets:
+    # Every packet ends as one frame (decoded, or repeated in its place) or one counted drop.
+    if stats.frames + stats.dropped < stats.packets:
         log.warning("the decoder returned %d frames for %d video packets; the difference was never "
-                    "output by FFmpeg (edit list or decoder delay)", stats.frames - stats.repeated, stats.packets)
+                    "output by FFmpeg (edit list or decoder delay)", stats.frames + stats.dropped, stats.packets)
     if not info.frames_exact and info.duration and last_pts is not None and info.average_rate:
         # Without a frame count, compare the last timestamp with the declared duration. The
         # last frame lasts one interval, so allow a few intervals (and at least a second) of

@@ -166,7 +166,10 @@ def run_stages(frames: Iterable[Frame], upscale: Callable[[Sequence[tuple]], lis
     finally:
         stages.stop.set()
         for t in threads:
-            t.join(timeout=10)
+            # The encode thread shares the output container with the caller, which closes it
+            # next: it must have stopped first (it checks `stop` between frames). The decode
+            # thread owns nothing the caller touches, so it gets a bounded wait.
+            t.join(timeout=None if t.name == "hatstream-encode" else 10)
             if t.is_alive():
                 log.warning("the %s thread did not stop within 10 s", t.name)
     if stages.error is not None:

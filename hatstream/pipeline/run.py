@@ -98,7 +98,9 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
     engine = config.engine
     if engine == "auto":
         import torch
-        engine = "ray" if config.address or torch.cuda.device_count() > 1 else "local"
+        # Several GPUs mean one actor each, unless --device pins the run to one device (or the CPU).
+        many_gpus = torch.cuda.device_count() > 1 and config.device in (None, "auto", "cuda")
+        engine = "ray" if config.address or many_gpus else "local"
     on_ray = engine == "ray"
     # On Ray the driver's copy only plans the output and ships its weights; actors build their own.
     model = load_model(config.model, device="cpu" if on_ray else config.device,

@@ -1,6 +1,6 @@
 """The upscale stage: a batch of frames' YUV planes in, the upscaled planes out.
 
-This is the one function both engines share. The local engine calls it in its model thread;
+This is the one function both engines share. The local engine calls it in the calling thread;
 a Ray worker can call it on planes shipped to it, since its inputs and outputs are plain numpy
 arrays (compact uint8/uint16 planes, half the size of RGB24 for 4:2:0) and two small frozen
 descriptions of the formats. The colour conversion happens here, next to the model and on its
