@@ -65,5 +65,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hatstream: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("hatstream: interrupted; nothing was written", file=sys.stderr)
+        print("hatstream: interrupted", file=sys.stderr)
         return 130
