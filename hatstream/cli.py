@@ -28,9 +28,16 @@ COMMANDS: list[tuple[str, str, str]] = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one `hatstream: error: ...` line (exit 2), like every other."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        self.exit(2, f"hatstream: error: {self.prog}: {message} (see --help)\n")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     """Build the argument parser; returns it and the command modules by name."""
-    parser = argparse.ArgumentParser(prog="hatstream", description="Video super-resolution with HAT.")
+    parser = _Parser(prog="hatstream", description="Video super-resolution with HAT.")
     parser.add_argument("--version", action="version", version=f"hatstream {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
