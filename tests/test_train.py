@@ -165,3 +165,41 @@ def test_bilinear_start_is_a_bilinear_upscaler(scale):
         ref = F.interpolate(ref, scale_factor=2, mode="bilinear", align_corners=False)
     m = scale  # borders see the convolutions' zero padding
     assert torch.allclose(y[..., m:-m, m:-m], ref[..., m:-m, m:-m], atol=1e-5)
+
+
+def _deb(path: Path, files: dict[str, bytes]) -> Path:
+    """A minimal Debian package: an `ar` archive holding debian-binary and a data.tar.xz of `files`."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:xz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out = b"!<arch>\n"
+    for name, body in (("debian-binary", b"2.0\n"), ("data.tar.xz", buf.getvalue())):
+        out += f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(body):<10}`\n".encode() + body + b"\n" * (len(body) & 1)
+    path.write_bytes(out)
+    return path
+
+
+def test_debian_photos_are_read_from_the_package_and_shrunk(tmp_path):
+    import hashlib
+
+    from hatstream.train.samples import DEBIAN_SHORT_SIDE, write_debian_photos
+
+    rng = np.random.default_rng(0)
+    photo = cv2.GaussianBlur(rng.integers(0, 256, (900, 1441, 3), dtype=np.uint8), (0, 0), 3)
+    jpeg = cv2.imencode(".jpg", photo)[1].tobytes()
+    deb = _deb(tmp_path / "walls_1.0_all.deb", {"./usr/share/backgrounds/Sea.jpg": jpeg, "./usr/share/doc/x": b"odd"})
+    sha = hashlib.sha256(deb.read_bytes()).hexdigest()
+    photos = {deb.name: (sha, "./usr/share/backgrounds/", ("Sea",))}
+    assert write_debian_photos(tmp_path, tmp_path / "out", photos) == ["Sea"]
+    img = cv2.imread(str(tmp_path / "out" / "Sea.png"))
+    assert img.shape == (DEBIAN_SHORT_SIDE, round(1441 * DEBIAN_SHORT_SIDE / 900), 3)
+    # Area shrinking keeps the picture: its mean colour stays within a level of the original's.
+    assert np.abs(img.mean((0, 1)) - cv2.imdecode(np.frombuffer(jpeg, np.uint8), 1).mean((0, 1))).max() < 1.0
+    with pytest.raises(ValueError, match="sha256"):
+        write_debian_photos(tmp_path, tmp_path / "out", {deb.name: ("0" * 64, "./usr/share/backgrounds/", ("Sea",))})
