@@ -54,14 +54,38 @@ def partial_files(output: Path) -> list[Path]:
             and _RANDOM_PART.fullmatch(p.name[len(prefix):len(p.name) - len(suffix)])]
 
 
+def _publish(tmp: Path, output: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, output)
+        return
+    # The check before the run (check_output_path) can be minutes stale: another job may have
+    # written the same path since. A hard link is created only if the name is free, atomically,
+    # so an output that appeared meanwhile is never clobbered.
+    try:
+        os.link(tmp, output)
+    except FileExistsError:
+        raise HatstreamError(f"output {output} appeared while this run was writing it; "
+                             "pass --overwrite to replace it") from None
+    except OSError:
+        # Filesystems without hard links (FAT, some network mounts): the best left is a fresh check.
+        if output.exists():
+            raise HatstreamError(f"output {output} appeared while this run was writing it; "
+                                 "pass --overwrite to replace it") from None
+        os.replace(tmp, output)
+        return
+    tmp.unlink()
+
+
 @contextlib.contextmanager
-def atomic_output(output: Path) -> Iterator[Path]:
+def atomic_output(output: Path, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `output`; rename it onto `output` only if the block succeeds.
 
-    The temporary file lives in the output's own folder, so the final `os.replace` is a rename
-    on one filesystem: atomic, and never a copy that could be cut half-way. On any exception
+    The temporary file lives in the output's own folder, so the final rename is on one
+    filesystem: atomic, and never a copy that could be cut half-way. On any exception
     (KeyboardInterrupt and SystemExit included) the temporary file is removed.
     The temporary name keeps the output's extension, because FFmpeg picks the container from it.
+    With `overwrite=False` a file that appears at `output` while the block runs is left alone,
+    and the block's result is discarded with a HatstreamError.
     """
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -76,7 +100,7 @@ def atomic_output(output: Path) -> Iterator[Path]:
         # mkstemp creates the file 0600; give it the permissions any other tool's output would
         # have (0666 less the umask), or finished files would be readable by their owner only.
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, output)
+        _publish(tmp, output, overwrite)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

@@ -48,7 +48,8 @@ def read_image(path: Path) -> Image:
     return Image(np.ascontiguousarray(rgb), alpha, depth, grey)
 
 
-def write_image(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, bit_depth: int, grey: bool) -> None:
+def write_image(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, bit_depth: int, grey: bool,
+                overwrite: bool = True) -> None:
     """Write float RGB (and alpha) in [0, 1] atomically; JPEG is always 8-bit."""
     ext = path.suffix.lower()
     if ext not in IMAGE_EXTENSIONS:
@@ -65,5 +66,5 @@ def write_image(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, bit_depth
     ok, buf = cv2.imencode(ext, out if out.shape[2] > 1 else out[..., 0])
     if not ok:
         raise HatstreamError(f"could not encode {path}")
-    with atomic_output(path) as tmp:
+    with atomic_output(path, overwrite) as tmp:
         tmp.write_bytes(buf.tobytes())

@@ -133,3 +133,22 @@ def test_partial_files_never_match_another_outputs_temporary_file(tmp_path):
         other.write_bytes(b"someone else's run")
         assert partial_files(tmp_path / "talk.mp4") == []
         assert partial_files(tmp_path / "talk.final.mp4") == [other]
+
+
+def test_an_output_that_appears_during_the_run_is_not_clobbered_without_overwrite(tmp_path):
+    from hatstream.atomic import atomic_output, partial_files
+    from hatstream.errors import HatstreamError
+
+    out = tmp_path / "clip.x2.mp4"
+    with pytest.raises(HatstreamError, match="appeared while"):
+        with atomic_output(out, overwrite=False) as tmp:
+            tmp.write_bytes(b"ours")
+            out.write_bytes(b"another job's")  # written after the up-front check, before we finish
+    assert out.read_bytes() == b"another job's" and partial_files(out) == []
+    with atomic_output(out, overwrite=True) as tmp:
+        tmp.write_bytes(b"ours")
+    assert out.read_bytes() == b"ours"
+    out.unlink()
+    with atomic_output(out, overwrite=False) as tmp:
+        tmp.write_bytes(b"first")
+    assert out.read_bytes() == b"first" and partial_files(out) == [] and out.stat().st_nlink == 1

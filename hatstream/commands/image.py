@@ -71,6 +71,6 @@ def run(args: argparse.Namespace) -> int:
 
             h, w = img.alpha.shape
             alpha = cv2.resize(img.alpha, (w * s, h * s), interpolation=cv2.INTER_CUBIC)
-        write_image(dst, rgb, alpha, img.bit_depth, img.grey)
+        write_image(dst, rgb, alpha, img.bit_depth, img.grey, overwrite=args.overwrite)
         print(f"{src} -> {dst} ({img.rgb.shape[1]}x{img.rgb.shape[0]} -> {rgb.shape[1]}x{rgb.shape[0]})")
     return 0

@@ -505,7 +505,8 @@ def run_ray(frames: Iterable[Frame], model: Upscaler, src: FrameFormat, dst: Fra
 
 
 def run_ray_segments(job, segments: Sequence, model: Upscaler, output: Path, options: RayOptions = RayOptions(),
-                     total: int = 0, exact: bool = False, on_progress: Callable[[Progress], None] | None = None):
+                     total: int = 0, exact: bool = False, on_progress: Callable[[Progress], None] | None = None,
+                     overwrite: bool = True):
     """Segment mode, for clusters of several machines: whole segments go to the actors, files come back.
 
     `job` is a `segments.SegmentJob` and `segments` its keyframe-aligned `Segment`s. Each actor
@@ -547,7 +548,7 @@ def run_ray_segments(job, segments: Sequence, model: Upscaler, output: Path, opt
                 frames += encoded.frames
                 if on_progress is not None:
                     on_progress(Progress(frames, max(total, frames), exact, time.perf_counter() - started))
-        with atomic_output(output) as partial:
+        with atomic_output(output, overwrite) as partial:
             written = assemble(job, [done[s.index] for s in segments], partial)
             if written != frames:  # every frame exactly once
                 raise RuntimeError(f"{frames} frames encoded on the Ray workers but {written} assembled")

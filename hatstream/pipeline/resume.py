@@ -260,7 +260,8 @@ class WorkFolder:
 
 def run_resumable(job: SegmentJob, segments: tuple[Segment, ...], upscale: Callable[[list[tuple]], list[tuple]],
                   output: Path, settings: tuple[tuple[str, str], ...], resume: bool = True, total: int = 0,
-                  exact: bool = False, on_progress: Callable[[Progress], None] | None = None) -> ResumeOutcome:
+                  exact: bool = False, on_progress: Callable[[Progress], None] | None = None,
+                  overwrite: bool = True) -> ResumeOutcome:
     """Encode the segments the work folder lacks, assemble them all onto `output`, remove the folder.
 
     The output's temporary file exists only while the segments are assembled (a kill before
@@ -289,7 +290,7 @@ def run_resumable(job: SegmentJob, segments: tuple[Segment, ...], upscale: Calla
                 finished[segment.index] = done
                 base += done.frames
                 processed += done.frames
-        with atomic_output(output) as tmp:
+        with atomic_output(output, overwrite) as tmp:
             frames = assemble(job, [finished[s.index] for s in segments], tmp)
             if frames != resumed + processed:  # every frame exactly once: none lost, none twice
                 raise RuntimeError(f"{resumed} frames resumed and {processed} encoded, but {frames} assembled")

@@ -124,11 +124,11 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
         if on_ray:
             from hatstream.pipeline.ray_engine import run_ray_segments
             done = run_ray_segments(job, segments, model, output, _ray_options(config), info.frames,
-                                    info.frames_exact, on_progress)
+                                    info.frames_exact, on_progress, overwrite=config.overwrite)
         else:
             done = run_resumable(job, segments, upscaler_for(job, model), output,
                                  run_settings(config.model, model, job, config.segment_seconds), config.resume,
-                                 info.frames, info.frames_exact, on_progress)
+                                 info.frames, info.frames_exact, on_progress, overwrite=config.overwrite)
         return RunResult(output=output, frames=done.frames, seconds=time.perf_counter() - started, repaired=0,
                          dropped=0, model=model.info.name, resumed=done.resumed, note=done.note,
                          encoding=f"{plan.encoding.codec} {plan.encoding.layout.pix_fmt}")
@@ -136,7 +136,7 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
     src = FrameFormat(info.layout, info.colour)
     dst = FrameFormat(plan.encoding.layout, plan.encoding.colour)
     stats = DecodeStats()
-    with atomic_output(output) as tmp:
+    with atomic_output(output, config.overwrite) as tmp:
         writer = VideoWriter(tmp, info, plan)
         try:
             if on_start is not None:
