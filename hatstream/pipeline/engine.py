@@ -94,22 +94,26 @@ class _Stages:
         return t
 
 
-def _batches(stages: _Stages, q: queue.Queue, size: int, shape_of: Callable[[Frame], tuple]) -> Iterator[list[Frame]]:
-    """Group frames from `q` into lists of up to `size`; a change of frame size ends a batch."""
-    batch: list[Frame] = []
-    while True:
-        item = stages.get(q)
-        if item is _END:
-            if batch:
-                yield batch
-            return
-        if batch and shape_of(item) != shape_of(batch[0]):
-            yield batch
-            batch = []
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
+def batches(frames: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
+    """Lists of up to `size` consecutive frames; a change of frame size starts a new list, since a
+    batch becomes one tensor. Both engines batch through this."""
+    group: list[Frame] = []
+    for frame in frames:
+        if group and frame.planes[0].shape != group[0].planes[0].shape:
+            yield group
+            group = []
+        group.append(frame)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _drain(stages: _Stages, q: queue.Queue) -> Iterator[Frame]:
+    """The items of `q` up to the end marker (stops early when another stage fails)."""
+    while (item := stages.get(q)) is not _END:
+        yield item
 
 
 def run_stages(frames: Iterable[Frame], upscale: Callable[[Sequence[tuple]], list[tuple]],
@@ -147,7 +151,7 @@ def run_stages(frames: Iterable[Frame], upscale: Callable[[Sequence[tuple]], lis
     threads = [stages.thread("decode", decode_loop), stages.thread("encode", encode_loop)]
     try:
         try:
-            for group in _batches(stages, decoded, batch, lambda f: f.planes[0].shape):
+            for group in batches(_drain(stages, decoded), batch):
                 outputs = upscale([f.planes for f in group])
                 if len(outputs) != len(group):
                     raise RuntimeError(f"upscale returned {len(outputs)} frames for {len(group)}")

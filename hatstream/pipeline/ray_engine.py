@@ -51,7 +51,7 @@ from hatstream.media.colour import planes_to_tensors, tensors_to_planes
 from hatstream.media.decode import Frame
 from hatstream.models.registry import build_from_state_dict, load_builtin
 from hatstream.models.spec import ModelInfo
-from hatstream.pipeline.engine import Progress, run_stages
+from hatstream.pipeline.engine import Progress, batches, run_stages
 from hatstream.pipeline.collector import OrderedCollector
 from hatstream.pipeline.stage import FrameFormat, Planes, upscale_plane_tensors
 
@@ -343,21 +343,6 @@ class WorkerPool:
                 self._retry(job, TimeoutError(f"no result within {self.batch_timeout:g} s"))
 
 
-def _batches(frames: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
-    """Lists of up to `size` frames; a change of frame size starts a new list (a batch is one tensor)."""
-    group: list[Frame] = []
-    for frame in frames:
-        if group and frame.planes[0].shape != group[0].planes[0].shape:
-            yield group
-            group = []
-        group.append(frame)
-        if len(group) == size:
-            yield group
-            group = []
-    if group:
-        yield group
-
-
 def _ordered_results(frames: Iterable[Frame], pool: WorkerPool, batch: int, window: int) -> Iterator[Frame]:
     """The driver loop: hand out batches while the window has room; yield upscaled frames in order.
 
@@ -365,7 +350,7 @@ def _ordered_results(frames: Iterable[Frame], pool: WorkerPool, batch: int, wind
     for an earlier one stay under `window`, so decoding pauses when the workers fall behind.
     """
     collector: OrderedCollector[Frame] = OrderedCollector()
-    groups = _batches(frames, batch)
+    groups = batches(frames, batch)
     decoded_all = False
     seq = 0                       # sequence number of the next frame handed out
     while True:
