@@ -39,9 +39,14 @@ OUT=${OUT:-/tmp/hatstream-gpu-out}
 WORK=${SUITE_WORK:-/tmp/hatstream-gpu}
 STEPS=$WORK/steps
 SITE_DIR=/tmp/gpusite          # where .gpusite/site.tar.xz unpacks (its root folder is gpusite/)
+rm -rf "$STEPS"                # results of an earlier call on a still-warm machine came back with it
 mkdir -p "$OUT" "$STEPS"
 export PYTHONUNBUFFERED=1 PY WORK STEPS DEVICE SIZE PREC REPEAT FRAMES BENCH_FRAMES
-exec > >(tee -a "$OUT/suite.log") 2>&1
+# If the VM's /dev/shm is smaller than Ray's default object store, let Ray fall back to disk with a
+# warning instead of refusing to start (versions.json records the /dev/shm size).
+export RAY_OBJECT_STORE_ALLOW_SLOW_STORAGE=1
+exec > >(tee "$OUT/suite.log") 2>&1
+TEE_PID=$!
 
 echo "=== hatstream GPU suite, $(date -u +%FT%TZ), budget ${BUDGET}s, device $DEVICE, size $SIZE"
 
@@ -121,6 +126,9 @@ wanted() {  # is step $1 selected on the command line (all when none is)?
 
 SELECTED=("$@")
 ORDER=0
+for s in "${SELECTED[@]}"; do
+  printf '%s\n' "${STEP_LIST[@]}" | grep -q "^$s|" || echo "!!! unknown step '$s' (steps: $(printf '%s\n' "${STEP_LIST[@]}" | cut -d'|' -f1 | xargs))"
+done
 for entry in "${STEP_LIST[@]}"; do
   name=${entry%%|*}; rest=${entry#*|}; cap=${rest%%|*}; cmd=${rest#*|}
   wanted "$name" || continue
@@ -145,3 +153,6 @@ done
 echo "=== done in $((SECONDS - START))s"
 timeout 60 "$PY" benchmarks/gpu/suite_tools.py report "$WORK" "$OUT" || true
 cat "$OUT/summary.md" 2>/dev/null
+# Let tee write its last lines before the command returns and $OUT is collected.
+exec >&- 2>&-
+wait "$TEE_PID" 2>/dev/null || true

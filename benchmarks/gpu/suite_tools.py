@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -89,7 +91,16 @@ def versions() -> dict:
         info["nvidia_smi"] = out.stdout.strip() or out.stderr.strip()
     except (OSError, subprocess.SubprocessError) as exc:
         info["nvidia_smi"] = f"unavailable: {exc}"
-    info["cpus"] = __import__("os").cpu_count()
+    info["cpus"] = os.cpu_count()
+    try:  # Ray's object store lives in /dev/shm; a small one sends it to slower storage
+        info["dev_shm_gib"] = round(shutil.disk_usage("/dev/shm").total / 2**30, 1)
+    except OSError:
+        info["dev_shm_gib"] = None
+    try:  # the device's copy of the tree may have no .git
+        info["commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                        text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["commit"] = None
     return info
 
 
@@ -187,7 +198,8 @@ def _checks(res: dict) -> list[dict]:
         extra = []
         for name, short in (("float32", "fp32"), ("float16", "fp16-safe")):
             if f"ours_{name}_fps" in row:
-                extra.append(f"{short} {row[f'ours_{name}_fps']:.2f} fps (PSNR {row.get(f'psnr_{name}_db', float('nan')):.1f} dB)")
+                db = row.get(f"psnr_{name}_db")
+                extra.append(f"{short} {row[f'ours_{name}_fps']:.2f} fps" + (f" (PSNR {db:.1f} dB)" if db else ""))
         ref = next((k for k in row if k.startswith("reference_") and k.endswith("_fps")), None)
         if ref:
             extra.append(f"reference (eager {ref[len('reference_'):-len('_fps')]}) {row[ref]:.2f} fps")
@@ -250,7 +262,8 @@ def _checks(res: dict) -> list[dict]:
     checks.append({"check": f"Ray engine per GPU vs local engine{what}", "issue": 4, "target": ">= 95%",
                    "value": ratio, "shown": shown, "verdict": _verdict(ratio, TARGETS["ray_per_gpu_vs_local"])})
 
-    for step, label in (("gpu-tests", "tests/test_gpu.py (eager)"), ("gpu-tests-compile", "tests/test_gpu.py (compile)"),
+    for step, label in (("gpu-tests", "tests/test_gpu.py (eager)"),
+                        ("gpu-tests-compile", "tests/test_gpu.py (compile)"),
                         ("cpu-gpu-tests", "CPU tests on the GPU machine (subset)")):
         t = res.get(step)
         if t is None:
