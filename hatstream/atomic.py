@@ -61,16 +61,15 @@ def _publish(tmp: Path, output: Path, overwrite: bool) -> None:
     # The check before the run (check_output_path) can be minutes stale: another job may have
     # written the same path since. A hard link is created only if the name is free, atomically,
     # so an output that appeared meanwhile is never clobbered.
+    appeared = HatstreamError(f"output {output} appeared while this run was writing it; pass --overwrite to replace it")
     try:
         os.link(tmp, output)
     except FileExistsError:
-        raise HatstreamError(f"output {output} appeared while this run was writing it; "
-                             "pass --overwrite to replace it") from None
+        raise appeared from None
     except OSError:
         # Filesystems without hard links (FAT, some network mounts): the best left is a fresh check.
         if output.exists():
-            raise HatstreamError(f"output {output} appeared while this run was writing it; "
-                                 "pass --overwrite to replace it") from None
+            raise appeared from None
         os.replace(tmp, output)
         return
     tmp.unlink()
