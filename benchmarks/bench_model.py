@@ -109,11 +109,16 @@ def build_reference(cfg: dict, device: torch.device):
 
     torch.manual_seed(0)
     ref = reference_hat_class()(**cfg).eval().to(device)
-    g = torch.Generator().manual_seed(0)
-    state = {k: v if "index" in k else v + 0.02 * torch.randn(v.shape, generator=g).to(v.device)
-             for k, v in ref.state_dict().items()}
+    state = perturbed(ref.state_dict())
     ref.load_state_dict(state)
     return ref, state
+
+
+def perturbed(state: dict) -> dict:
+    """`state` with fixed noise (seed 0) added to every weight; the index buffers are kept."""
+    g = torch.Generator().manual_seed(0)
+    return {k: v if "index" in k else v + 0.02 * torch.randn(v.shape, generator=g).to(v.device)
+            for k, v in state.items()}
 
 
 def own_state(cfg: dict) -> dict:
@@ -121,9 +126,7 @@ def own_state(cfg: dict) -> dict:
     from hatstream.models.hat import HAT
 
     torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    return {k: v if "index" in k else v + 0.02 * torch.randn(v.shape, generator=g)
-            for k, v in HAT(**cfg).state_dict().items()}
+    return perturbed(HAT(**cfg).state_dict())
 
 
 def reference_runner(ref, mode: str, device: torch.device):
