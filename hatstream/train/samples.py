@@ -91,8 +91,9 @@ DEBIAN_PHOTOS = {
 DEBIAN_SHORT_SIDE = 720
 
 
-def _deb_members(deb: Path) -> dict[str, bytes]:
-    """Every regular file in a .deb's data archive, by its path (a .deb is an `ar` archive of tarballs)."""
+def _deb_members(deb: Path, wanted: set[str]) -> dict[str, bytes]:
+    """The files named in `wanted` from a .deb's data archive, by path (a .deb is an `ar` archive
+    of tarballs); names it lacks are absent from the result."""
     raw = deb.read_bytes()
     if not raw.startswith(b"!<arch>\n"):
         raise ValueError(f"{deb}: not a .deb (ar) archive")
@@ -104,7 +105,7 @@ def _deb_members(deb: Path) -> dict[str, bytes]:
         body = raw[pos + 60:pos + 60 + size]
         if name.startswith("data.tar"):
             with tarfile.open(fileobj=io.BytesIO(body)) as tar:  # tarfile reads gz/xz/bz2 itself
-                return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+                return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile() and m.name in wanted}
         pos += 60 + size + (size & 1)  # members are 2-byte aligned
     raise ValueError(f"{deb}: no data.tar member")
 
@@ -121,7 +122,7 @@ def write_debian_photos(debs: Path, out: Path, photos: dict | None = None) -> li
         deb = debs / deb_name
         if hashlib.sha256(deb.read_bytes()).hexdigest() != sha256:
             raise ValueError(f"{deb}: sha256 differs from the version these photos were chosen from")
-        members = _deb_members(deb)
+        members = _deb_members(deb, {f"{folder}{name}.jpg" for name in names})
         for name in names:
             data = members[f"{folder}{name}.jpg"]
             img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
