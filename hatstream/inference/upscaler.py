@@ -12,6 +12,7 @@ from torch import nn
 
 from hatstream.inference.tiling import upscale_tiled
 from hatstream.models.hat import HAT, pad_heads
+from hatstream.models.hat_head import fold_head
 from hatstream.models.hat_rescale import make_fp16_safe
 from hatstream.models.spec import ModelInfo
 
@@ -69,7 +70,8 @@ class Upscaler:
     out of memory, the upscaler halves the tile until it fits and warns once.
 
     The upscaler takes the module over: it is converted in place (device, dtype, memory format,
-    and for HAT the fp16 trunk rescaling and GPU head padding), so pass a copy to keep the original.
+    and for HAT the fp16 trunk rescaling, GPU head padding and the folded reconstruction head), so
+    pass a copy to keep the original.
     """
 
     def __init__(self, model: nn.Module, info: ModelInfo, device: torch.device, dtype: torch.dtype,
@@ -83,6 +85,7 @@ class Upscaler:
                 make_fp16_safe(model)
             if device.type == "cuda":
                 pad_heads(model, 8)  # head dim 30 would silently take the math kernel
+            fold_head(model)  # the 2x/4x-resolution head convs become one LR conv (x4: ~10x fewer MACs)
             # HAT's convs read (B, H, W, C) token tensors permuted to NCHW: that is already the
             # channels-last layout, so channels-last weights spare a copy per conv.
             model = model.to(memory_format=torch.channels_last)

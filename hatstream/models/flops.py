@@ -7,12 +7,13 @@ import math
 from hatstream.models.hat import HATConfig
 
 
-def hat_macs(cfg: HATConfig, height: int, width: int) -> int:
+def hat_macs(cfg: HATConfig, height: int, width: int, folded_head: bool = False) -> int:
     """MACs of one HAT forward on a (padded) height×width input; FLOPs are twice this.
 
     Counts convolutions, linears and the two attention matmuls; ignores norms, activations,
     softmax and the channel-attention squeeze (all under 1%). Matches the ~13.3 M MACs per input
-    pixel published for HAT-S x4.
+    pixel published for HAT-S x4. `folded_head` counts the head as the upscaler runs it (one 5×5
+    LR convolution, models.hat_head) instead of the reference's chain.
     """
     px = height * width
     c = cfg.embed_dim
@@ -26,9 +27,12 @@ def hat_macs(cfg: HATConfig, height: int, width: int) -> int:
     trunk = sum(d * hab + ocab + group_conv for d in cfg.depths)
     f = cfg.num_feat
     head = 9 * cfg.in_chans * c + 9 * c * c + 9 * c * f  # conv_first, conv_after_body, before_upsample
-    if cfg.upscale == 3:
-        up = 9 * f * 9 * f
+    if folded_head:
+        up, last = 0, 25 * f * cfg.in_chans * cfg.upscale**2
     else:
-        up = sum(9 * f * 4 * f * 4**i for i in range(int(math.log2(cfg.upscale))))
-    last = 9 * f * cfg.in_chans * cfg.upscale**2
+        if cfg.upscale == 3:
+            up = 9 * f * 9 * f
+        else:
+            up = sum(9 * f * 4 * f * 4**i for i in range(int(math.log2(cfg.upscale))))
+        last = 9 * f * cfg.in_chans * cfg.upscale**2
     return px * (trunk + head + up + last)
