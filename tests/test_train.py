@@ -108,6 +108,20 @@ def test_x4_initialises_from_x2_except_the_new_upsampling_stage(tmp_path):
     assert torch.equal(x4.conv_first.weight, src.conv_first.weight)
 
 
+def test_a_narrower_head_grows_without_changing_the_output(tmp_path):
+    from hatstream.models.hat import HAT, HATConfig
+
+    small = HAT.from_config(hat_config("hat-micro", 4)).eval()  # num_feat 8
+    wide = HAT.from_config(HATConfig(**{**hat_config("hat-micro", 4).to_kwargs(), "num_feat": 16})).eval()
+    path = tmp_path / "narrow.pth"
+    torch.save({"params_ema": small.state_dict()}, path)
+    assert load_init(wide, str(path)) == []
+    x = torch.rand(1, 3, 16, 24)
+    with torch.no_grad():
+        assert (wide(x) - small(x)).abs().max().item() < 1e-6
+    assert wide.conv_before_upsample[0].weight[8:].abs().sum() > 0  # new channels are live
+
+
 def test_presets_and_architectures():
     presets = sorted((ROOT / "pipelines").glob("train-*.toml"))
     assert presets

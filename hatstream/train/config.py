@@ -27,6 +27,10 @@ ARCHITECTURES: dict[str, dict] = {
     # convolutions run at 2x and 4x resolution and would otherwise outweigh the whole trunk.
     "hat-tiny": dict(embed_dim=32, depths=(4,), num_heads=(2,), window_size=8, compress_ratio=2,
                      squeeze_factor=16, mlp_ratio=2.0, num_feat=16),
+    # hat-tiny with a 32-wide head, for x4: the head's linear upsampling chain folds into one
+    # LR-resolution convolution at inference (models.hat_head), so its width costs little there.
+    "hat-tiny-wide": dict(embed_dim=32, depths=(4,), num_heads=(2,), window_size=8, compress_ratio=2,
+                          squeeze_factor=16, mlp_ratio=2.0, num_feat=32),
     # For tests and smoke runs only: seconds per hundred iterations.
     "hat-micro": dict(embed_dim=16, depths=(1,), num_heads=(1,), window_size=8, compress_ratio=2,
                       squeeze_factor=8, mlp_ratio=2.0, num_feat=8),

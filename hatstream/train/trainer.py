@@ -44,19 +44,49 @@ def build_network(cfg: TrainConfig) -> HAT:
     return HAT.from_config(hat_config(cfg.arch, cfg.scale))
 
 
+_HEAD = ("conv_before_upsample.", "upsample.", "conv_last.")
+
+
 def load_init(net: nn.Module, path: str) -> list[str]:
     """Copy every tensor of checkpoint `path` whose name and shape match (params_ema first).
 
     Returns the names left at their initial values, e.g. the extra upsampling stage when a x4
     model starts from a x2 one (the paper's recipe). Refuses a checkpoint that matches nothing.
+    A narrower reconstruction head (smaller num_feat) is grown into this one without changing
+    the network's output (`_grow_head`).
     """
     state = read_state_dict(path)
     own = net.state_dict()
     take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not take:
         raise HatstreamError(f"--init {path} shares no tensors with this architecture")
-    net.load_state_dict(take, strict=False)
-    return sorted(k for k in own if k not in take)
+    grown = _grow_head(own, state, take)
+    if grown:
+        log.info("grew %d head tensors of %s to this num_feat", len(grown), path)
+    net.load_state_dict(take | grown, strict=False)
+    return sorted(k for k in own if k not in take and k not in grown)
+
+
+def _grow_head(own: dict, state: dict, take: dict) -> dict[str, torch.Tensor]:
+    """Head tensors of `state` embedded in the larger ones of `own`, same function.
+
+    The old channels keep their place (pixel shuffle maps channel 4c+k to c, so the old ones stay
+    first at every stage); new output channels keep their random init, and every convolution
+    reads the new input channels with zero weights, so the output is unchanged while gradients
+    reach both sides (zeros on both sides would never move).
+    """
+    grown = {}
+    for k, mine in own.items():
+        old = state.get(k)
+        if (k in take or old is None or not k.startswith(_HEAD) or old.ndim != mine.ndim
+                or any(a > b for a, b in zip(old.shape, mine.shape))):
+            continue
+        t = mine.clone()
+        if t.ndim == 4:  # conv weight (out, in, kh, kw)
+            t[:, old.shape[1]:] = 0
+        t[tuple(slice(0, n) for n in old.shape)] = old
+        grown[k] = t
+    return grown
 
 
 class Trainer:
