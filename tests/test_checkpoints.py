@@ -14,7 +14,6 @@ from conftest import shared_path
 from hatstream.errors import HatstreamError
 from hatstream.inference import load_model
 from hatstream.models.hat import HAT, relative_position_index_oca, relative_position_index_sa
-from hatstream.models.registry import load_checkpoint
 
 LAYOUTS = json.loads(shared_path("fixtures", "hat", "released_layouts.json").read_text())
 
@@ -66,9 +65,8 @@ def test_released_layout_loads_strictly_and_infers_config(name, fmt, tmp_path):
     assert_config_inferred(up, layout)
     assert up.info.name == name.split("_")[0]
     assert up.scale == layout["config"]["upscale"]
-    # Strict both ways: our state dict has exactly the released keys and shapes. (The upscaler's
-    # copy has its head folded for inference, so read the network as loaded.)
-    ours = load_checkpoint(path)[0].state_dict()
+    # Strict both ways: our state dict has exactly the released keys and shapes.
+    ours = up.model.state_dict()
     assert {k: list(v.shape) for k, v in ours.items()} == {k: s for k, (s, _) in layout["keys"].items()}
 
 

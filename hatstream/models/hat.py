@@ -533,6 +533,7 @@ class HAT(nn.Module):
         self.conv_before_upsample = nn.Sequential(nn.Conv2d(dim, cfg.num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
         self.upsample = Upsample(cfg.upscale, cfg.num_feat)
         self.conv_last = nn.Conv2d(cfg.num_feat, cfg.in_chans, 3, 1, 1)
+        self.folded_head: nn.Module | None = None  # set for inference by models.hat_head.fold_head
         self._masks: dict = {}
         self._plans: dict = {}
         self.apply(_init_weights)
@@ -596,7 +597,8 @@ class HAT(nn.Module):
         x = (x - mean) * self.img_range
         x = self.conv_first(x)
         x = self.conv_after_body(self.forward_features(x)) + x
-        x = self.conv_last(self.upsample(self.conv_before_upsample(x)))
+        x = self.conv_before_upsample(x)
+        x = self.folded_head(x) if self.folded_head is not None else self.conv_last(self.upsample(x))
         return x / self.img_range + mean
 
 

@@ -32,15 +32,24 @@ _STRIP = _RING + _REACH  # LR rows/cols a border strip needs: its own far edge c
 
 
 class FoldedHead(nn.Module):
-    """The chain `upsample` + `conv_last` as one LR convolution and one pixel shuffle."""
+    """The chain `upsample` + `conv_last` as one LR convolution and one pixel shuffle.
+
+    The folded kernel is a non-persistent buffer and the chain is not registered here, so the
+    model's state dict stays the checkpoint's (the Ray engine ships it to its workers).
+    """
 
     def __init__(self, upsample: nn.Module, conv_last: nn.Conv2d, scale: int):
         super().__init__()
         self.scale = scale
-        self.chain = nn.Sequential(upsample, conv_last)  # kept for the border strips
-        weight, bias = _fold(self.chain, conv_last.in_channels, scale)
-        self.weight = nn.Parameter(weight.to(conv_last.weight), requires_grad=False)
-        self.bias = nn.Parameter(bias.to(conv_last.weight), requires_grad=False)
+        self._chain = (upsample, conv_last)  # the model's own modules, kept for the border strips
+        weight, bias = _fold(upsample, conv_last, scale)
+        self.register_buffer("weight", weight.to(conv_last.weight), persistent=False)
+        self.register_buffer("bias", bias.to(conv_last.weight), persistent=False)
+
+    def chain(self, f: torch.Tensor) -> torch.Tensor:
+        """The reference head: (B, num_feat, H, W) -> (B, 3, sH, sW)."""
+        upsample, conv_last = self._chain
+        return conv_last(upsample(f))
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         """(B, num_feat, H, W) features after the LeakyReLU -> (B, 3, sH, sW)."""
@@ -57,46 +66,40 @@ class FoldedHead(nn.Module):
 
 
 @torch.no_grad()
-def _fold(chain: nn.Module, num_feat: int, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (3s², num_feat, k, k) kernel and (3s²,) bias of `chain`, found by impulse responses.
+def _fold(upsample: nn.Module, conv_last: nn.Conv2d, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (3s², num_feat, k, k) kernel and (3s²,) bias of the chain, found by impulse responses.
 
     In float64 on the CPU, so the folded weights carry no more rounding than one cast.
     """
+    num_feat = conv_last.in_channels
     k, p = 2 * _REACH + 1, 4 * _REACH + 1  # p: a canvas wide enough that no padding is reached
     c = p // 2
-    chain64 = _copy_to(chain, torch.float64)
+    chain = copy.deepcopy(nn.Sequential(upsample, conv_last)).to(device="cpu", dtype=torch.float64)
+    # The bias: the chain's response to zero input, away from the border.
+    zeros = torch.zeros(1, num_feat, p, p, dtype=torch.float64)
+    bias = F.pixel_unshuffle(chain(zeros), scale)[0, :, c, c]
     # One impulse per input channel, at the canvas centre, through the chain without biases.
-    impulses = torch.zeros(num_feat, num_feat, p, p, dtype=torch.float64)
-    impulses[torch.arange(num_feat), torch.arange(num_feat), c, c] = 1
-    for m in chain64.modules():
+    for m in chain.modules():
         if isinstance(m, nn.Conv2d):
             m.bias = None
-    resp = F.pixel_unshuffle(chain64(impulses), scale)  # (num_feat, 3s², p, p): sub-pixels as channels
+    impulses = torch.zeros(num_feat, num_feat, p, p, dtype=torch.float64)
+    impulses[torch.arange(num_feat), torch.arange(num_feat), c, c] = 1
+    resp = F.pixel_unshuffle(chain(impulses), scale)  # (num_feat, 3s², p, p): sub-pixels as channels
     outside = resp.clone()
     outside[:, :, c - _REACH: c + _REACH + 1, c - _REACH: c + _REACH + 1] = 0
     if outside.abs().max() > 0:
         raise ValueError(f"the x{scale} head reaches further than {_REACH} LR pixels; it cannot be folded")
     # The output at LR position c - d + _REACH reads the input at c through kernel tap d.
     weight = resp[:, :, c + _REACH - torch.arange(k)][:, :, :, c + _REACH - torch.arange(k)]
-    weight = weight.permute(1, 0, 2, 3).contiguous()  # (3s², num_feat, k, k)
-    # The bias: the chain's response to zero input, away from the border.
-    bias_chain = _copy_to(chain, torch.float64)
-    zeros = torch.zeros(1, num_feat, p, p, dtype=torch.float64)
-    bias = F.pixel_unshuffle(bias_chain(zeros), scale)[0, :, c, c]
-    return weight, bias
-
-
-def _copy_to(module: nn.Module, dtype: torch.dtype) -> nn.Module:
-    return copy.deepcopy(module).to(device="cpu", dtype=dtype)
+    return weight.permute(1, 0, 2, 3).contiguous(), bias  # (3s², num_feat, k, k), (3s²,)
 
 
 def fold_head(model: nn.Module) -> None:
-    """Replace `model.upsample` + `model.conv_last` of a HAT by a FoldedHead, in place.
+    """Give a HAT a FoldedHead for inference (`model.folded_head`), in place.
 
-    The output is unchanged up to float rounding; the state dict no longer matches checkpoints.
-    Only the pixel-shuffle upsampler (every released HAT) has the linear chain to fold.
+    The output is unchanged up to float rounding, and so is the state dict. The fold is a snapshot
+    of the head's weights: for inference only, not for a model still training. Only the
+    pixel-shuffle upsampler (every released HAT) has the linear chain to fold.
     """
-    if isinstance(model.upsample, FoldedHead) or model.config.upsampler != "pixelshuffle":
-        return
-    model.upsample = FoldedHead(model.upsample, model.conv_last, model.upscale)
-    model.conv_last = nn.Identity()
+    if model.folded_head is None and model.config.upsampler == "pixelshuffle":
+        model.folded_head = FoldedHead(model.upsample, model.conv_last, model.upscale)
