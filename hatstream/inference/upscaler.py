@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hatstream.inference.heap import keep_freed_memory
 from hatstream.inference.tiling import upscale_tiled
 from hatstream.models.hat import HAT, pad_heads
 from hatstream.models.hat_head import fold_head
@@ -76,6 +77,7 @@ class Upscaler:
 
     def __init__(self, model: nn.Module, info: ModelInfo, device: torch.device, dtype: torch.dtype,
                  tile: int | None = None, tile_overlap: int | None = None, compile: bool = False):
+        keep_freed_memory()  # frame-sized activations would otherwise page-fault on every frame
         self.info = info
         self.scale = info.scale
         self.device = device
