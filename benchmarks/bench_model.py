@@ -14,6 +14,10 @@ the speed-up over the reference, and our output's PSNR against the reference's f
 .to(bfloat16), which spandrel >= 0.4.2 supports); autocast-bf16 (fp32 module under autocast); or
 none (no reference: spandrel not needed, no speed-up or PSNR). The PSNR is always against the
 reference in fp32, run once untimed.
+
+hatstream's upscaler makes glibc keep freed memory (`hatstream/inference/heap.py`). That setting is
+process-wide and would speed up the reference too, so it is off here by default and the speed-up
+is our code's alone; --keep-freed-memory turns it on for both (what a hatstream process does).
 """
 
 from __future__ import annotations
@@ -162,12 +166,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--strict-attention", action="store_true",
                    help="fail instead of silently taking SDPA's slow math kernel (HATSTREAM_STRICT_ATTENTION)")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="let glibc keep freed memory, for the reference as well (default: allocator untouched)")
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     p.add_argument("--json-out", type=Path, help="also write the JSON to this file")
     args = p.parse_args(argv)
     dev = torch.device(args.device)
     if args.strict_attention:
         os.environ["HATSTREAM_STRICT_ATTENTION"] = "1"  # read by each Upscaler when it is built
+    if not args.keep_freed_memory:
+        os.environ["HATSTREAM_KEEP_FREED_MEMORY"] = "0"  # read by the first Upscaler
     cfg = released_config(args.arch)
 
     if args.reference == "none":
@@ -213,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"arch": args.arch, "device": str(dev), "torch": torch.__version__, "cpu": platform.processor(),
             "threads": torch.get_num_threads(), "native_bf16_cpu": cpu_has_native_bf16(),
             "reference": args.reference, "batch": args.batch, "repeat": args.repeat, "warmup": args.warmup,
-            "strict_attention": args.strict_attention}
+            "strict_attention": args.strict_attention, "keep_freed_memory": args.keep_freed_memory}
     if dev.type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(dev)
         meta["cuda"] = torch.version.cuda
