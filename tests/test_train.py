@@ -122,6 +122,21 @@ def test_a_narrower_head_grows_without_changing_the_output(tmp_path):
     assert wide.conv_before_upsample[0].weight[8:].abs().sum() > 0  # new channels are live
 
 
+def test_a_deeper_group_starts_with_the_shallower_output(tmp_path):
+    from hatstream.models.hat import HAT, HATConfig
+
+    base = hat_config("hat-micro", 2).to_kwargs()
+    shallow = HAT.from_config(hat_config("hat-micro", 2)).eval()  # one block
+    deep = HAT.from_config(HATConfig(**{**base, "depths": (3,), "num_heads": (1,)})).eval()
+    path = tmp_path / "shallow.pth"
+    torch.save({"params_ema": shallow.state_dict()}, path)
+    left = load_init(deep, str(path))
+    assert left and all(".blocks.1." in k or ".blocks.2." in k for k in left)  # random, not the writers
+    x = torch.rand(1, 3, 16, 24)
+    with torch.no_grad():
+        assert (deep(x) - shallow(x)).abs().max().item() < 1e-6
+
+
 def test_presets_and_architectures():
     presets = sorted((ROOT / "pipelines").glob("train-*.toml"))
     assert presets

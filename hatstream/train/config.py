@@ -31,6 +31,9 @@ ARCHITECTURES: dict[str, dict] = {
     # LR-resolution convolution at inference (models.hat_head), so its width costs little there.
     "hat-tiny-wide": dict(embed_dim=32, depths=(4,), num_heads=(2,), window_size=8, compress_ratio=2,
                           squeeze_factor=16, mlp_ratio=2.0, num_feat=32),
+    # One more block than hat-tiny-wide: what the x4 frame time affords once the head is folded.
+    "hat-tiny-plus": dict(embed_dim=32, depths=(5,), num_heads=(2,), window_size=8, compress_ratio=2,
+                          squeeze_factor=16, mlp_ratio=2.0, num_feat=32),
     # For tests and smoke runs only: seconds per hundred iterations.
     "hat-micro": dict(embed_dim=16, depths=(1,), num_heads=(1,), window_size=8, compress_ratio=2,
                       squeeze_factor=8, mlp_ratio=2.0, num_feat=8),

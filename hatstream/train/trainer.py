@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -52,19 +53,35 @@ def load_init(net: nn.Module, path: str) -> list[str]:
 
     Returns the names left at their initial values, e.g. the extra upsampling stage when a x4
     model starts from a x2 one (the paper's recipe). Refuses a checkpoint that matches nothing.
-    A narrower reconstruction head (smaller num_feat) is grown into this one without changing
-    the network's output (`_grow_head`).
+    A narrower reconstruction head (smaller num_feat) or a shallower group (fewer blocks) grows
+    into this one without changing the network's output (`_grow_head`, `_new_blocks_as_identity`).
     """
     state = read_state_dict(path)
     own = net.state_dict()
     take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not take:
         raise HatstreamError(f"--init {path} shares no tensors with this architecture")
-    grown = _grow_head(own, state, take)
+    grown = _grow_head(own, state, take) | _new_blocks_as_identity(own, state)
     if grown:
-        log.info("grew %d head tensors of %s to this num_feat", len(grown), path)
+        log.info("grew %s into %d tensors of this architecture", path, len(grown))
     net.load_state_dict(take | grown, strict=False)
     return sorted(k for k in own if k not in take and k not in grown)
+
+
+_BLOCK = re.compile(r"layers\.\d+\.residual_group\.blocks\.\d+\.")
+# The layers through which a hybrid attention block writes into the trunk.
+_BLOCK_WRITES = ("attn.proj.", "mlp.fc2.", "conv_block.cab.2.")
+
+
+def _new_blocks_as_identity(own: dict, state: dict) -> dict[str, torch.Tensor]:
+    """Zeros for the trunk-writing layers of blocks the checkpoint lacks (a deeper group).
+
+    Such a block then passes its input through unchanged, so the deeper network starts with the
+    checkpoint's output; its other layers keep their random init, so gradients reach them.
+    """
+    have = {m.group(0) for k in state if (m := _BLOCK.match(k))}
+    return {k: torch.zeros_like(v) for k, v in own.items()
+            if (m := _BLOCK.match(k)) and m.group(0) not in have and k[m.end():].startswith(_BLOCK_WRITES)}
 
 
 def _grow_head(own: dict, state: dict, take: dict) -> dict[str, torch.Tensor]:
