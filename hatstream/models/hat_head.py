@@ -7,8 +7,8 @@ pixels for every released scale, so it is 5×5, num_feat → 3s² channels.
 
 Why: the chain runs its convolutions at 2× and 4× resolution. For HAT ×4 (num_feat 64) that is
 ~765 k multiply-adds per input pixel and, on a GPU, a 256-channel 2× intermediate (1 GB in bf16
-for one 960×540 frame); folded it is 77 k and no intermediate. For the bundled tiny ×4 it is a
-third of the CPU frame time.
+for one 960×540 frame); folded it is 77 k and no intermediate. For the bundled tiny ×4 the chain
+was a third of the CPU frame time.
 
 Only the image border differs: each stage of the chain zero-pads its own input, while the folded
 convolution sees the chain's values there. So the outermost LR pixel is recomputed with the
