@@ -247,7 +247,15 @@ def run_cli(*args, timeout: float = 120, cwd: Path | None = None) -> subprocess.
 def popen_cli(*args) -> subprocess.Popen:
     """Start `python -m hatstream run ARGS...` without waiting (stdout and stderr piped)."""
     return subprocess.Popen([sys.executable, "-m", "hatstream", "run", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env())
+                            stderr=subprocess.PIPE, text=True, env=_env(), preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    # A test runner started as a background job (`cmd &` in a script) has SIGINT ignored, and a
+    # child inherits that, so Python would install no Ctrl-C handler and the interrupt test would
+    # see the run finish. Give the child the default disposition a terminal user's process has.
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _env() -> dict:
