@@ -179,7 +179,8 @@ def run_bench(upscaler: Upscaler, width: int, height: int, frames: int = 8, batc
         cfg = HATConfig(**upscaler.info.hyperparameters)
         padded = pad_to_multiple(torch.empty(1, 1, height, width, device="meta"), cfg.window_size)[0].shape[-2:]
         # The work the upscaler does: its head is folded (models.hat_head), not the reference's chain.
-        tflops = 2 * hat_macs(cfg, *padded, folded_head=True) * frames / times["model"] / 1e12 if times["model"] > 0 else None
+        macs = hat_macs(cfg, *padded, folded_head=True)
+        tflops = 2 * macs * frames / times["model"] / 1e12 if times["model"] > 0 else None
     versions = {"torch": torch.__version__, "av": av.__version__, "python": platform.python_version(),
                 "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     if dev.type == "cuda":
