@@ -181,3 +181,28 @@ def format_duration(seconds: float) -> str:
     if seconds >= 60:
         return f"{int(seconds // 60)}m {int(seconds % 60):02d}s"
     return f"{seconds:.1f}s"
+
+
+THUMB_SIZE = (160, 120)  # each half of a watch job's before/after thumbnail, in pixels
+
+
+def thumbnail(source: Path, output: Path, size: tuple[int, int] = THUMB_SIZE) -> np.ndarray:
+    """A small before/after image of a finished run: the same moment of `source` (nearest neighbour,
+    at the output's size) and of `output`, side by side, on the most detailed crop.
+
+    Both files are read back from disk, so the thumbnail shows what was really written.
+    """
+    from hatstream.pipeline.stage import FrameFormat
+
+    src_info, out_info = probe(source), probe(output)
+    scale = max(1, round(out_info.width / src_info.width))
+    at = spread_times(src_info, 1) if video_length(src_info) else [0.0]
+    before = _to_rgb(frames_at(src_info, at)[0].planes, FrameFormat(src_info.layout, src_info.colour))
+    after = _to_rgb(frames_at(out_info, at)[0].planes, FrameFormat(out_info.layout, out_info.colour))
+    width, height = size
+    x, y, w, h = detail_box(before, max(1, width // scale), max(1, height // scale))
+    left = np.repeat(np.repeat(before[y:y + h, x:x + w], scale, axis=0), scale, axis=1)
+    right = after[y * scale:(y + h) * scale, x * scale:(x + w) * scale]
+    right = right[:left.shape[0], :left.shape[1]]
+    gap = np.full((left.shape[0], 2, 3), 255, np.uint8)
+    return np.concatenate([left, gap, right[:, :left.shape[1]]], axis=1)
