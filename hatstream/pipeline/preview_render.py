@@ -85,7 +85,7 @@ td:first-child{color:#aaa}figure{margin:0 0 2em 0}figcaption{margin:.4em 0}
 .cmp .src{image-rendering:pixelated}
 .cmp .line{position:absolute;top:0;bottom:0;left:50%;width:2px;background:#ffcc00;pointer-events:none}
 .cmp .tag{position:absolute;top:6px;font-size:12px;line-height:1.2;background:#000a;padding:2px 6px}
-input[type=range]{width:100%;max-width:100%}
+.frame{display:inline-block;max-width:100%}.frame input[type=range]{display:block;width:100%;margin:6px 0 0 0}
 """
 
 # Inline by design: the page must work with no network and no other file.
@@ -119,12 +119,12 @@ def page(preview: Preview) -> str:
             f'model {e(preview.model)} x{preview.scale}, {frame.model_seconds:.2f}s for this frame. '
             f'Before: <select><option value="src">source (nearest)</option>'
             f'<option value="bicubic">bicubic</option></select></figcaption>'
-            f'<div class="cmp"><img class="after" alt="{e(preview.model)}" src="{_data_uri(frame.upscaled)}">'
+            f'<div class="frame"><div class="cmp"><img class="after" alt="{e(preview.model)}" src="{_data_uri(frame.upscaled)}">'
             f'<img class="before src" data-kind="src" alt="source" src="{_data_uri(frame.source)}">'
             f'<img class="before" data-kind="bicubic" alt="bicubic" src="{_data_uri(frame.bicubic)}" hidden>'
             f'<div class="line"></div><span class="tag left" style="left:6px">source</span>'
             f'<span class="tag" style="right:6px">{e(preview.model)}</span></div>'
-            f'<input type="range" min="0" max="100" value="50" aria-label="before/after"></figure>')
+            f'<input type="range" min="0" max="100" value="50" aria-label="before/after"></div></figure>')
     title = f"hatstream preview: {preview.input.name}"
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '

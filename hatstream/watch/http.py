@@ -217,7 +217,7 @@ _PAGE_SCRIPT = r"""
     body.replaceChildren.apply(body, rows);
     var summary = Object.keys(counts).sort().map(function (k) { return counts[k] + ' ' + k; }).join(', ');
     document.getElementById('summary').textContent = data.jobs.length + ' file(s)' + (summary ? ': ' + summary : '');
-    document.getElementById('updated').textContent = 'updated ' + new Date().toLocaleTimeString();
+    document.getElementById('updated').textContent = '· updated ' + new Date().toLocaleTimeString();
   }
   function refresh() {
     fetch('/api/jobs' + suffix, {cache: 'no-store'}).then(function (r) {

@@ -9,7 +9,8 @@ moment leaves each row in a state the next start knows how to resume:
       └────────────┴──────▶ failed ──(retry after a delay)──▶ running ...
        interrupted               └── quarantined after --max-attempts
 
-WAL lets `hatstream watch --status` read while a watcher writes.
+WAL lets `hatstream watch --status` (and the --http status page) read while a watcher writes.
+A running job's own process also writes its progress (the `progress_*` columns) about once a second.
 """
 
 from __future__ import annotations
