@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     if args.status is not None:
         if args.in_dir is not None or args.output is not None:
             raise HatstreamError("--status takes only OUT_DIR: hatstream watch --status OUT_DIR")
+        if args.http is not None:
+            raise HatstreamError("--http serves the page of a running watcher: hatstream watch IN_DIR -o OUT_DIR --http PORT")
         return _print_status(args.status)
     if args.in_dir is None or args.output is None:
         raise HatstreamError("usage: hatstream watch IN_DIR -o OUT_DIR (or: hatstream watch --status OUT_DIR)")

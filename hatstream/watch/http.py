@@ -275,6 +275,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: "StatusServer"
     server_version = "hatstream-watch"
     sys_version = ""
+    timeout = 30  # seconds a client may stall mid-request before its thread gives up on it
 
     def log_message(self, format, *args):  # noqa: A002 - BaseHTTPRequestHandler's signature
         log.debug("http %s: " + format, self.client_address[0], *args)
