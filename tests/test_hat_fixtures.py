@@ -181,3 +181,11 @@ def test_window_plan_matches_roll_and_partition(shift):
     back = gathered.reshape(-1, c).index_select(0, plan.inverse).view(b, h, w, c)
     assert torch.equal(back, x)
     assert plan.groups[-1][1] == gathered.shape[0] * b
+
+
+def test_hat_is_public_where_the_readme_says():
+    import hatstream.models
+    from hatstream.models import HAT as PublicHAT, HATConfig
+
+    assert PublicHAT is HAT and HATConfig is hatstream.models.hat.HATConfig
+    assert isinstance(PublicHAT(**hat_cases.case("tiny_x2_w8").config), HAT)
