@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from conftest import shared_path
+import hat_cases
 from hatstream.inference import Upscaler
 from hatstream.models.hat_rescale import rescale_trunk, trunk_peak
 from hatstream.models.registry import build_from_state_dict
@@ -22,9 +22,9 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def fixture_model():
-    fx = torch.load(shared_path("fixtures", "hat", "small_x4_w16.pt"), weights_only=True)
-    model, info = build_from_state_dict(fx["checkpoint"]["params_ema"], "small_x4_w16")
-    return model, info, fx["cases"][0]["input"]
+    fx = hat_cases.case("small_x4_w16")
+    model, info = build_from_state_dict(fx.state, "small_x4_w16")
+    return model, info, fx.inputs[0]
 
 
 def test_rescaling_preserves_the_function_exactly(fixture_model):
