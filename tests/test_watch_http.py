@@ -171,6 +171,7 @@ def folder(tmp_path) -> tuple[Path, Path, Path]:
     return inp, out, preset
 
 
+@pytest.mark.slow  # a HAT job long enough to be caught running, and two browser runs
 def test_status_page_in_a_browser_agrees_with_the_ledger(folder, tmp_path, chromium):
     inp, out, preset = folder
     log = tmp_path / "watch.log"
