@@ -89,7 +89,8 @@ def _status_server(args: argparse.Namespace):
     host, port = parse_listen(args.http)
     server = StatusServer(args.output, host, port, remote=args.http_remote, token_file=args.http_token_file)
     server.start()
-    where = f"; other machines need the token in {server.token_path}" if server.token is not None else " (loopback only)"
+    where = (f"; other machines need the token in {server.token_path}" if server.token is not None
+             else " (loopback only)")
     logging.getLogger("hatstream.watch").info("status page at %s%s", server.url, where)
     return server
 
@@ -100,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         if args.in_dir is not None or args.output is not None:
             raise HatstreamError("--status takes only OUT_DIR: hatstream watch --status OUT_DIR")
         if args.http is not None:
-            raise HatstreamError("--http serves the page of a running watcher: hatstream watch IN_DIR -o OUT_DIR --http PORT")
+            raise HatstreamError("--http serves the page of a running watcher: "
+                                 "hatstream watch IN_DIR -o OUT_DIR --http PORT")
         return _print_status(args.status)
     if args.in_dir is None or args.output is None:
         raise HatstreamError("usage: hatstream watch IN_DIR -o OUT_DIR (or: hatstream watch --status OUT_DIR)")

@@ -49,7 +49,7 @@ def spread_times(info: VideoInfo, count: int) -> list[float]:
     return [length * (i + 0.5) / count for i in range(count)]
 
 
-def _decode_to(container, stream, info: VideoInfo, start_pts: int, target: int, seek: bool):
+def _decode_to(container, stream, info: VideoInfo, target: int, seek: bool):
     """The last decoded frame with pts <= target, decoding from the keyframe before `target`."""
     if seek:
         # backward=True lands on the keyframe at or before the target (FFmpeg's AVSEEK_FLAG_BACKWARD);
@@ -72,7 +72,7 @@ def _decode_to(container, stream, info: VideoInfo, start_pts: int, target: int, 
                 best = (pts, frame)
             elif best is not None:
                 return best
-            elif pts > target and seek:
+            elif seek:
                 # The seek landed after the target (some demuxers index keyframes loosely):
                 # start again from the very beginning, which is always before it.
                 return None
@@ -98,10 +98,10 @@ def frames_at(info: VideoInfo, times: list[float]) -> list[SeekFrame]:
         start_pts = stream.start_time if stream.start_time is not None else 0
         for t in times:
             target = start_pts + math.floor(t / tb + 1e-6)  # the epsilon keeps 0.04s/(1/25) from flooring to 0
-            found = _decode_to(container, stream, info, start_pts, target, seek=True)
+            found = _decode_to(container, stream, info, target, seek=True)
             if found is None:
                 container.seek(start_pts, stream=stream, backward=True, any_frame=False)
-                found = _decode_to(container, stream, info, start_pts, target, seek=False)
+                found = _decode_to(container, stream, info, target, seek=False)
             if found is None:
                 raise HatstreamError(f"{info.path.name}: no decodable frame at {t:g}s")
             pts, frame = found

@@ -163,11 +163,10 @@ def make_preview(config: PreviewConfig) -> Preview:
                 ("model", model.info.describe()), ("output", f"{info.width * s}x{info.height * s} "
                                                              f"{encoding.codec} {encoding.layout.pix_fmt}"),
                 ("precision", precision), ("device", str(model.device))]
-    preview = Preview(info.path, info, model.info.name, s, precision, str(model.device), tuple(done), ())
-    per_frame = preview.seconds_per_frame
+    per_frame = min(f.model_seconds for f in done)  # as Preview.seconds_per_frame
     settings.append(("model time", f"{per_frame:.3f}s per frame (fastest of {len(done)})"))
-    if preview.full_run_seconds is not None:
-        settings.append(("full run", f"about {format_duration(preview.full_run_seconds)} of model time "
+    if info.frames:
+        settings.append(("full run", f"about {format_duration(info.frames * per_frame)} of model time "
                                      f"for {info.frames} frames"))
     return Preview(info.path, info, model.info.name, s, precision, str(model.device), tuple(done), tuple(settings))
 

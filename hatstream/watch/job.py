@@ -62,7 +62,10 @@ class Outcome:
 
 
 class JobProcess:
-    """A running job child. Output goes to temporary files, so a chatty child never blocks on a pipe."""
+    """A running job child. Output goes to temporary files, so a chatty child never blocks on a pipe.
+
+    With `report=(out_dir, job_id)` the child records its progress and thumbnail for that ledger row.
+    """
 
     def __init__(self, config: RunConfig, report: tuple[Path, int] | None = None):
         self._out = tempfile.TemporaryFile()
@@ -71,7 +74,8 @@ class JobProcess:
         # The child must import this same hatstream, wherever the watcher was started from.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
         report_args = [str(report[0]), str(report[1])] if report is not None else []
-        self.proc = subprocess.Popen([sys.executable, "-m", "hatstream.watch.job", config_to_json(config), *report_args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "hatstream.watch.job", config_to_json(config),
+                                      *report_args],
                                      stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err, env=env)
 
     @property
