@@ -71,8 +71,19 @@ def sheet(preview: Preview) -> np.ndarray:
     return np.concatenate(rows, axis=0)
 
 
+# Above this many pixels a frame is embedded as JPEG: a 4K PNG is ~15 MB, and a page of a few
+# frames in three versions would be too heavy for a browser to open comfortably.
+JPEG_ABOVE = 2_100_000
+_JPEG = [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+
+
 def _data_uri(rgb: np.ndarray) -> str:
-    return "data:image/png;base64," + base64.b64encode(png_bytes(rgb)).decode("ascii")
+    if rgb.shape[0] * rgb.shape[1] <= JPEG_ABOVE:
+        return "data:image/png;base64," + base64.b64encode(png_bytes(rgb)).decode("ascii")
+    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), _JPEG)
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a JPEG")
+    return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode("ascii")
 
 
 _STYLE = """
@@ -110,7 +121,11 @@ document.querySelectorAll('figure').forEach(function (fig) {
 def page(preview: Preview) -> str:
     """The HTML preview: the settings, then a before/after slider over each whole frame."""
     e = html.escape
-    rows = "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in preview.settings)
+    settings = list(preview.settings)
+    if any(f.upscaled.shape[0] * f.upscaled.shape[1] > JPEG_ABOVE for f in preview.frames):
+        settings.append(("images", "frames above 2 megapixels are embedded as JPEG (quality 95, 4:4:4) to keep "
+                                   "this file small; the PNG preview has the exact pixels"))
+    rows = "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in settings)
     figures = []
     for i, frame in enumerate(preview.frames):
         figures.append(
