@@ -39,6 +39,7 @@ from conftest import ROOT, run_cli
 from mediagen import Clip, make_video
 
 FAST = ("--poll", "0.1", "--settle", "0.3")
+LONG_FRAMES = 1000
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage")
@@ -162,7 +163,8 @@ def folder(tmp_path) -> tuple[Path, Path, Path]:
     (inp / "slow").mkdir(parents=True)
     make_video(inp / "a-good.mkv", Clip(frames=12))
     (inp / "b-poison.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(4000))
-    make_video(inp / "slow" / "long.mkv", Clip(frames=400, width=64, height=48))
+    # Long enough to stay running through every check below, even on a fast many-core machine.
+    make_video(inp / "slow" / "long.mkv", Clip(frames=LONG_FRAMES, width=96, height=72))
     make_video(inp / "z-queued.mkv", Clip(frames=12))
     # The long file runs the bundled HAT model: slow enough to be caught running.
     (inp / "slow" / "hatstream.toml").write_text('model = "default"\n')
@@ -188,7 +190,7 @@ def test_status_page_in_a_browser_agrees_with_the_ledger(folder, tmp_path, chrom
 
         jobs = _wait_for(progressed, 600, "progress of the running job", proc, log)
         running = jobs["slow/long.mkv"]
-        assert running["progress"]["total"] == 400 and 0 < running["progress"]["frames"] < 400
+        assert running["progress"]["total"] == LONG_FRAMES and 0 < running["progress"]["frames"] < LONG_FRAMES
         assert running["progress"]["fps"] > 0 and running["progress"]["eta"] is not None
         assert running["output"] == str(out.resolve() / "slow" / "long.mkv")
         assert "not a video file" in jobs["b-poison.mp4"]["error"]
@@ -221,7 +223,7 @@ def test_status_page_in_a_browser_agrees_with_the_ledger(folder, tmp_path, chrom
         assert {p: r["state"] for p, r in parsed.rows.items()} == want, dom.stdout[-3000:]
         assert int(parsed.body.get("data-refreshes", 0)) >= 1  # the page refreshed itself from /api/jobs
         assert "progress" in parsed.rows["slow/long.mkv"]["tags"]
-        assert "/400 frames" in parsed.rows["slow/long.mkv"]["text"]["detail"]
+        assert f"/{LONG_FRAMES} frames" in parsed.rows["slow/long.mkv"]["text"]["detail"]
         assert "not a video file" in parsed.rows["b-poison.mp4"]["text"]["detail"]
         assert parsed.rows["a-good.mkv"]["img"] == jobs["a-good.mkv"]["thumbnail"]
         assert str(out.resolve() / "a-good.mkv") in parsed.rows["a-good.mkv"]["text"]["output"]
