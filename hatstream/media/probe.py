@@ -132,7 +132,8 @@ def estimate_frames(stream: av.video.stream.VideoStream, container: av.container
     Returns (0, False) when neither the count nor a duration and rate are known.
     """
     if stream.frames:
-        return int(stream.frames), True
+        # AVI's count includes its empty "drop" chunks, which are no frames: an estimate only.
+        return int(stream.frames), container.format.name != "avi"
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     length = stream_duration(stream)
     if length is None and container.duration:
@@ -143,7 +144,7 @@ def estimate_frames(stream: av.video.stream.VideoStream, container: av.container
 
 
 def stream_duration(stream) -> float | None:
-    """The stream's own duration in seconds, or None.
+    """The stream's own length in seconds, counted from its start time, or None.
 
     MP4 stores it in the stream header. Matroska has only the segment duration (all streams
     together) plus, from FFmpeg-made files, a per-stream DURATION tag "HH:MM:SS.nnnnnnnnn".
@@ -154,10 +155,39 @@ def stream_duration(stream) -> float | None:
     if tag:
         try:
             h, m, s = tag.split(":")
-            return int(h) * 3600 + int(m) * 60 + float(s)
+            end = int(h) * 3600 + int(m) * 60 + float(s)
         except ValueError:
             return None
+        # FFmpeg's muxer writes the stream's end time here, not its length (a video that starts
+        # at 1.42 s and lasts 1 s says 2.42 s); mkvmerge writes the length. Taking it as the end
+        # is right for the first and errs short for the second, so a check against it can only
+        # be too lenient, never call a whole file truncated.
+        start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
+        return max(0.0, end - max(0.0, start)) or None
     return None
+
+
+def riff_complete(path: Path) -> bool:
+    """False when the chain of RIFF chunks (AVI, and OpenDML's AVIX parts) runs past the end of the file.
+
+    The sizes are written when the file is closed; a placeholder of 0 (a writer that never
+    finished) proves nothing, so it counts as complete.
+    """
+    size = os.path.getsize(path)
+    pos = 0
+    with open(path, "rb") as f:
+        while pos + 12 <= size:
+            f.seek(pos)
+            head = f.read(8)
+            if head[:4] != b"RIFF":
+                break
+            length = int.from_bytes(head[4:8], "little")
+            if length == 0:
+                return True
+            if pos + 8 + length > size:
+                return False
+            pos += 8 + length + (length & 1)  # chunks are padded to an even size
+    return True
 
 
 def _display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
