@@ -93,9 +93,27 @@ def plan_streams(inp: av.container.InputContainer, audio_codec: str = "copy",
                                      f"converted to {subtitles}; use an .mkv output or --subtitles drop")
             else:
                 plan.append(CarriedStream(s.index, "subtitle", codec, "encode", subtitles))
+        elif s.type == "data" and "timecode" in s.metadata:
+            # A QuickTime timecode (tmcd) track. Copied as a template its stream has no frame
+            # rate, and the MOV muxer fails on that when it writes the trailer, after all the
+            # work. The muxer builds a fresh track from the video's `timecode` tag instead
+            # (`video_tags` puts it there); Matroska keeps the tag itself.
+            log.info("timecode %s carried as the video's timecode tag", s.metadata["timecode"])
         elif s.type in ("data", "attachment"):
             plan.append(CarriedStream(s.index, s.type, codec))
     return plan
+
+
+def video_tags(inp: av.container.InputContainer, index: int) -> dict[str, str]:
+    """The tags to set on the output video stream: the input video's, plus the timecode of a
+    timecode track when the video itself does not name it."""
+    tags = carry_tags(dict(inp.streams[index].metadata))
+    if "timecode" not in tags:
+        for s in inp.streams:
+            if s.type == "data" and s.metadata.get("timecode"):
+                tags["timecode"] = s.metadata["timecode"]
+                break
+    return tags
 
 
 class _Transcoder:
@@ -182,20 +200,51 @@ def copy_container_tags(out: av.container.OutputContainer, inp: av.container.Inp
         out.set_chapters(chapters)
 
 
-def _header_error(fmt: str, build: Callable[[av.container.OutputContainer], None]) -> str | None:
-    """Write a header for `fmt` into memory after `build` adds streams; the error text, or None."""
+def _header_error(fmt: str, build: Callable[[av.container.OutputContainer], object],
+                  feed: Callable[[av.container.OutputContainer, object], None] | None = None) -> str | None:
+    """Write a whole file for `fmt` into memory: `build` adds streams, the header is written,
+    `feed` may mux sample packets, then the trailer is written. The error text, or None.
+
+    The trailer matters: some muxers check a stream only there (MOV refuses a copied timecode
+    track with no frame rate when it closes the file), and that must fail before any work.
+    """
     out = av.open(io.BytesIO(), "w", format=fmt)
     try:
-        build(out)
+        built = build(out)
         out.start_encoding()
-        return None
+        if feed is not None:
+            feed(out, built)
     except (av.error.FFmpegError, ValueError, TypeError) as exc:
-        return str(getattr(exc, "strerror", None) or exc)
-    finally:
         try:
             out.close()
         except (av.error.FFmpegError, ValueError):
             pass
+        return str(getattr(exc, "strerror", None) or exc)
+    try:
+        out.close()
+    except (av.error.FFmpegError, ValueError) as exc:
+        return str(getattr(exc, "strerror", None) or exc)
+    return None
+
+
+def _first_packet(inp: av.container.InputContainer, index: int, limit: int = 2000) -> av.Packet | None:
+    """The first non-empty packet of input stream `index` among the file's first `limit` packets.
+
+    The bound keeps the check cheap for a stream that starts late (subtitles an hour in).
+    """
+    try:
+        inp.seek(0)
+    except av.error.FFmpegError:
+        pass
+    try:
+        for n, packet in enumerate(inp.demux()):
+            if packet.stream_index == index and packet.size:
+                return packet
+            if n >= limit:
+                break
+    except av.error.FFmpegError:
+        return None
+    return None
 
 
 def _fix_for(item: CarriedStream, fmt: str) -> str:
@@ -224,8 +273,17 @@ def check_streams(path, fmt: str, plan: list[CarriedStream], add_video: Callable
         for item in plan:
             def build(out, item=item):
                 add_video(out)
-                add_streams(out, inp, [item])
-            error = _header_error(fmt, build)
+                return add_streams(out, inp, [item])
+
+            def feed(out, mapping, item=item):
+                # One real packet of a copied stream goes through mux and trailer, as in the run.
+                dst = mapping.get(item.index)
+                packet = (_first_packet(inp, item.index)
+                          if item.action == "copy" and item.kind != "attachment" and dst is not None else None)
+                if packet is not None:
+                    packet.stream = dst
+                    out.mux(packet)
+            error = _header_error(fmt, build, feed)
             if error is None:
                 kept.append(item)
             elif item.kind in ("data", "attachment"):
