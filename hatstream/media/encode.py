@@ -120,7 +120,7 @@ def output_colour(source: ColourSpec, layout: PlaneLayout, tags: tuple[int, int,
     """The colour spec and tags of the output frames.
 
     Same matrix and range as the input, tagged explicitly: an untagged input was converted
-    with the matrix players guess from its height, and an upscaled copy crossing 720 lines
+    with the matrix players guess from its size, and an upscaled copy that crosses into HD
     would otherwise be guessed differently (BT.601 -> BT.709) and shift in colour.
     """
     colorspace, color_range, primaries, trc = tags
@@ -129,6 +129,10 @@ def output_colour(source: ColourSpec, layout: PlaneLayout, tags: tuple[int, int,
     spec = source
     if source.matrix == "rgb":  # GBR in, YUV out: BT.709 limited is the safest default
         spec = ColourSpec("bt709", False)
+    if layout.pix_fmt.startswith("yuvj") and not spec.full_range:
+        # The JPEG formats are full range by name: encoders flag them so whatever the tag says,
+        # and limited-range codes shown as full range look washed out (white 235 as grey).
+        spec = ColourSpec(spec.matrix, True)
     colorspace = MATRIX_TAG[spec.matrix] if colorspace in (0, 2) or source.matrix == "rgb" else colorspace
     color_range = RANGE_FULL if spec.full_range else RANGE_LIMITED
     return spec, (colorspace, color_range, primaries, trc)

@@ -127,10 +127,11 @@ class ColourSpec:
     full_range: bool
 
     @classmethod
-    def from_tags(cls, colorspace: int, color_range: int, height: int, layout: PlaneLayout) -> "ColourSpec":
+    def from_tags(cls, colorspace: int, color_range: int, height: int, layout: PlaneLayout,
+                  width: int = 0) -> "ColourSpec":
         """The spec for a stream's AVColorSpace/AVColorRange tags.
 
-        Untagged streams get what players assume: BT.709 from 720 lines up, BT.601 below it, and
+        Untagged streams get what players assume: BT.709 for HD (`is_hd`), BT.601 otherwise, and
         limited range for YUV, except the JPEG formats (yuvj*), which are full range by name.
         GBR is always full range.
         """
@@ -138,6 +139,15 @@ class ColourSpec:
             return cls("rgb", True)
         matrix = _MATRIX_TAGS.get(int(colorspace))
         if matrix is None or matrix == "rgb":
-            matrix = "bt709" if height >= 720 else "bt601"
+            matrix = "bt709" if is_hd(width, height) else "bt601"
         full = int(color_range) == RANGE_FULL or (int(color_range) != RANGE_LIMITED and layout.pix_fmt.startswith("yuvj"))
         return cls(matrix, full)
+
+
+def is_hd(width: int, height: int) -> bool:
+    """Whether players take an untagged picture of this size for HD (BT.709) rather than SD (BT.601).
+
+    mpv/libplacebo's rule: wider than 1279 or taller than 576 (PAL) lines. A height-only rule
+    takes cropped widescreen HD (1280x544, 1920x800) for SD and shifts its colours.
+    """
+    return width >= 1280 or height > 576

@@ -230,7 +230,7 @@ def probe(path: Path) -> VideoInfo:
         return VideoInfo(
             path=Path(path), container=container.format.name, stream_index=stream.index,
             codec=cc.name, width=frame.width, height=frame.height, pix_fmt=pix_fmt, layout=layout,
-            colour=ColourSpec.from_tags(tags[0], tags[1], frame.height, layout), colour_tags=tags,
+            colour=ColourSpec.from_tags(tags[0], tags[1], frame.height, layout, frame.width), colour_tags=tags,
             time_base=Fraction(tb), average_rate=Fraction(stream.average_rate) if stream.average_rate else None,
             frames=frames, frames_exact=exact, duration=duration, start_time=start,
             display_matrix=matrix, rotation=float(frame.rotation or 0) if matrix else 0.0,
