@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import av
+import numpy as np
 from mediagen import Audio, Clip, make_video, run_cli
 
 from hatstream.media.carry import CarriedStream, check_streams, plan_streams
@@ -48,3 +51,58 @@ def test_prores_with_timecode_goes_through_keeping_the_timecode(tmp_path):
     assert _timecodes(tmp_path / "out.mov") == [("video", TIMECODE), ("audio", None), ("data", TIMECODE)]
     with av.open(str(tmp_path / "out.mkv")) as c:
         assert c.streams.video[0].metadata.get("TIMECODE") == TIMECODE
+
+
+def _add_cover(src, dst):
+    """Remux `src` with a cover picture, as `ffmpeg -i v.mp4 -i cover.jpg -map 0 -map 1 -c copy
+    -disposition:v:1 attached_pic` does; returns the picture's bytes."""
+    pic = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 200, np.uint8), format="rgb24").reformat(format="yuvj420p")
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        mapping = {s.index: out.add_stream_from_template(s) for s in inp.streams}
+        cover = out.add_stream("mjpeg", rate=1)
+        cover.width = cover.height = 32
+        cover.pix_fmt = "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        packets = cover.encode(pic) + cover.encode()
+        for p in inp.demux():
+            if p.size:
+                p.stream = mapping[p.stream_index]
+                out.mux(p)
+        for p in packets:
+            p.pts = p.dts = 0
+            out.mux(p)
+    return b"".join(bytes(p) for p in packets)
+
+
+def _covers(path):
+    with av.open(str(path)) as c:
+        return [bytes(p) for p in c.demux() if p.size and p.stream.disposition & av.stream.Disposition.attached_pic]
+
+
+def test_mp4_cover_art_is_copied_unchanged(tmp_path):
+    src = make_video(tmp_path / "plain.mp4", Clip(frames=4, codec="libx264", audio=(Audio("aac"),)))
+    picture = _add_cover(src, tmp_path / "cover.mp4")
+    proc = run_cli(tmp_path / "cover.mp4", "-o", tmp_path / "out.mp4", "--model", "bicubic")
+    assert proc.returncode == 0, proc.stderr
+    assert "not carried" not in proc.stderr
+    assert _covers(tmp_path / "out.mp4") == [picture]
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert c.streams.video[0].frames == 4 and c.streams.video[0].width == 128  # the main video is upscaled
+
+
+def test_picture_subtitles_into_mp4_suggest_only_what_works(tmp_path):
+    src = make_video(tmp_path / "plain.mkv", Clip(frames=4))
+    with av.open(str(src)) as inp, av.open(str(tmp_path / "dvb.mkv"), "w") as out:
+        video = out.add_stream_from_template(inp.streams.video[0])
+        sub = out.add_stream("dvbsub")
+        for p in inp.demux():
+            if p.size:
+                p.stream = video
+                out.mux(p)
+        p = av.Packet(b"\x20\x00\x0f\x10\x00\x01\x00\x00\xff")  # one (empty) DVB page
+        p.pts, p.dts, p.duration, p.time_base, p.stream = 0, 0, 100, Fraction(1, 1000), sub
+        out.mux(p)
+    proc = run_cli(tmp_path / "dvb.mkv", "-o", tmp_path / "out.mp4", "--model", "bicubic")
+    assert proc.returncode == 2 and "dvbsub" in proc.stderr
+    assert "--subtitles drop" in proc.stderr and ".mkv" in proc.stderr and "mov_text" not in proc.stderr
+    assert not (tmp_path / "out.mp4").exists()

@@ -64,7 +64,8 @@ def plan_streams(inp: av.container.InputContainer, audio_codec: str = "copy",
                  subtitles: str = "copy") -> list[CarriedStream]:
     """Decide what happens to each stream other than the main video.
 
-    Extra video streams (cover art, a second angle) are not carried: they are logged.
+    Cover art (an attached picture) is copied unchanged; other extra video streams (a second
+    angle) are not carried: they are logged.
     """
     main = pick_video_stream(inp)
     plan = []
@@ -76,7 +77,9 @@ def plan_streams(inp: av.container.InputContainer, audio_codec: str = "copy",
             # The demuxer itself set this: an MP4 chapter text track, whose content already
             # comes through `chapters()`. Copying it as well would duplicate the chapters.
             continue
-        if s.type == "video":
+        if s.type == "video" and s.disposition & av.stream.Disposition.attached_pic:
+            plan.append(CarriedStream(s.index, "video", codec))  # cover art: one picture, copied as it is
+        elif s.type == "video":
             log.warning("video stream #%d (%s) is not carried over: only the main video is upscaled", s.index, codec)
         elif s.type == "audio":
             if audio_codec in ("copy", codec):
@@ -251,6 +254,9 @@ def _fix_for(item: CarriedStream, fmt: str) -> str:
     other = FIX_CONTAINER.get(fmt, ".mkv")
     if item.kind == "audio":
         return f"use an {other} output, or --audio-codec {'libopus' if fmt == 'webm' else 'aac'}"
+    if item.kind == "subtitle" and item.codec not in TEXT_SUBTITLES:
+        # Picture subtitles (PGS, DVB, VobSub) cannot become text: drop is the only other way.
+        return f"use an {other} output, or --subtitles drop"
     if item.kind == "subtitle":
         names = {"mp4": "mov_text", "mov": "mov_text", "webm": "webvtt"}.get(fmt, "ass")
         return f"use an {other} output, or --subtitles {names}|drop"
@@ -263,7 +269,7 @@ def check_streams(path, fmt: str, plan: list[CarriedStream], add_video: Callable
     `add_video(out)` adds the configured video stream. Each carried stream is tried on its own
     beside it, so the error names every stream that fails and its fix. Data streams and
     attachments the container refuses are dropped with a warning instead (there is no flag to
-    convert them). Returns the plan without those.
+    convert them), and so is cover art. Returns the plan without those.
     """
     error = _header_error(fmt, add_video)
     if error:
@@ -271,6 +277,11 @@ def check_streams(path, fmt: str, plan: list[CarriedStream], add_video: Callable
     problems, kept = [], []
     with open_input(path) as inp:
         for item in plan:
+            if item.kind == "video" and fmt not in ("mp4", "mov"):
+                # Matroska's muxer would write the picture as a one-frame second video track
+                # rather than as cover art; only MP4/MOV keep it as what it is.
+                log.warning("%s (cover art) is dropped: %s has no cover art that players show", item.describe(), fmt)
+                continue
             def build(out, item=item):
                 add_video(out)
                 return add_streams(out, inp, [item])
@@ -286,7 +297,7 @@ def check_streams(path, fmt: str, plan: list[CarriedStream], add_video: Callable
             error = _header_error(fmt, build, feed)
             if error is None:
                 kept.append(item)
-            elif item.kind in ("data", "attachment"):
+            elif item.kind in ("data", "attachment", "video"):
                 log.warning("%s is dropped: %s cannot hold it", item.describe(), fmt)
             elif item.action == "encode":
                 problems.append(f"{item.describe()} cannot be encoded as {item.target} in {fmt} ({error})")
