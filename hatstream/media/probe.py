@@ -19,7 +19,7 @@ from pathlib import Path
 import av
 
 from hatstream.errors import HatstreamError
-from hatstream.media.formats import ColourSpec, PlaneLayout, canonical_pix_fmt
+from hatstream.media.formats import ColourSpec, HdrMetadata, PlaneLayout, canonical_pix_fmt
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ class VideoInfo:
     display_matrix: tuple[int, ...] | None
     rotation: float
     sample_aspect_ratio: Fraction | None
+    hdr: HdrMetadata | None = None  # mastering display and light levels, from the first frame
 
     @property
     def bit_depth(self) -> int:
@@ -200,6 +201,17 @@ def _display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
     return None
 
 
+def _hdr_metadata(frame: av.VideoFrame) -> HdrMetadata | None:
+    """The frame's HDR10 static metadata. Decoders put it there from the bitstream (HEVC SEI)
+    and from the container (MKV's or MP4's mastering display and light level boxes) alike."""
+    found = {}
+    for sd in frame.side_data:
+        name = str(sd.type).rsplit(".", 1)[-1]
+        if name in ("MASTERING_DISPLAY_METADATA", "CONTENT_LIGHT_LEVEL"):
+            found[name] = bytes(sd)
+    return HdrMetadata.from_side_data(found.get("MASTERING_DISPLAY_METADATA"), found.get("CONTENT_LIGHT_LEVEL"))
+
+
 def probe(path: Path) -> VideoInfo:
     """Describe the input's main video stream, decoding its first frame to be sure it decodes.
 
@@ -235,6 +247,7 @@ def probe(path: Path) -> VideoInfo:
             frames=frames, frames_exact=exact, duration=duration, start_time=start,
             display_matrix=matrix, rotation=float(frame.rotation or 0) if matrix else 0.0,
             sample_aspect_ratio=Fraction(stream.sample_aspect_ratio) if stream.sample_aspect_ratio else None,
+            hdr=_hdr_metadata(frame),
         )
 
 
