@@ -39,3 +39,27 @@ def test_pix_fmt_yuvj420p_converts_a_limited_range_source_to_full_range(tmp_path
     assert info["pix_fmt"] == "yuvj420p" and info["colour_tags"][1] == 2
     luma = read_planes(tmp_path / "out.mp4")[0][0].astype(int)
     assert abs(np.median(luma[:40]) - 255) <= 1 and abs(np.median(luma[-40:]) - 0) <= 1, np.median(luma[:40])
+
+
+def test_super_whites_and_blacks_survive_the_model_in_limited_range(tmp_path):
+    import torch
+    import torch.nn.functional as F
+
+    from hatstream.pipeline.stage import FrameFormat, upscale_planes
+
+    def model(rgb):  # what every Upscaler returns: the model's output clamped to [0, 1]
+        return F.interpolate(rgb, scale_factor=2, mode="bicubic", align_corners=False).clamp(0, 1)
+
+    y = np.full((32, 32), 128, np.uint8)
+    y[:, :12] = 250   # camera super-white, above 235
+    y[:, -12:] = 6    # super-black, below 16
+    chroma = np.full((16, 16), 128, np.uint8)
+    fmt = FrameFormat(PlaneLayout.from_pix_fmt("yuv420p"), ColourSpec("bt709", False))
+    (out_y, out_u, out_v), = upscale_planes([(y, chroma, chroma)], model, fmt, fmt, torch.device("cpu"))
+    assert out_y.shape == (64, 64)
+    assert abs(int(np.median(out_y[:, :16])) - 250) <= 1 and abs(int(np.median(out_y[:, -16:])) - 6) <= 1
+    assert abs(int(np.median(out_y[:, 28:36])) - 128) <= 1 and abs(int(np.median(out_u)) - 128) <= 1
+    # A full-range output has no headroom: the same picture is clipped to 0-255 there, not wrapped.
+    full = FrameFormat(PlaneLayout.from_pix_fmt("yuv420p"), ColourSpec("bt709", True))
+    (fy, _, _), = upscale_planes([(y, chroma, chroma)], model, fmt, full, torch.device("cpu"))
+    assert fy[:, :16].min() == 255 and fy[:, -16:].max() == 0
