@@ -54,6 +54,7 @@ from hatstream.models.spec import ModelInfo
 from hatstream.pipeline.engine import Progress, batches, run_stages
 from hatstream.pipeline.collector import OrderedCollector
 from hatstream.pipeline.stage import FrameFormat, Planes, upscale_plane_tensors
+from hatstream.raylocal import start_local_ray
 
 log = logging.getLogger(__name__)
 
@@ -396,13 +397,8 @@ def _connect(options: RayOptions) -> bool:
     if options.address is not None:
         ray.init(address=options.address, **common)
         return True
-    # Embedded: no dashboard and a loopback node address. Ray's gRPC servers still listen on every
-    # interface whatever the node address; its token auth (on by default since 2.52) guards them.
     # Logical CPUs are scheduling tokens: make room for every actor even on a small machine.
-    cpus = max(os.cpu_count() or 1, (options.workers or 1) + 1)
-    # address="local": a new instance of our own, never a cluster that RAY_ADDRESS or
-    # /tmp/ray/ray_current_cluster happens to name.
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **common)
+    start_local_ray(max(os.cpu_count() or 1, (options.workers or 1) + 1), **common)
     return True
 
 
