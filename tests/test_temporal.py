@@ -14,6 +14,7 @@ from fractions import Fraction
 import cv2
 import numpy as np
 import pytest
+from conftest import run_cli as run_hatstream
 from mediagen import Clip, make_video, read_planes, run_cli
 
 from hatstream.metrics.flicker import error_flicker, flow_pair, plain_flicker, warping_error
@@ -83,7 +84,8 @@ def test_static_scene_with_noisy_input_flickers_less():
     after = np.mean(error_flicker(filtered, gt, 2))
     assert after < 0.9 * before, (before, after)
     # Averaging the noise over time also brings the output closer to the truth.
-    assert np.mean([np.abs(f - hr).mean() for f in filtered[3:]]) < np.mean([np.abs(p - hr).mean() for p in per_frame[3:]])
+    assert (np.mean([np.abs(f - hr).mean() for f in filtered[3:]])
+            < np.mean([np.abs(p - hr).mean() for p in per_frame[3:]]))
     # The same frames give the same output.
     again = TemporalFilter(2)
     assert all(np.array_equal(again([y])[0], f) for y, f in zip(per_frame, filtered))
@@ -159,7 +161,8 @@ def test_run_temporal_on_steadies_a_noisy_static_clip(tmp_path):
     outs = {}
     for mode in ("off", "on"):
         out = tmp_path / f"{mode}.mkv"
-        proc = run_cli(src, "-o", out, "--model", "bicubic", "--scale", "2", "--codec", "ffv1", "--temporal", mode)
+        proc = run_cli(src, "-o", out, "--model", "bicubic", "--scale", "2", "--codec", "ffv1", "--temporal", mode,
+                       timeout=600)
         assert proc.returncode == 0, proc.stderr
         outs[mode] = read_planes(out)
     assert len(outs["on"]) == len(outs["off"]) == 8
@@ -179,7 +182,7 @@ def test_segmented_temporal_run_matches_one_pass_but_at_joins(tmp_path):
                         "segmented": ("--temporal", "on", "--segment-seconds", "0.5"),
                         "off": ("--temporal", "off", "--segment-seconds", "0")}.items():
         out = tmp_path / f"{name}.mkv"
-        proc = run_cli(src, "-o", out, *args, *extra)
+        proc = run_cli(src, "-o", out, *args, *extra, timeout=600)
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout.splitlines()[-1])["frames"] == 30
         runs[name] = [p[0].astype(np.int32) for p in read_planes(out)]
@@ -189,4 +192,53 @@ def test_segmented_temporal_run_matches_one_pass_but_at_joins(tmp_path):
         assert np.array_equal(seg[start], off[start])   # a segment starts afresh...
         first = np.abs(seg[start] - one[start]).max()
         for k in range(1, 5):                             # ...and the difference then decays
-            assert np.abs(seg[start + k] - one[start + k]).max() <= first * 0.75 ** k + 1, (start, k)
+            assert np.abs(seg[start + k] - one[start + k]).max() <= first * 0.8 ** k + 1, (start, k)
+
+
+def test_eval_video_reports_bicubic_model_and_temporal(tmp_path):
+    # A still picture: whatever each upscaler gets wrong, it gets wrong the same way in every frame.
+    still = np.repeat(_texture(64, 96, seed=11)[..., None], 3, axis=2).astype(np.uint8)
+    src = make_video(tmp_path / "in.mkv", Clip(frames=6, width=96, height=64, image=lambda i, w, h: still))
+    out = tmp_path / "scores.json"
+    proc = run_hatstream("eval-video", src, "--model", "bicubic", "--scale", "2", "--frames", "5", "--json", out,
+                         timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "PSNR-Y" in lines[1] and "flicker" in lines[1]
+    assert [ln.split("  ")[0].strip() for ln in lines[3:]] == ["bicubic", "model", "model --temporal on"]
+    scores = {s["name"]: s for s in json.loads(out.read_text())["scores"]}
+    assert len(scores["model"]["psnr_frames"]) == 5 and len(scores["model"]["flicker_frames"]) == 4
+    assert scores["model"]["psnr"] == pytest.approx(scores["bicubic"]["psnr"], abs=0.05)  # the same upscaler
+    for row in scores.values():
+        assert row["psnr"] > 25 and 0.5 < row["ssim"] <= 1
+        assert row["flicker"] < 1e-4 and row["plain"] < 1e-4 and row["warp"] < 1e-4, row
+
+
+def test_eval_video_refuses_a_missing_clip(tmp_path):
+    proc = run_hatstream("eval-video", tmp_path / "none.mp4", "--model", "bicubic")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"hatstream: error: {tmp_path / 'none.mp4'}: no such file"]
+
+
+def test_ray_actors_give_the_local_engine_output(tmp_path):
+    # Batches go to whichever actor is free; the filter runs on the driver, in frame order.
+    ray = pytest.importorskip("ray")
+    from hatstream.media.encode import EncodeSettings
+    from hatstream.pipeline.run import RunConfig, run_file
+
+    src = make_video(tmp_path / "in.mkv", Clip(frames=10, width=96, height=64, image=_noisy_static))
+
+    def run(name: str, **kwargs):
+        out = tmp_path / f"{name}.mkv"
+        run_file(RunConfig(input=src, output=out, model="bicubic", scale=2, encode=EncodeSettings(codec="ffv1"),
+                           batch=2, temporal=True, **kwargs))
+        return [p[0] for p in read_planes(out)]
+
+    local = run("local", engine="local")
+    ray.init(address="local", num_cpus=3, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        remote = run("ray", engine="ray", workers=2, device="cpu")
+    finally:
+        ray.shutdown()
+    assert len(remote) == len(local) == 10
+    assert all(np.array_equal(a, b) for a, b in zip(remote, local))

@@ -129,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
     upscaler = load_model(args.model, device=args.device, precision=args.precision, scale=args.scale)
     scale = upscaler.scale
     if min(frames[0].shape[:2]) < scale * 12:
-        raise HatstreamError(f"{args.clip} is too small to score at x{scale} ({frames[0].shape[1]}x{frames[0].shape[0]})")
+        h, w = frames[0].shape[:2]
+        raise HatstreamError(f"{args.clip} is too small to score at x{scale} ({w}x{h})")
     scores = score_clip(frames, scale, upscaler)
     title = (f"{args.clip.name}, frames {args.start}-{args.start + len(frames) - 1}: {upscaler.info.name} x{scale} "
              f"({upscaler.dtype}, {upscaler.device}); Y channel, crop border {scale}")

@@ -7,14 +7,16 @@ upscaled planes of consecutive frames, in order:
     guide_t = output luma shrunk back to the input's size (area average)
     flow    = DIS(guide_t -> guide_(t-1)), and back; reliable where the round trip closes and
               the warped guide matches the current one (no occlusion, no new content)
-    out_t   = cur_t + w * m * (W(out_(t-1)) - cur_t)                      (recursive)
+    L       = area-shrink by the scale, then bicubic back: the band the input itself carries
+    out_t   = cur_t + w * m * ((W(out_(t-1)) - L(W(out_(t-1)))) - (cur_t - L(cur_t)))   (recursive)
 
 with W the warp along the flow (upsampled to the output's size), m in [0, 1] the reliability
-and w the blend weight. Where the flow is unreliable m is 0 and the frame stays as the model
-made it, so moving edges do not ghost. A scene cut (few reliable pixels, or a jump in the
-luma histogram) resets the state. The state is one previous output frame; the result depends
-only on the frames since the last reset, so it is deterministic and a fresh filter per
-segment is exact from the segment's first frame on up to the decay stated in `reset`.
+and w the blend weight: the invented detail is averaged along the motion, while the low band
+follows the current input as it is. Where the flow is unreliable m is 0 and the frame stays
+as the model made it, so moving edges do not ghost. A scene cut (few reliable pixels, or a
+jump in the luma histogram) resets the state. The state is one previous output frame, and the
+result depends only on the frames since the last reset: it is deterministic, and a fresh filter
+per segment differs from one pass only in the first frames of the segment (see `reset`).
 
 The guide comes from the output itself, not from the decoded input, so the filter needs
 nothing but the stream of upscaled planes: it runs the same after the local model, in a
@@ -83,7 +85,8 @@ class TemporalFilter:
         """Forget the previous frame: the next frame passes unchanged and starts a new run.
 
         After a reset the output differs from an uninterrupted filter's by a difference that
-        shrinks by a factor of at most `weight` per frame (0.5: under one 8-bit level after 8).
+        shrinks by about `weight` per frame (benchmarks/RESULTS.md: a join on real footage scores
+        per-frame flicker on its first frame, and is back to the one-pass flicker two frames on).
         """
         self._prev: list[np.ndarray] | None = None
         self._guide: np.ndarray | None = None
@@ -145,7 +148,8 @@ class TemporalFilter:
         for i, plane in zip(self.planes, out):
             dtype = np.asarray(planes[i]).dtype
             # Integer code values are rounded back; float planes (the metrics' Y) stay unrounded.
-            result[i] = plane.astype(dtype) if dtype.kind == "f" else np.clip(np.rint(plane), 0, self.peak).astype(dtype)
+            result[i] = (plane.astype(dtype) if dtype.kind == "f"
+                         else np.clip(np.rint(plane), 0, self.peak).astype(dtype))
         return tuple(result)
 
     def _blend(self, cur: np.ndarray, prev: np.ndarray, flow: np.ndarray, m: np.ndarray) -> np.ndarray:
