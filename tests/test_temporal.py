@@ -242,3 +242,23 @@ def test_ray_actors_give_the_local_engine_output(tmp_path):
         ray.shutdown()
     assert len(remote) == len(local) == 10
     assert all(np.array_equal(a, b) for a, b in zip(remote, local))
+
+
+def test_resume_never_mixes_segments_with_and_without_the_filter(tmp_path):
+    # The work folder's settings fingerprint tells the two apart, and is unchanged for runs without it.
+    import dataclasses
+
+    from hatstream.inference import load_model
+    from hatstream.media.encode import EncodeSettings
+    from hatstream.media.probe import probe
+    from hatstream.media.writer import plan_output
+    from hatstream.pipeline.resume import run_settings
+    from hatstream.pipeline.segments import SegmentJob
+
+    info = probe(make_video(tmp_path / "in.mkv", Clip(frames=2)))
+    model = load_model("bicubic", device="cpu", scale=2)
+    job = SegmentJob(info, plan_output(info, tmp_path / "out.mkv", 2, EncodeSettings(codec="ffv1"), "copy", "copy"))
+    off = dict(run_settings("bicubic", model, job, 60.0))
+    on = dict(run_settings("bicubic", model, dataclasses.replace(job, temporal=True), 60.0))
+    assert "temporal" not in off and on.pop("temporal") == json.dumps("on")
+    assert on == off
