@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from hatstream.media.colour import (ColourSpec, PlaneLayout, planes_to_rgb, planes_to_tensors, rgb_to_planes,
                                     tensors_to_planes)
+from hatstream.pipeline.temporal import TemporalFilter
 
 Planes = tuple[np.ndarray, ...]
 
@@ -76,16 +77,25 @@ def upscale_plane_tensors(planes: list[torch.Tensor], model: Callable[[torch.Ten
         return rgb_to_planes(up, dst.layout, dst.colour)
 
 
+def temporal_filter(dst: FrameFormat, scale: int) -> TemporalFilter:
+    """A fresh `TemporalFilter` for output planes in `dst`: the luma plane of YUV, all three of GBR."""
+    return TemporalFilter(scale, dst.layout.max_value, (0, 1, 2) if dst.layout.is_rgb else (0,))
+
+
 def upscale_planes(frames: Sequence[Planes], model: Callable[[torch.Tensor], torch.Tensor],
-                   src: FrameFormat, dst: FrameFormat, device: torch.device | str | None = None) -> list[Planes]:
+                   src: FrameFormat, dst: FrameFormat, device: torch.device | str | None = None,
+                   temporal: TemporalFilter | None = None) -> list[Planes]:
     """Upscale a batch of same-sized frames given as planes; returns one planes tuple per frame.
 
     `model` maps RGB float (B, 3, H, W) in [0, 1] to (B, 3, sH, sW) in [0, 1], as an `Upscaler`
     does. `device` defaults to the model's own `device` attribute (CPU when it has none).
+    `temporal` (see `temporal_filter`) steadies the outputs; it holds the previous frame, so
+    successive calls must carry successive frames of one stream.
     """
     if not frames:
         return []
     device = torch.device(device if device is not None else getattr(model, "device", "cpu"))
     with _cpu_threads(device, 1):
         tensors = planes_to_tensors(list(frames), device)
-    return tensors_to_planes(upscale_plane_tensors(tensors, model, src, dst, device))
+    out = tensors_to_planes(upscale_plane_tensors(tensors, model, src, dst, device))
+    return out if temporal is None else [temporal(planes) for planes in out]
