@@ -227,8 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hatstream.train.samples", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", nargs="?", default="samples", help="output folder (default: samples)")
-    parser.add_argument("--debs", type=Path, help="folder holding the .deb files named in DEBIAN_PHOTOS (and PLASMA_DEB and OPENCV_DEB for "
-                        "extra/, val/, test/ and test-video/)")
+    parser.add_argument("--debs", type=Path, help="folder holding the .deb files named in DEBIAN_PHOTOS "
+                        "(and PLASMA_DEB and OPENCV_DEB for extra/, val/, test/ and test-video/)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     splits = write_splits(out)
