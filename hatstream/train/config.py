@@ -34,6 +34,14 @@ ARCHITECTURES: dict[str, dict] = {
     # One more block than hat-tiny-wide: what the x4 frame time affords once the head is folded.
     "hat-tiny-plus": dict(embed_dim=32, depths=(5,), num_heads=(2,), window_size=8, compress_ratio=2,
                           squeeze_factor=16, mlp_ratio=2.0, num_feat=32),
+    # Issue 17: deeper, to spend the peer's (waifu2x's) frame time. Both grow from the bundled
+    # weights without changing their output (train.trainer.load_init: blocks start as the identity,
+    # the 16-wide x2 head widens to 32). x2: ~1.5x hat-tiny-x2's frame; x4: waifu2x's x4 is two x2
+    # passes (~5x its x2 time), so depth 10 leaves room.
+    "hat-tiny-d8": dict(embed_dim=32, depths=(8,), num_heads=(2,), window_size=8, compress_ratio=2,
+                        squeeze_factor=16, mlp_ratio=2.0, num_feat=32),
+    "hat-tiny-d10": dict(embed_dim=32, depths=(10,), num_heads=(2,), window_size=8, compress_ratio=2,
+                         squeeze_factor=16, mlp_ratio=2.0, num_feat=32),
     # For tests and smoke runs only: seconds per hundred iterations.
     "hat-micro": dict(embed_dim=16, depths=(1,), num_heads=(1,), window_size=8, compress_ratio=2,
                       squeeze_factor=8, mlp_ratio=2.0, num_feat=8),
@@ -70,6 +78,9 @@ class TrainConfig:
     lr: float = 2e-4
     milestones: tuple[int, ...] = (250_000, 400_000, 450_000, 475_000)
     gamma: float = 0.5
+    # "step" (milestones and gamma, the paper's) or "cosine" (lr down to lr_min at iters; train.schedule).
+    schedule: str = "step"
+    lr_min: float = 0.0
     betas: tuple[float, float] = (0.9, 0.99)
     batch: int = 32
     patch: int = 64
@@ -100,6 +111,10 @@ class TrainConfig:
             raise HatstreamError(f"batch {self.batch} does not split evenly over {self.workers} workers")
         if not self.lr > 0:
             raise HatstreamError(f"learning rate must be positive, got {self.lr}")
+        if self.schedule not in ("step", "cosine"):
+            raise HatstreamError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}")
+        if not 0 <= self.lr_min <= self.lr:
+            raise HatstreamError(f"lr_min must be between 0 and lr ({self.lr}), got {self.lr_min}")
         if self.start not in ("random", "bilinear"):
             raise HatstreamError(f"start must be 'random' or 'bilinear', got {self.start!r}")
         hat_config(self.arch, self.scale)  # validates the name early

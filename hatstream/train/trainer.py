@@ -32,6 +32,7 @@ from hatstream.train.config import TrainConfig, hat_config
 from hatstream.train.data import PatchSampler, load_hr_images, make_pairs
 from hatstream.train.evaluate import Score, mean_score, score_image
 from hatstream.train.init import bilinear_init
+from hatstream.train.schedule import make_scheduler, set_resumed_lr
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class Trainer:
             p.requires_grad_(False)
         self.model = wrap(self.net) if wrap else self.net
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=0)
-        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, milestones=list(cfg.milestones), gamma=cfg.gamma)
+        self.sched = make_scheduler(self.opt, cfg)
 
         images = load_hr_images(cfg.data, cfg.frames_per_video)
         self.sampler = PatchSampler(make_pairs(images, cfg.scale, cfg.patch), cfg.scale, cfg.patch,
@@ -236,8 +237,9 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["optimizer"])
         # Milestones come from the current config, so a resumed run may extend the schedule.
-        sched = dict(state["scheduler"], milestones=self.sched.state_dict()["milestones"])
+        sched = dict(state["scheduler"], **{k: v for k, v in self.sched.state_dict().items() if k == "milestones"})
         self.sched.load_state_dict(sched)
+        set_resumed_lr(self.opt, self.sched, self.cfg)
         self.sampler.set_state(json.loads(state["sampler"]))
         if self.rank:
             # Each rank continues its own stream; rank r's was seeded differently from rank 0's.
