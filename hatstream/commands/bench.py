@@ -10,18 +10,15 @@ import argparse
 import json
 from pathlib import Path
 
+from hatstream.commands.common import add_model_arguments
 from hatstream.errors import HatstreamError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="built-in model name or checkpoint path (default: bundled)")
-    p.add_argument("--scale", type=int, default=None)
+    add_model_arguments(p)
     p.add_argument("--size", default="540p", help="360p, 540p, 720p, 1080p or WxH (input size)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--frames", type=int, default=8, help="timed frames (one more is decoded for warm-up)")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster frames)")
     p.add_argument("--json-out", type=Path, default=Path("hatstream-bench.json"), help="where to write JSON")
 
 

@@ -9,6 +9,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from hatstream.commands.common import add_model_arguments
 from hatstream.errors import HatstreamError
 
 log = logging.getLogger(__name__)
@@ -17,11 +18,7 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="image files or folders of images")
     p.add_argument("-o", "--output", type=Path, required=True, help="output file (one input) or folder")
-    p.add_argument("--model", default=None, help="built-in model name or checkpoint path (default: bundled)")
-    p.add_argument("--scale", type=int, default=None, help="upscale factor (default: the model's, or 2)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster frames)")
+    add_model_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from hatstream.commands.common import TRAIN_PRESET_CHOICES
 from hatstream.errors import HatstreamError
 
 
@@ -18,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="TOML", help="training preset, e.g. pipelines/train-hat-x2.toml")
     p.add_argument("--data", nargs="+", metavar="DIR|VIDEO", help="HR training images: folders, images, videos")
     p.add_argument("--scale", type=int, help="upscaling factor (2, 3, 4)")
-    p.add_argument("--arch", help="hat-s, hat, hat-l, hat-tiny, hat-micro")
+    p.add_argument("--arch", choices=TRAIN_PRESET_CHOICES, metavar="NAME", help="architecture preset: %(choices)s")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder: checkpoints, log, resume state")
     p.add_argument("--init", metavar="CKPT", help="start from these weights (params_ema first), e.g. to fine-tune")
     p.add_argument("--start", choices=("random", "bilinear"),
