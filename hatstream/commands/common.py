@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import math
+import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
+
+from hatstream.atomic import atomic_output
+from hatstream.errors import HatstreamError
 
 
 def positive_int(text: str) -> int:
@@ -30,6 +37,39 @@ def positive_seconds(text: str) -> float:
     if not 0 < value < float("inf"):  # also refuses NaN
         raise argparse.ArgumentTypeError("must be more than 0 seconds")
     return value
+
+
+def check_output_file(path: Path, option: str) -> Path:
+    """Refuse, before any work, a file path for `option` that cannot be written: its folder is
+    missing or not a folder, or the path is a folder. An existing file is replaced."""
+    path = Path(path)
+    parent = path.parent
+    if path.is_dir():
+        raise HatstreamError(f"{option} {path} is a folder, expected a file path")
+    if not parent.is_dir():
+        raise HatstreamError(f"{option} {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise HatstreamError(f"{option} {path}: folder {parent} is not writable")
+    return path
+
+
+def _finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_json_file(path: Path, obj, indent: int = 1) -> None:
+    """Write `obj` as strict JSON, atomically. JSON has no NaN or Infinity (Python's json module
+    writes them anyway, and other readers then fail), so non-finite numbers become null: an
+    infinite PSNR (identical images) or a rate over no measurable time."""
+    text = json.dumps(_finite(obj), indent=indent, allow_nan=False)
+    with atomic_output(Path(path)) as tmp:
+        tmp.write_text(text + "\n")
 
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")

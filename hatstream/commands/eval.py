@@ -8,11 +8,9 @@ the BT.601 Y channel with `scale` pixels cropped from each border.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
-from hatstream.commands.common import add_model_arguments
+from hatstream.commands.common import add_model_arguments, check_output_file, write_json_file
 from hatstream.errors import HatstreamError
 
 
@@ -46,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from hatstream.train.data import VIDEO_EXTS, list_sources, read_image
     from hatstream.train.evaluate import mean_score, score_image
 
+    if args.json:
+        check_output_file(args.json, "--json")
     upscaler = load_model(args.model, device=args.device, precision=args.precision, scale=args.scale,
                           compile=args.compile)
     scale = upscaler.scale
@@ -64,6 +64,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         out = {"model": str(args.model or "default"), "name": upscaler.info.name, "scale": scale,
                "images": [asdict(r) for r in rows], "mean": asdict(mean)}
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        write_json_file(args.json, out)
     sys.stdout.flush()
     return 0
