@@ -8,6 +8,8 @@ import json
 import math
 import os
 import re
+import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -150,3 +152,26 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="Ray cluster to join: auto, HOST:PORT or ray://HOST:10001 "
                                      "(default with --engine ray: an embedded single-machine Ray)")
     p.add_argument("--workers", type=positive_int, help="Ray actors (default: one per GPU, or one on the CPU)")
+
+
+PROGRESS_SECONDS = 30.0  # where no bar can be drawn: the longest silence between progress lines
+
+
+def stderr_is_terminal() -> bool:
+    """Whether a progress bar can be drawn: on a log file, systemd or CI its redraws are noise."""
+    return sys.stderr.isatty()
+
+
+class Throttle:
+    """`due()` is True at most once every `seconds` (or when forced): the cadence of plain progress lines."""
+
+    def __init__(self, seconds: float = PROGRESS_SECONDS):
+        self.seconds = seconds
+        self.last = time.monotonic()
+
+    def __call__(self, force: bool = False) -> bool:
+        now = time.monotonic()
+        if force or now - self.last >= self.seconds:
+            self.last = now
+            return True
+        return False

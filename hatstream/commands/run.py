@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from hatstream.commands.common import (ON_ERROR_CHOICES, add_engine_arguments, add_model_arguments, positive_int,
-                                        seconds)
+from hatstream.commands.common import (ON_ERROR_CHOICES, PROGRESS_SECONDS, Throttle, add_engine_arguments,
+                                        add_model_arguments, positive_int, seconds)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,10 +76,14 @@ class _JsonProgress:
 
 
 class _BarProgress:
-    """A tqdm bar on stderr: frames, fps and ETA (the total is an estimate for MKV/WebM)."""
+    """A tqdm bar on stderr: frames, fps and ETA (the total is an estimate for MKV/WebM).
+
+    Where stderr is not a terminal, a plain line at most every PROGRESS_SECONDS instead.
+    """
 
     def __init__(self):
         self.bar = None
+        self.due = Throttle(PROGRESS_SECONDS)
 
     def start(self, total: int, exact: bool) -> None:
         from tqdm import tqdm
@@ -91,6 +95,10 @@ class _BarProgress:
 
     def update(self, p) -> None:
         if self.bar.disable:
+            if self.due():
+                total = f"{p.total}" if p.exact else f"~{p.total}"
+                print(f"hatstream: upscaling: frame {p.frames}/{total}, {p.fps:.2f} fps, {p.elapsed:.0f}s elapsed",
+                      file=sys.stderr, flush=True)
             return
         if p.frames > (self.bar.total or 0) and self.bar.total:
             self.bar.total = p.frames  # the estimate was short; never show more than 100%
