@@ -39,6 +39,9 @@ class Metadata:
     xmp: bytes | None = None
     dpi: tuple[float, float] | None = None
     text: dict[str, str] = field(default_factory=dict)
+    comment: bytes | None = None  # JPEG COM segment
+    gamma: float | None = None  # PNG gAMA
+    srgb: int | None = None  # PNG sRGB rendering intent
     orientation: int = 1
 
 
@@ -89,6 +92,9 @@ def read_metadata(path: Path) -> Metadata:
         xmp=xmp or None,
         dpi=(float(dpi[0]), float(dpi[1])) if dpi else None,
         text={k: str(v) for k, v in text.items() if k != "XML:com.adobe.xmp"},
+        comment=info["comment"] if isinstance(info.get("comment"), bytes) and info["comment"] else None,
+        gamma=float(info["gamma"]) if info.get("gamma") else None,
+        srgb=int(info["srgb"]) if isinstance(info.get("srgb"), int) else None,
         orientation=orientation if orientation in range(1, 9) else 1,
     )
 
@@ -195,6 +201,10 @@ def _png_with(png: bytes, meta: Metadata, width: int, height: int) -> bytes:
     chunks = []
     if meta.icc_profile:
         chunks.append(_png_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(meta.icc_profile)))
+    elif meta.srgb is not None:  # the PNG spec allows sRGB only without an embedded profile
+        chunks.append(_png_chunk(b"sRGB", bytes((meta.srgb,))))
+    if meta.gamma:
+        chunks.append(_png_chunk(b"gAMA", struct.pack(">I", round(meta.gamma * 100000))))
     if meta.exif and (exif := _upright_exif(meta.exif, width, height)):
         chunks.append(_png_chunk(b"eXIf", exif))
     if meta.dpi:
@@ -215,15 +225,23 @@ def _jpeg_with(jpeg: bytes, meta: Metadata, width: int, height: int) -> bytes:
     """`jpeg` (SOI, then OpenCV's JFIF APP0) with EXIF and XMP (APP1) and the ICC profile (APP2,
     split into numbered chunks of at most 65519 bytes, as the ICC spec says) after the APP0."""
     segments = []
-    if meta.exif and (exif := _upright_exif(meta.exif, width, height)) and len(exif) < 65527:
-        segments.append(_jpeg_segment(0xE1, b"Exif\0\0" + exif))
-    if meta.xmp and len(meta.xmp) < 65500:
-        segments.append(_jpeg_segment(0xE1, b"http://ns.adobe.com/xap/1.0/\0" + _upright_xmp(meta.xmp)))
+    if meta.exif and (exif := _upright_exif(meta.exif, width, height)):
+        if len(exif) < 65527:
+            segments.append(_jpeg_segment(0xE1, b"Exif\0\0" + exif))
+        else:
+            log.warning("EXIF not carried: %d bytes is more than one JPEG segment holds", len(exif))
+    if meta.xmp:
+        if len(meta.xmp) < 65500:
+            segments.append(_jpeg_segment(0xE1, b"http://ns.adobe.com/xap/1.0/\0" + _upright_xmp(meta.xmp)))
+        else:  # extended XMP spreads over several segments with a GUID; not written
+            log.warning("XMP not carried: %d bytes is more than one JPEG segment holds", len(meta.xmp))
     if meta.icc_profile:
         parts = [meta.icc_profile[i:i + 65519] for i in range(0, len(meta.icc_profile), 65519)]
         if len(parts) < 256:
             segments += [_jpeg_segment(0xE2, b"ICC_PROFILE\0" + bytes((n, len(parts))) + part)
                          for n, part in enumerate(parts, 1)]
+    if meta.comment and len(meta.comment) < 65534:
+        segments.append(_jpeg_segment(0xFE, meta.comment))
     head = 2  # after SOI
     if jpeg[2:4] == b"\xff\xe0":  # the JFIF APP0 must stay first
         head = 4 + struct.unpack(">H", jpeg[4:6])[0]

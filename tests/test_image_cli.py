@@ -205,3 +205,29 @@ def test_phone_jpeg_keeps_its_orientation_profile_and_metadata(tmp_path):
             assert exif.get_ifd(0x8769)[0x9003] == "2026:12:01 10:00:00", name
             assert tuple(round(d) for d in im.info["dpi"]) == (300, 300), name
             assert ImageOps.exif_transpose(im).size == (40, 80), name  # shown the same way as the input
+
+
+def test_png_text_gamma_and_resolution_survive_a_png_to_png_upscale(tmp_path):
+    import struct
+    import zlib
+
+    from PIL import Image, PngImagePlugin
+
+    rgb = skimage.data.astronaut()[100:132, 180:228]
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Author", "A. Photographer")
+    info.add_itxt("Description", "Mond über dem See")
+    src = tmp_path / "scan.png"
+    Image.fromarray(rgb).save(src, pnginfo=info, dpi=(600, 600))
+    # Pillow writes no gAMA chunk; add one after IHDR (8 + 25 bytes in), as a scanner would.
+    data = src.read_bytes()
+    body = b"gAMA" + struct.pack(">I", 45455)
+    src.write_bytes(data[:33] + struct.pack(">I", 4) + body + struct.pack(">I", zlib.crc32(body)) + data[33:])
+    out = tmp_path / "scan_x2.png"
+    res = run_cli("image", src, "-o", out, "--model", "bicubic", "--scale", "2")
+    assert res.returncode == 0, res.stderr
+    with Image.open(out) as im:
+        assert im.size == (96, 64)
+        assert im.text["Author"] == "A. Photographer" and im.text["Description"] == "Mond über dem See"
+        assert tuple(round(d) for d in im.info["dpi"]) == (600, 600)
+        assert abs(im.info["gamma"] - 0.45455) < 1e-5
