@@ -30,7 +30,7 @@ def test_model_option_usage_errors_are_one_line(tmp_path):
              ["image", img, "-o", tmp_path / "o.png", "--scale", "0"],
              ["watch", tmp_path, "-o", tmp_path / "out", "--poll", "0"],
              ["eval", "--data", tmp_path, "--precision", "fp64"]]
-    for command in (["run", "x.mp4"], ["image", img, "-o", tmp_path / "o.png"], ["bench"],
+    for command in (["run", "x.mp4"], ["image", img, "-o", tmp_path / "o.png"], ["bench"], ["preview", "x.mp4"],
                     ["eval", "--data", tmp_path], ["watch", tmp_path, "-o", tmp_path / "out"]):
         cases.append(command + ["--device", "foo"])
     for args in cases:
@@ -46,7 +46,7 @@ def test_option_lists_come_from_the_code_that_defines_them(monkeypatch):
     from hatstream.train.config import ARCHITECTURES
 
     monkeypatch.setenv("COLUMNS", "1000")  # argparse would wrap hyphenated names at the hyphen
-    for command in ("run", "image", "bench", "eval"):
+    for command in ("run", "image", "bench", "eval", "preview"):
         res = run_cli(command, "--help")
         assert res.returncode == 0, res.stderr
         help_text = " ".join(res.stdout.split())
