@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hatstream.errors import HatstreamError
 from hatstream.models.hat import HATConfig
+
+CONFIG_FILE = "config.json"  # in the run folder: the run's settings, and what each resume changed
 
 # Released configurations (notes §1): window 16, overlap 0.5, mlp 2, img_range 1, pixelshuffle.
 _RELEASED = dict(window_size=16, overlap_ratio=0.5, mlp_ratio=2.0, img_range=1.0, upsampler="pixelshuffle",
@@ -151,3 +154,44 @@ class TrainConfig:
                 flat[k] = v
         flat.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**flat)
+
+
+# What a resumed run may not change: the network's shape, its starting point and the seed are
+# what the saved weights and optimizer state were made with.
+FIXED_ON_RESUME = ("arch", "scale", "init", "start", "seed")
+
+
+def read_run_config(run_dir: str | Path) -> TrainConfig:
+    """The TrainConfig saved in a run folder's config.json (extra keys there are ignored)."""
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HatstreamError(f"nothing to resume: {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise HatstreamError(f"cannot read {path}: {exc}") from None
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in raw.items() if k in known})
+
+
+def config_changes(old: TrainConfig, new: TrainConfig) -> dict[str, tuple]:
+    """{field: (old, new)} for every setting that differs; `out` is where the run is, not a setting."""
+    return {f.name: (getattr(old, f.name), getattr(new, f.name)) for f in dataclasses.fields(TrainConfig)
+            if f.compare and f.name != "out" and getattr(old, f.name) != getattr(new, f.name)}
+
+
+def check_resume_changes(changes: dict[str, tuple], run_dir: str | Path) -> None:
+    """Refuse, in one line, a resume that changes what the saved run was made with."""
+    fixed = [k for k in FIXED_ON_RESUME if k in changes]
+    if fixed:
+        said = ", ".join(f"{k} {changes[k][0]!r} (asked: {changes[k][1]!r})" for k in fixed)
+        raise HatstreamError(f"{run_dir} was trained with {said}; a resumed run keeps those. Start a new run "
+                             f"(another --out, with --init from this run's checkpoint) to change them")
+
+
+def resumed_config(run_dir: str | Path, **changes) -> TrainConfig:
+    """The run's saved config with `changes` applied (None values ignored), checked for resuming."""
+    saved = read_run_config(run_dir)
+    cfg = saved.replace(**changes).replace(out=str(run_dir))
+    check_resume_changes(config_changes(saved, cfg), run_dir)
+    return cfg
