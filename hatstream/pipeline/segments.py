@@ -35,7 +35,7 @@ from typing import Callable, Iterator, Sequence
 import av
 
 from hatstream.errors import HatstreamError
-from hatstream.media.decode import Frame, frame_to_planes
+from hatstream.media.decode import DecodeStats, Frame, _check_complete, frame_to_planes
 from hatstream.media.probe import VideoInfo, configure_decoder, open_input, seconds
 from hatstream.media.writer import OutputPlan, VideoWriter
 from hatstream.pipeline.engine import Progress, run_stages
@@ -138,9 +138,9 @@ def plan_segments(info: VideoInfo, segment_seconds: float, index: KeyframeIndex 
     if segment_seconds <= 0 or (info.duration is not None and info.duration <= segment_seconds):
         return whole
     index = index or index_keyframes(info)
-    if info.frames_exact and index.packets < info.frames:
-        raise HatstreamError(f"{info.path.name} is truncated: it declares {info.frames} frames but only "
-                             f"{index.packets} could be read")
+    # The verdict of a whole-file run on a file that ends early, given before any work: one
+    # check, the decoder's own, fed with what the packets say (each packet is one frame).
+    _check_complete(info, DecodeStats(frames=index.packets, packets=index.packets), index.last_pts)
     if not index.usable:
         log.info("%s: video packets without pts or with keyframes out of order; not cut into segments",
                  info.path.name)
