@@ -59,3 +59,70 @@ def test_truncated_input_fails_segmented_as_in_one_pass(long_clips, tmp_path, ex
     assert segmented == one_pass
     # No output, no work folder, no temporary file: only the input is left.
     assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
+
+
+# ---- a tampered manifest ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["parent", "absolute", "other-name"])
+def test_tampered_manifest_never_reaches_outside_its_folder(tmp_path, how):
+    from test_resume import CLIP, FRAMES, _kill_after, _work
+
+    src = make_video(tmp_path / "clip.mkv", CLIP)
+    out = tmp_path / "out.mkv"
+    manifest = _kill_after(src, out, 2)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not a segment")
+    inside = _work(out) / "keep.txt"
+    inside.write_text("not a segment either")
+    name = {"parent": "../victim.txt", "absolute": str(victim), "other-name": "keep.txt"}[how]
+    manifest["done"][0]["path"] = name
+    (_work(out) / "manifest.json").write_text(json.dumps(manifest))
+    proc = run_cli(src, "-o", out, *SEGMENTED, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert victim.read_text() == "not a segment"
+    assert "manifest" in proc.stderr and "starting over" in proc.stderr
+    done = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert done["frames"] == FRAMES and done["resumed"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mkv", "out.mkv", "victim.txt"]
+
+
+def test_work_folder_that_is_a_symlink_is_refused(tmp_path):
+    from test_resume import CLIP
+
+    src = make_video(tmp_path / "clip.mkv", CLIP)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious.txt").write_text("mine")
+    out = tmp_path / "out" / "out.mkv"
+    out.parent.mkdir()
+    (out.parent / f".{out.name}.hatstream-work").symlink_to(elsewhere)
+    line = _error(run_cli(src, "-o", out, *SEGMENTED))
+    assert "not a plain folder" in line
+    assert [p.name for p in elsewhere.iterdir()] == ["precious.txt"] and not out.exists()
+
+
+# ---- built-in models are fingerprinted by their weights ---------------------------------------------
+
+def test_builtin_model_identity_follows_its_weights(tmp_path, monkeypatch):
+    import shutil
+
+    from hatstream.inference import load_model
+    from hatstream.models import registry
+    from hatstream.pipeline.resume import model_identity
+
+    upscaler = load_model("hat-tiny-x2", device="cpu", precision="fp32")
+    before = model_identity("hat-tiny-x2", upscaler)
+    assert model_identity(None, upscaler) == before  # 'default' at x2 is the same model
+    # The same release with other bundled weights (they changed five times under 0.1.0).
+    other = tmp_path / "weights"
+    shutil.copytree(registry.WEIGHTS_DIR, other)
+    blob = bytearray((other / "hat-tiny-x2.safetensors").read_bytes())
+    blob[-1] ^= 0xFF  # the last byte of the last tensor
+    (other / "hat-tiny-x2.safetensors").write_bytes(bytes(blob))
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", other)
+    assert model_identity("hat-tiny-x2", upscaler) != before
+    # A file that happens to be called like a built-in is not what load_model loads.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bicubic").write_bytes(b"x")
+    bicubic = load_model("bicubic", device="cpu", precision="fp32")
+    assert model_identity("bicubic", bicubic)["builtin"] == "bicubic"

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from hatstream import __version__
 from hatstream.atomic import atomic_output, partial_files
 from hatstream.errors import HatstreamError
 from hatstream.pipeline.engine import Progress
@@ -104,11 +103,26 @@ class Manifest:
         return cls(input=InputFingerprint(**data["input"]),
                    settings=tuple(tuple(item) for item in data["settings"]),
                    segments=tuple(Segment(**s) for s in data["segments"]),
-                   done=tuple(EncodedSegment(**dict(d, path=Path(folder) / d["path"])) for d in data["done"]))
+                   done=tuple(EncodedSegment(**dict(d, path=_segment_file(folder, d))) for d in data["done"]))
 
     def frames_done(self) -> int:
         """Frames in the finished segments."""
         return sum(d.frames for d in self.done)
+
+
+def _segment_file(folder: Path, done: dict) -> Path:
+    """The file of a finished segment named in a manifest, which must be the one `segment_path` gives.
+
+    The manifest is data on disk that anyone may have edited, and a damaged segment's file is
+    deleted: a name such as `../x` or `/x` would make that delete reach outside the folder.
+    """
+    index, name = done["index"], done["path"]
+    if type(index) is not int or index < 0:
+        raise ValueError(f"segment index {index!r}")
+    expected = segment_path(folder, index)
+    if name != expected.name:
+        raise ValueError(f"segment {index} is recorded as {name!r}, not {expected.name!r}")
+    return expected
 
 
 def settings_fingerprint(**settings: Any) -> tuple[tuple[str, str], ...]:
@@ -119,17 +133,26 @@ def settings_fingerprint(**settings: Any) -> tuple[tuple[str, str], ...]:
 def model_identity(name_or_path: str | None, upscaler) -> dict[str, Any]:
     """What identifies the model's output: its description, compute dtype, and the weights' hash.
 
-    A checkpoint file is hashed whole; built-in models are named, with the hatstream version
-    that ships them. The device is left out: resuming a CPU run on a GPU is allowed.
+    The weights file is hashed whole, a built-in's as much as a checkpoint's: the bundled
+    weights change between releases and within one, so a name or a version number could join
+    segments of two different models. The name is resolved as `load_model` resolves it (a
+    built-in name wins over a file of that name). The device is left out: resuming a CPU run
+    on a GPU is allowed.
     """
+    from hatstream.models.registry import BUILTINS, WEIGHTS_DIR, default_model_name
+
     info = upscaler.info
     ident: dict[str, Any] = {"name": info.name, "arch": info.arch, "scale": info.scale,
                              "hyperparameters": dict(info.hyperparameters), "dtype": str(upscaler.dtype)}
-    path = Path(name_or_path).expanduser() if name_or_path else None
-    if path is not None and path.is_file():
-        ident["weights_sha256"] = file_sha256(path)
+    name = str(name_or_path) if name_or_path is not None else "default"
+    if name == "default":
+        name = default_model_name(info.scale)
+    if name in BUILTINS:
+        weights = BUILTINS[name].weights
+        ident["builtin"] = name
+        ident["weights_sha256"] = file_sha256(WEIGHTS_DIR / weights) if weights else None
     else:
-        ident["builtin"] = f"{name_or_path or 'default'} (hatstream {__version__})"
+        ident["weights_sha256"] = file_sha256(Path(name).expanduser())
     return ident
 
 
@@ -180,7 +203,12 @@ class WorkFolder:
         self.folder = work_dir(output)
         self.manifest = fresh
         self.note: str | None = None
-        self.folder.mkdir(exist_ok=True)
+        # Everything in the folder is deleted when a run starts over: never follow a link elsewhere.
+        if not self.folder.is_symlink():
+            with contextlib.suppress(FileExistsError):
+                self.folder.mkdir()
+        if self.folder.is_symlink() or not self.folder.is_dir():
+            raise HatstreamError(f"{self.folder} is not a plain folder; remove it and run again")
         self._lock = _locked(self.folder)
         self._lock.__enter__()
         old = self._load()
@@ -246,8 +274,12 @@ class WorkFolder:
 
     def _clear(self) -> None:
         for entry in self.folder.iterdir():
-            if entry.name != "lock":
-                entry.unlink()
+            if entry.name == "lock":
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()  # a symlink goes, never what it points at
 
     def _save(self) -> None:
         _write_atomic(self.folder / "manifest.json", self.manifest.to_json())
