@@ -126,3 +126,47 @@ def test_builtin_model_identity_follows_its_weights(tmp_path, monkeypatch):
     (tmp_path / "bicubic").write_bytes(b"x")
     bicubic = load_model("bicubic", device="cpu", precision="fp32")
     assert model_identity("bicubic", bicubic)["builtin"] == "bicubic"
+
+
+# ---- the watch service ------------------------------------------------------------------------------
+
+def _preset(tmp):
+    path = tmp / "test-preset.toml"
+    path.write_text('model = "bicubic"\ncontainer = "mkv"\n[encode]\ncodec = "ffv1"\n')
+    return path
+
+
+def _watch_once(inp, out, *extra):
+    from conftest import run_cli as run_hatstream
+
+    proc = run_hatstream("watch", inp, "-o", out, "--preset", _preset(inp.parent), "--once", "--poll", "0.1",
+                         "--settle", "0.3", *extra, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def _rows(out):
+    import sqlite3
+
+    with sqlite3.connect(out / ".hatstream" / "ledger.sqlite") as db:
+        return db.execute("SELECT rel, state, attempts, quarantined, output FROM jobs ORDER BY id").fetchall()
+
+
+def test_job_left_running_past_max_attempts_is_quarantined_not_run(tmp_path):
+    from hatstream.watch.ledger import Ledger
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    src = make_video(inp / "poison.mkv", Clip(frames=5))
+    st = src.stat()
+    # A file that took the watcher down five times: each crash left its job 'running'.
+    ledger = Ledger(out)
+    job = ledger.add("poison.mkv", st.st_size, st.st_mtime_ns)
+    for _ in range(5):
+        ledger.start(job.id, str(out / "poison.mkv"))
+    ledger.close()
+    proc = _watch_once(inp, out, "--max-attempts", "3")
+    assert "attempt=6/3" not in proc.stderr and "state=running" not in proc.stderr
+    assert _rows(out) == [("poison.mkv", "failed", 5, 1, str(out / "poison.mkv"))]
+    assert not (out / "poison.mkv").exists()
+    assert "never finished" in (out / "failed" / "poison.mkv.error.txt").read_text()

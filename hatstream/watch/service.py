@@ -225,6 +225,13 @@ class Watcher:
                 continue
             elif job.state == "failed" and time.time() < job.finished_at + self._retry_delay(job.attempts):
                 continue
+            if job.attempts >= self.config.max_attempts:
+                # Only a job cut off by a crash gets here (a failure is quarantined when it is
+                # recorded): a file that takes the watcher or the host down each time it runs
+                # must not be run again on every restart.
+                self._failed(job, job.last_error or f"the job never finished in {job.attempts} attempt(s): "
+                             "the watcher or the machine went down while it ran")
+                continue
             if len(self._running) >= self.config.jobs:
                 waiting.append(c)
                 continue
