@@ -170,3 +170,41 @@ def test_job_left_running_past_max_attempts_is_quarantined_not_run(tmp_path):
     assert _rows(out) == [("poison.mkv", "failed", 5, 1, str(out / "poison.mkv"))]
     assert not (out / "poison.mkv").exists()
     assert "never finished" in (out / "failed" / "poison.mkv.error.txt").read_text()
+
+
+def _frames(path):
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def test_input_replaced_by_an_older_file_is_redone(tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    make_video(inp / "a.mkv", Clip(frames=10))
+    _watch_once(inp, out)
+    assert _frames(out / "a.mkv") == 10
+    # Another video arrives under the same name, keeping its own (older) mtime, as `cp -p` does.
+    make_video(tmp_path / "b.mkv", Clip(frames=6, width=32, height=24))
+    os.utime(tmp_path / "b.mkv", ns=(10**18, 10**18))
+    os.replace(tmp_path / "b.mkv", inp / "a.mkv")
+    _watch_once(inp, out)
+    assert _frames(out / "a.mkv") == 6
+    assert [r[:4] for r in _rows(out)] == [("a.mkv", "done", 1, 0), ("a.mkv", "done", 1, 0)]
+
+
+def test_output_an_attempt_left_in_place_is_kept(tmp_path):
+    from hatstream.watch.ledger import Ledger
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    src = make_video(inp / "a.mkv", Clip(frames=10))
+    st = src.stat()
+    # The job was cut off after its output was renamed into place, before the ledger said 'done'.
+    ledger = Ledger(out)
+    job = ledger.add("a.mkv", st.st_size, st.st_mtime_ns)
+    ledger.start(job.id, str(out / "a.mkv"))
+    ledger.close()
+    make_video(out / "a.mkv", Clip(frames=3, width=128, height=96))
+    proc = _watch_once(inp, out)
+    assert "kept the existing output" in proc.stderr
+    assert _frames(out / "a.mkv") == 3 and _rows(out)[0][:2] == ("a.mkv", "done")

@@ -7,7 +7,8 @@ Restart semantics (all decided from the ledger, keyed by relative path + size + 
   `max_attempts`, then it is quarantined with `OUT_DIR/failed/<rel>.error.txt` explaining why;
 - a job stopped by SIGTERM/SIGINT goes back to `queued` without using up an attempt.
 Outputs mirror the input's relative path under OUT_DIR and are written atomically by `run_file`;
-an existing output that is newer than its input is kept, not overwritten.
+an existing output is kept only when the ledger shows that this job wrote it (an attempt cut off
+after its output was in place); any other file there is replaced.
 
 Everything runs in the calling thread: jobs are child processes (see `hatstream.watch.job`),
 polled every `_TICK` seconds, so there is no locking, and a stop request is just an Event.
@@ -252,8 +253,8 @@ class Watcher:
         if owner is not None:
             self._failed(self.ledger.start(job.id, str(output)), f"{output} is already written from {owner}")
             return
-        if output.exists() and output.stat().st_mtime_ns > c.mtime_ns:
-            job = self.ledger.finish(job.id, None, None, note="kept the existing output, which is newer than the input")
+        if output.exists() and self._written_by(job, output):
+            job = self.ledger.finish(job.id, None, None, note="kept the existing output, which this job wrote")
             self._log(job, output=output)
             self.summary.done += 1
             return
@@ -263,6 +264,19 @@ class Watcher:
         job = self.ledger.start(job.id, str(output))
         self._running[c.rel] = _Running(job, JobProcess(config))
         self._log(job, output=output, preset=settings.name)
+
+    @staticmethod
+    def _written_by(job: Job, output: Path) -> bool:
+        """Whether `output` is what an earlier attempt of this very job left (it was cut off after the
+        rename, before the ledger heard of it).
+
+        Mtimes alone cannot tell: an input replaced by an older file (`cp -p`, `rsync -a`, `mv`)
+        is older than the previous video's output. The ledger can: this job must have started
+        writing to `output` before the file there was last changed.
+        """
+        if job.output != str(output) or job.started_at is None:
+            return False
+        return output.stat().st_mtime_ns > int(job.started_at * 1e9)
 
     def _reap(self) -> bool:
         """Record the outcome of every job that has ended; True when any has."""
