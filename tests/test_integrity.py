@@ -208,3 +208,16 @@ def test_output_an_attempt_left_in_place_is_kept(tmp_path):
     proc = _watch_once(inp, out)
     assert "kept the existing output" in proc.stderr
     assert _frames(out / "a.mkv") == 3 and _rows(out)[0][:2] == ("a.mkv", "done")
+
+
+# ---- writers take the file protocol -----------------------------------------------------------------
+
+@pytest.mark.parametrize("seconds", ["0", "0.5"])
+def test_output_name_with_a_colon_is_a_file(tmp_path, seconds):
+    from test_resume import CLIP, FRAMES
+
+    src = make_video(tmp_path / "clip.mkv", CLIP)
+    proc = run_cli(src, "-o", "x:y.mkv", *SEGMENTED[:4], "--segment-seconds", seconds, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert _frames(tmp_path / "x:y.mkv") == FRAMES
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mkv", "x:y.mkv"]
