@@ -221,3 +221,29 @@ def test_output_name_with_a_colon_is_a_file(tmp_path, seconds):
     assert proc.returncode == 0, proc.stderr
     assert _frames(tmp_path / "x:y.mkv") == FRAMES
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mkv", "x:y.mkv"]
+
+
+# ---- a folder's hatstream.toml and the model it names -----------------------------------------------
+
+def test_folder_file_may_name_only_checkpoints_under_the_watched_folder(tmp_path):
+    import shutil
+
+    from hatstream.models.registry import WEIGHTS_DIR
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    (inp / "evil").mkdir(parents=True)
+    (inp / "good" / "models").mkdir(parents=True)
+    outside = tmp_path / "elsewhere" / "ckpt.safetensors"
+    outside.parent.mkdir()
+    shutil.copy(WEIGHTS_DIR / "hat-tiny-x2.safetensors", outside)
+    shutil.copy(WEIGHTS_DIR / "hat-tiny-x2.safetensors", inp / "good" / "models" / "ckpt.safetensors")
+    (inp / "evil" / "hatstream.toml").write_text(f'model = "{outside}"\nscale = 2\n')
+    (inp / "good" / "hatstream.toml").write_text('model = "models/ckpt.safetensors"\nscale = 2\n')
+    make_video(inp / "evil" / "a.mkv", Clip(frames=3, width=32, height=24))
+    make_video(inp / "good" / "a.mkv", Clip(frames=3, width=32, height=24))
+    _watch_once(inp, out, "--max-attempts", "1")
+    states = {r[0]: r[1:4] for r in _rows(out)}
+    assert states == {"evil/a.mkv": ("failed", 1, 1), "good/a.mkv": ("done", 1, 0)}
+    assert not (out / "evil" / "a.mkv").exists() and _frames(out / "good" / "a.mkv") == 3
+    error = (out / "failed" / "evil" / "a.mkv.error.txt").read_text()
+    assert "model must be a built-in" in error and str(outside) in error

@@ -57,6 +57,7 @@ class WatchConfig:
     address: str | None = None
     workers: int | None = None
     stop_timeout: float = 60.0  # how long a stopping job may take before it is killed
+    model_dirs: tuple[Path, ...] = ()  # where a folder's hatstream.toml may take checkpoints from, besides IN_DIR
 
 
 @dataclass
@@ -243,7 +244,7 @@ class Watcher:
 
     def _start(self, job: Job, c: Candidate) -> None:
         try:
-            settings = settings_for(self.base, self.in_dir, c.rel)
+            settings = settings_for(self.base, self.in_dir, c.rel, self.config.model_dirs)
         except HatstreamError as exc:  # a broken hatstream.toml fails the job, and says so in its error file
             self._failed(self.ledger.start(job.id, None), str(exc))
             return
