@@ -247,3 +247,67 @@ def test_folder_file_may_name_only_checkpoints_under_the_watched_folder(tmp_path
     assert not (out / "evil" / "a.mkv").exists() and _frames(out / "good" / "a.mkv") == 3
     error = (out / "failed" / "evil" / "a.mkv.error.txt").read_text()
     assert "model must be a built-in" in error and str(outside) in error
+
+
+# ---- work folders do not leak -----------------------------------------------------------------------
+
+def _work_folder(output, *names):
+    folder = output.with_name(f".{output.name}.hatstream-work")
+    folder.mkdir(parents=True)
+    for name in names:
+        (folder / name).write_bytes(b"segment")
+    return folder
+
+
+def test_work_folders_of_finished_jobs_go_and_ledger_paths_stay_confined(tmp_path):
+    from hatstream.watch.ledger import Ledger
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    src = make_video(inp / "poison.mkv", Clip(frames=5))
+    live = make_video(inp / "live.mkv", Clip(frames=5))
+    ledger = Ledger(out)
+    # A poison file, cut off by crashes until it has no attempts left, had finished two segments.
+    st = src.stat()
+    poison = ledger.add("poison.mkv", st.st_size, st.st_mtime_ns)
+    for _ in range(3):
+        ledger.start(poison.id, str(out / "poison.mkv"))
+    poison_work = _work_folder(out / "poison.mkv", "seg-00000.nut", "seg-00001.nut")
+    # An input deleted after a failed attempt.
+    gone = ledger.add("gone.mkv", 1000, 1)
+    ledger.fail(ledger.start(gone.id, str(out / "sub" / "gone.mkv")).id, "boom", quarantine=False)
+    gone_work = _work_folder(out / "sub" / "gone.mkv", "seg-00000.nut")
+    # A failed job whose input is still there keeps its folder for the retry.
+    st = live.stat()
+    retry = ledger.add("live.mkv", st.st_size, st.st_mtime_ns)
+    ledger.fail(ledger.start(retry.id, str(out / "live.mkv")).id, "boom", quarantine=False)
+    live_work = _work_folder(out / "live.mkv", "seg-00000.nut")
+    # Tampered rows: an output outside OUT_DIR and a path that climbs out of it.
+    victim = tmp_path / "victim"
+    victim_work = _work_folder(victim / "x.mkv", "seg-00000.nut")
+    (victim / ".x.abcd1234.part.mkv").write_bytes(b"x")
+    evil = ledger.add("../../evil.mkv", 1, 1)
+    ledger.fail(ledger.start(evil.id, str(victim / "x.mkv")).id, "boom", quarantine=True)
+    evil2 = ledger.add("evil2.mkv", 1, 1)
+    ledger.start(evil2.id, str(victim / "x.mkv"))  # left running: recovered on start
+    ledger.close()
+    _watch_once(inp, out, "--retry-delay", "3600")
+    assert not poison_work.exists() and not gone_work.exists()
+    assert sorted(p.name for p in live_work.iterdir()) == ["seg-00000.nut"]
+    assert sorted(p.name for p in victim.iterdir()) == [".x.abcd1234.part.mkv", ".x.mkv.hatstream-work"]
+    assert sorted(p.name for p in victim_work.iterdir()) == ["seg-00000.nut"]
+    assert not list(tmp_path.glob("**/evil.mkv.error.txt"))
+
+
+def test_work_folder_in_use_is_not_removed(tmp_path):
+    import fcntl
+
+    from hatstream.pipeline.resume import remove_work_folder
+
+    output = tmp_path / "out.mkv"
+    folder = _work_folder(output, "seg-00000.nut")
+    with open(folder / "lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert remove_work_folder(output) is False
+        assert (folder / "seg-00000.nut").exists()
+    assert remove_work_folder(output) is True and not folder.exists()

@@ -173,15 +173,62 @@ def _write_atomic(path: Path, text: str) -> None:
     fsync_path(path.parent)
 
 
+def _make_folder(folder: Path) -> None:
+    # Everything in the folder is deleted when a run starts over: never follow a link elsewhere.
+    if not folder.is_symlink():
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir()
+    if folder.is_symlink() or not folder.is_dir():
+        raise HatstreamError(f"{folder} is not a plain folder; remove it and run again")
+
+
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
-    """Hold the folder's lock, so that two runs never write the same segments."""
-    with open(folder / "lock", "w") as f:
+    """Make the folder if need be and hold its lock, so that two runs never write the same segments.
+
+    A run done with the folder removes it, lock file included, while still holding the lock. A
+    run that opened the lock file just before that would then hold the lock of a deleted file in
+    a deleted folder; so once locked, the file must still be the folder's, or all is done again.
+    """
+    for _ in range(10):
+        _make_folder(folder)
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise HatstreamError(f"another hatstream run is working in {folder}") from None
-        yield
+            f = open(folder / "lock", "a")
+        except FileNotFoundError:  # removed between the mkdir and the open
+            continue
+        with f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise HatstreamError(f"another hatstream run is working in {folder}") from None
+            try:
+                now = os.stat(folder / "lock")
+            except FileNotFoundError:
+                continue
+            held = os.fstat(f.fileno())
+            if (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+                continue
+            yield
+            return
+    raise HatstreamError(f"{folder} keeps being removed while this run opens it")
+
+
+def remove_work_folder(output: Path) -> bool:
+    """Remove the work folder of `output` (a job that failed for good, an input that is gone), under its
+    lock; False when there is none or another run is using it."""
+    folder = work_dir(output)
+    if folder.is_symlink():
+        folder.unlink()  # only the link: what it points at is not ours
+        return True
+    if not folder.is_dir():
+        return False
+    try:
+        with _locked(folder):
+            shutil.rmtree(folder)
+    except HatstreamError as exc:
+        log.info("%s is kept: %s", folder, exc)
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -203,14 +250,15 @@ class WorkFolder:
         self.folder = work_dir(output)
         self.manifest = fresh
         self.note: str | None = None
-        # Everything in the folder is deleted when a run starts over: never follow a link elsewhere.
-        if not self.folder.is_symlink():
-            with contextlib.suppress(FileExistsError):
-                self.folder.mkdir()
-        if self.folder.is_symlink() or not self.folder.is_dir():
-            raise HatstreamError(f"{self.folder} is not a plain folder; remove it and run again")
         self._lock = _locked(self.folder)
         self._lock.__enter__()
+        try:
+            self._open(output, fresh, resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, output: Path, fresh: Manifest, resume: bool) -> None:
         old = self._load()
         reason = None if old is None else "--no-resume" if not resume else self._mismatch(old, fresh)
         if old is None or reason is not None:
@@ -229,6 +277,13 @@ class WorkFolder:
     def close(self) -> None:
         """Release the lock (the folder stays for a later run)."""
         self._lock.__exit__(None, None, None)
+
+    def remove(self) -> None:
+        """Remove the folder, then release the lock: a run that comes next finds no folder, or its own."""
+        try:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        finally:
+            self.close()
 
     def _load(self) -> Manifest | None:
         path = self.folder / "manifest.json"
@@ -326,9 +381,10 @@ def run_resumable(job: SegmentJob, segments: tuple[Segment, ...], upscale: Calla
             frames = assemble(job, [finished[s.index] for s in segments], tmp)
             if frames != resumed + processed:  # every frame exactly once: none lost, none twice
                 raise RuntimeError(f"{resumed} frames resumed and {processed} encoded, but {frames} assembled")
-    finally:
+    except BaseException:
         work.close()
-    shutil.rmtree(work.folder, ignore_errors=True)
+        raise
+    work.remove()
     return ResumeOutcome(frames, resumed, processed, len(segments), work.note)
 
 

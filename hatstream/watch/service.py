@@ -93,6 +93,14 @@ def remove_partials(output: Path) -> None:
         log.info("removed partial output %s", path)
 
 
+def _relative(rel: str) -> Path | None:
+    """`rel` (read from the ledger) as a relative path that stays below its root, else None."""
+    path = Path(rel)
+    if not rel or path.is_absolute() or ".." in path.parts:
+        return None
+    return path
+
+
 class Watcher:
     """One watcher over IN_DIR -> OUT_DIR. `run()` returns when `stop` is set (or, with `once`, when done)."""
 
@@ -139,9 +147,10 @@ class Watcher:
         self.ledger = Ledger(self.out_dir)
         try:
             for job in self.ledger.recover():
-                if job.output:
-                    remove_partials(Path(job.output))
+                if (output := self._output_of(job)) is not None:
+                    remove_partials(output)
                 self._log(job)
+            self._clean_work_folders()
             log.info("watching %s -> %s (preset %s, %d job(s) at a time)", self.in_dir, self.out_dir,
                      self.base.name, self.config.jobs)
             if self.config.once:
@@ -153,6 +162,37 @@ class Watcher:
             self.ledger.close()
             os.close(lock)
         return self.summary
+
+    def _output_of(self, job: Job) -> Path | None:
+        """The output path a ledger row names, if it is one this watcher writes (a file under OUT_DIR).
+
+        The ledger is a file on disk like any other: a path in it that leads elsewhere is never
+        cleaned up after.
+        """
+        if not job.output:
+            return None
+        output = Path(job.output)
+        rel = _relative(os.path.relpath(output, self.out_dir)) if output.is_absolute() else None
+        if rel is None or not _inside(Path(os.path.realpath(output.parent)), self.out_dir):
+            log.warning("job %d names the output %s, outside %s; ignored", job.id, output, self.out_dir)
+            return None
+        return output
+
+    def _drop_work_folder(self, job: Job) -> None:
+        """Remove what the job's resumable run kept for a retry that will not come."""
+        from hatstream.pipeline.resume import remove_work_folder
+
+        output = self._output_of(job)
+        if output is not None and remove_work_folder(output):
+            log.info("removed the work folder of %s", output)
+
+    def _clean_work_folders(self) -> None:
+        """On start: work folders of jobs that are finished, quarantined, or whose input is gone."""
+        for job in self.ledger.latest():
+            rel = _relative(job.rel)
+            gone = rel is None or not (self.in_dir / rel).exists()
+            if job.state == "done" or job.quarantined or gone:
+                self._drop_work_folder(job)
 
     # ---- loops --------------------------------------------------------------------------------
 
@@ -201,7 +241,8 @@ class Watcher:
             time.sleep(_TICK)
         for rel, r in list(self._running.items()):
             r.process.kill()
-            remove_partials(Path(r.job.output))
+            if (output := self._output_of(r.job)) is not None:
+                remove_partials(output)
             self._log(self.ledger.requeue(r.job.id, "killed while stopping; will be redone"))
             self.summary.interrupted += 1
             del self._running[rel]
@@ -293,7 +334,8 @@ class Watcher:
                           frames=outcome.frames, seconds=outcome.seconds)
                 self.summary.done += 1
             elif outcome.kind == "interrupted":
-                remove_partials(Path(r.job.output))  # normally gone already; the child removes its own
+                if (output := self._output_of(r.job)) is not None:
+                    remove_partials(output)  # normally gone already; the child removes its own
                 self._log(self.ledger.requeue(r.job.id, "interrupted; will be redone"))
                 self.summary.interrupted += 1
             else:
@@ -305,6 +347,7 @@ class Watcher:
         job = self.ledger.fail(job.id, error, quarantine, seconds)
         if quarantine:
             self._write_error_file(job)
+            self._drop_work_folder(job)
             self.summary.quarantined += 1
         else:
             self.summary.failed += 1
@@ -312,7 +355,11 @@ class Watcher:
         self._log(job, error=error, **extra)
 
     def _write_error_file(self, job: Job) -> None:
-        path = self.out_dir / FAILED_DIR / f"{job.rel}.error.txt"
+        rel = _relative(job.rel)
+        if rel is None:
+            log.warning("job %d has the path %r, which leads outside %s; no error file", job.id, job.rel, self.in_dir)
+            return
+        path = self.out_dir / FAILED_DIR / f"{rel}.error.txt"
         text = (f"hatstream watch gave up on {job.rel} after {job.attempts} attempt(s).\n\n"
                 f"input:      {self.in_dir / job.rel}\n"
                 f"size:       {job.size} bytes\n"
