@@ -311,3 +311,21 @@ def test_work_folder_in_use_is_not_removed(tmp_path):
         assert remove_work_folder(output) is False
         assert (folder / "seg-00000.nut").exists()
     assert remove_work_folder(output) is True and not folder.exists()
+
+
+# ---- images with the same name ----------------------------------------------------------------------
+
+def test_images_with_one_name_are_refused_before_any_work(tmp_path):
+    import cv2
+    import numpy as np
+    from conftest import run_cli as run_hatstream
+
+    for folder, value in (("a", 10), ("b", 200)):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "x.png"), np.full((8, 8, 3), value, np.uint8))
+    out = tmp_path / "out"
+    proc = run_hatstream("image", tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", "-o", out,
+                         "--model", "bicubic", "--overwrite")
+    line = _error(proc)
+    assert "would both be written to" in line and str(out / "x.png") in line
+    assert not out.exists()
