@@ -99,20 +99,21 @@ def index_keyframes(info: VideoInfo) -> KeyframeIndex:
     """Demux the main video stream (no decoding) and list its keyframes' pts.
 
     Reading packets is I/O only: a two-hour film takes seconds, against hours of upscaling.
+    The other streams are demuxed too, as a whole-file decode demuxes them: in a cut MP4 the
+    demuxer stops at the first sample past the end, audio or video, and `packets` must be the
+    count a whole-file run would see (see `plan_segments`).
     """
     keyframes: list[int] = []
     packets, usable = 0, True
     first = last = None
     with open_input(info.path) as container:
         stream = container.streams[info.stream_index]
-        for s in container.streams:
-            if s is not stream:
-                s.discard = av.stream.Discard.all
         try:
             for packet in container.demux(stream):
                 if not packet.size:
                     continue  # the demuxer's flush packet
-                packets += 1
+                if not packet.is_discard:  # counted as decode.read_frames counts them
+                    packets += 1
                 if packet.pts is None:
                     usable = False
                     continue
@@ -123,7 +124,8 @@ def index_keyframes(info: VideoInfo) -> KeyframeIndex:
                         usable = False
                     keyframes.append(packet.pts)
         except av.error.FFmpegError as exc:
-            raise HatstreamError(f"{info.path.name}: the container is damaged ({exc.strerror or exc})") from None
+            where = f" after {seconds(last, info.time_base):.3f}s" if last is not None else ""
+            raise HatstreamError(f"{info.path.name}: the container is damaged{where} ({exc.strerror or exc})") from None
     return KeyframeIndex(tuple(keyframes), packets, first, last, usable)
 
 
