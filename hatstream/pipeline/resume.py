@@ -98,6 +98,8 @@ class Manifest:
     def from_json(cls, text: str, folder: Path) -> "Manifest":
         """Parse `to_json`'s output; ValueError/KeyError/TypeError for anything else."""
         data = json.loads(text)
+        if not isinstance(data, dict) or not all(isinstance(d, dict) for d in data.get("done", ())):
+            raise ValueError("not a manifest")
         if data.get("version") != MANIFEST_VERSION:
             raise ValueError(f"manifest version {data.get('version')}")
         return cls(input=InputFingerprint(**data["input"]),
