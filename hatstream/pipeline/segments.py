@@ -93,6 +93,13 @@ class KeyframeIndex:
     first_pts: int | None
     last_pts: int | None
     usable: bool  # False when some packet has no pts or keyframes go backwards
+    discarded: int = 0          # packets flagged discard (pre-roll an MP4 edit list hides), not in `packets`
+    end_pts: int | None = None  # latest pts + duration of any packet: where the stream ends
+
+    def stats(self) -> DecodeStats:
+        """What a whole-file decode of these packets would count, one frame for each packet."""
+        return DecodeStats(frames=self.packets, packets=self.packets, discarded=self.discarded,
+                           end_pts=self.end_pts)
 
 
 def index_keyframes(info: VideoInfo) -> KeyframeIndex:
@@ -104,19 +111,23 @@ def index_keyframes(info: VideoInfo) -> KeyframeIndex:
     count a whole-file run would see (see `plan_segments`).
     """
     keyframes: list[int] = []
-    packets, usable = 0, True
-    first = last = None
+    packets, discarded, usable = 0, 0, True
+    first = last = end = None
     with open_input(info.path) as container:
         stream = container.streams[info.stream_index]
         try:
             for packet in container.demux(stream):
                 if not packet.size:
                     continue  # the demuxer's flush packet
-                if not packet.is_discard:  # counted as decode.read_frames counts them
+                if packet.is_discard:  # counted as decode.read_frames counts them
+                    discarded += 1
+                else:
                     packets += 1
                 if packet.pts is None:
                     usable = False
                     continue
+                stop = packet.pts + (packet.duration or 0)
+                end = stop if end is None else max(end, stop)
                 first = packet.pts if first is None else min(first, packet.pts)
                 last = packet.pts if last is None else max(last, packet.pts)
                 if packet.is_keyframe:
@@ -126,7 +137,7 @@ def index_keyframes(info: VideoInfo) -> KeyframeIndex:
         except av.error.FFmpegError as exc:
             where = f" after {seconds(last, info.time_base):.3f}s" if last is not None else ""
             raise HatstreamError(f"{info.path.name}: the container is damaged{where} ({exc.strerror or exc})") from None
-    return KeyframeIndex(tuple(keyframes), packets, first, last, usable)
+    return KeyframeIndex(tuple(keyframes), packets, first, last, usable, discarded, end)
 
 
 def plan_segments(info: VideoInfo, segment_seconds: float, index: KeyframeIndex | None = None) -> tuple[Segment, ...]:
@@ -142,7 +153,7 @@ def plan_segments(info: VideoInfo, segment_seconds: float, index: KeyframeIndex 
     index = index or index_keyframes(info)
     # The verdict of a whole-file run on a file that ends early, given before any work: one
     # check, the decoder's own, fed with what the packets say (each packet is one frame).
-    _check_complete(info, DecodeStats(frames=index.packets, packets=index.packets), index.last_pts)
+    _check_complete(info, index.stats(), index.last_pts)
     if not index.usable:
         log.info("%s: video packets without pts or with keyframes out of order; not cut into segments",
                  info.path.name)
