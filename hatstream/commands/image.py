@@ -39,6 +39,15 @@ def plan_outputs(inputs: list[Path], output: Path) -> list[tuple[Path, Path]]:
             raise HatstreamError(f"input {src} does not exist")
     if not pairs:
         raise HatstreamError("no PNG or JPEG images found in the inputs")
+    # Two inputs with one name (a/x.png, b/x.png) would map to one output, and the second would
+    # silently replace the first: refuse before any work.
+    seen: dict[Path, Path] = {}
+    for src, dst in pairs:
+        key = dst.resolve()
+        if key in seen:
+            raise HatstreamError(f"{seen[key]} and {src} would both be written to {dst}; "
+                                 "upscale them into separate output folders")
+        seen[key] = src
     return pairs
 
 
