@@ -198,10 +198,33 @@ def _header_error(fmt: str, build: Callable[[av.container.OutputContainer], None
             pass
 
 
+def _holders(codec: str, fmt: str) -> list[str]:
+    """The other output extensions whose muxer takes `codec` (PyAV's own check, as `add_streams` meets it)."""
+    found = []
+    for ext, other in ((".mkv", "matroska"), (".mp4", "mp4"), (".mov", "mov")):
+        if other == fmt:
+            continue
+        out = av.open(io.BytesIO(), "w", format=other)
+        try:
+            if codec in out.supported_codecs:
+                found.append(ext)
+        finally:
+            out.close()
+    return found
+
+
 def _fix_for(item: CarriedStream, fmt: str) -> str:
-    other = FIX_CONTAINER.get(fmt, ".mkv")
     if item.kind == "audio":
-        return f"use an {other} output, or --audio-codec {'libopus' if fmt == 'webm' else 'aac'}"
+        codec = item.codec.replace("mp3float", "mp3")
+        others = _holders(codec, fmt)
+        where = f"use an {' or '.join(others)} output, or " if others else "pass "
+        # PCM and ADPCM decode to plain samples; FLAC keeps those exactly. ADPCM itself cannot
+        # be copied into any container PyAV will write (Matroska takes it only through ACM,
+        # which FFmpeg allows below normal strictness, and PyAV checks at normal).
+        if codec.startswith(("pcm_", "adpcm_")):
+            return f"{where}--audio-codec flac (its decoded samples, losslessly) or aac"
+        return f"{where}--audio-codec {'libopus' if fmt == 'webm' else 'aac'}"
+    other = FIX_CONTAINER.get(fmt, ".mkv")
     if item.kind == "subtitle":
         names = {"mp4": "mov_text", "mov": "mov_text", "webm": "webvtt"}.get(fmt, "ass")
         return f"use an {other} output, or --subtitles {names}|drop"
