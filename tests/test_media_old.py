@@ -24,6 +24,11 @@ def _ok(proc):
     return proc
 
 
+def _audio(path) -> list[list[bytes]]:
+    """Every audio packet's bytes, per stream in stream order (bit-exact copies compare equal)."""
+    return [v for _, v in sorted(packets(path, "audio").items())]
+
+
 def _steps(n: int, rate: Fraction, start: Fraction = Fraction(0)) -> list[Fraction]:
     return [start + Fraction(i) / rate for i in range(n)]
 
@@ -74,7 +79,7 @@ def test_dvd_program_stream_keeps_times_aspect_and_audio_and_is_deinterlaced(tmp
     assert out_facts["sar"] == Fraction(8, 9)  # 1440x960 at 8:9 still shows 4:3
     assert out_facts["pix_fmt"] == "yuv420p" and not any(f.interlaced_frame for f in out_frames)
     assert codecs(out, "audio") == ["mp2", "ac3"]
-    assert list(packets(out, "audio").values()) == list(packets(src, "audio").values())
+    assert _audio(out) == _audio(src)
 
 
 def test_deinterlacing_removes_the_comb(tmp_path):
@@ -125,7 +130,7 @@ def test_avi_mpeg4_b_frames_get_the_times_a_player_shows_and_keep_every_audio_tr
     assert times == _steps(12, Fraction(25))
     assert (facts["width"], facts["height"], facts["pix_fmt"]) == (128, 96, "yuv420p")
     assert codecs(out, "audio") == ["ac3", "mp3float", "pcm_s16le", "pcm_u8"]
-    assert list(packets(out, "audio").values()) == list(packets(src, "audio").values())
+    assert _audio(out) == _audio(src)
 
 
 def test_adpcm_that_no_output_container_takes_gets_a_fix_before_any_work(tmp_path):
@@ -157,9 +162,9 @@ def test_elementary_streams_count_their_frames_from_zero(tmp_path, name, codec, 
     src = write(tmp_path / name, codec, 10, 64, 48, fmt=fmt, bframes=2 if codec.startswith("mpeg") else None,
                 options=options)
     proc = _ok(run_cli(src, "--model", "bicubic"))
-    out = tmp_path / name.replace(".", ".x2.").rsplit(".", 1)[0]
-    out = out.with_name(out.name + ".mkv")
-    assert "elementary stream" in proc.stderr or "raw" in proc.stderr
+    # .m4v is also Apple's MP4 extension, which hatstream writes; the others become Matroska.
+    out = tmp_path / ("clip.x2.m4v" if name.endswith(".m4v") else "clip.x2.mkv")
+    assert ("elementary stream" in proc.stderr or "raw H.264" in proc.stderr) == (out.suffix == ".mkv")
     times, _, facts = decoded(out)
     # Rounded to Matroska's 1 ms: k/25 s is exact there.
     assert times == _steps(10, Fraction(25)), times
@@ -172,9 +177,10 @@ def test_mjpeg_422_in_mov_comes_out_420_unless_chroma_is_kept(tmp_path):
     src = write(tmp_path / "cam.mov", "mjpeg", 4, 64, 48, pix_fmt="yuvj422p", audio=("pcm_s16le",))
     _ok(run_cli(src, "--model", "bicubic"))
     times, _, facts = decoded(tmp_path / "cam.x2.mov")
-    assert facts["pix_fmt"] == "yuv420p" and facts["profile"] == "High"  # not High 4:2:2
+    # 4:2:0, High profile, not High 4:2:2 (the h264 decoder names full range yuvj420p).
+    assert facts["pix_fmt"] in ("yuv420p", "yuvj420p") and facts["profile"] == "High"
     assert times == decoded(src)[0]
-    assert list(packets(tmp_path / "cam.x2.mov", "audio").values()) == list(packets(src, "audio").values())
+    assert _audio(tmp_path / "cam.x2.mov") == _audio(src)
     _ok(run_cli(src, "-o", tmp_path / "keep.mkv", "--model", "bicubic", "--keep-chroma"))
     assert decoded(tmp_path / "keep.mkv")[2]["pix_fmt"] in ("yuv422p", "yuvj422p")
 
@@ -193,8 +199,8 @@ def test_default_pixel_format_plays_anywhere(source, codec, keep, expected):
 
 
 def test_anamorphic_matroska_keeps_its_display_aspect(tmp_path):
-    src = write(tmp_path / "wide.mkv", "ffv1", 3, 72, 48, sar=Fraction(32, 27))
+    src = write(tmp_path / "wide.mkv", "mpeg4", 3, 72, 48, sar=Fraction(32, 27))
     assert decoded(src)[2]["sar"] == Fraction(32, 27)
-    _ok(run_cli(src, "--model", "bicubic", "--codec", "ffv1"))
+    _ok(run_cli(src, "--model", "bicubic"))
     facts = decoded(tmp_path / "wide.x2.mkv")[2]
     assert (facts["width"], facts["height"], facts["sar"]) == (144, 96, Fraction(32, 27))
