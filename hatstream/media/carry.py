@@ -93,6 +93,10 @@ def plan_streams(inp: av.container.InputContainer, audio_codec: str = "copy",
                                      f"converted to {subtitles}; use an .mkv output or --subtitles drop")
             else:
                 plan.append(CarriedStream(s.index, "subtitle", codec, "encode", subtitles))
+        elif s.type == "data" and getattr(s, "name", None) == "dvd_nav_packet":
+            # A DVD's navigation packets (menus, seamless angles) point at sector offsets in
+            # the VOB; in any other file they mean nothing, so they are left behind quietly.
+            log.info("data stream #%d (DVD navigation packets) is not carried over", s.index)
         elif s.type in ("data", "attachment"):
             plan.append(CarriedStream(s.index, s.type, codec))
     return plan
