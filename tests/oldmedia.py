@@ -155,3 +155,57 @@ def decoded(path: Path) -> tuple[list[Fraction], list[av.VideoFrame], dict]:
                  "profile": v.codec_context.profile}
         times = [Fraction(f.pts) * Fraction(v.time_base) if f.pts is not None else None for f in frames]
     return times, frames, facts
+
+
+def flat(i: int, width: int, height: int) -> np.ndarray:
+    """A flat grey whose level tells the frame's index (20 + 15 i), for checking frame order."""
+    return np.full((height, width, 3), 20 + 15 * i, np.uint8)
+
+
+# DivX 5 marks a packed bitstream with this user data ("p" at the end); FFmpeg's MPEG-4 decoder
+# unpacks only when it sees it. An N-VOP is a P-VOP header with vop_coded = 0: "01" P type, "0"
+# modulo_time_base, marker, 5 bits of time increment (FFmpeg writes resolution 25: 5 bits),
+# marker, vop_coded 0, then the "0111.." stuffing to the byte boundary.
+_DIVX_USER_DATA = b"\x00\x00\x01\xb2DivX503b1393p"
+_N_VOP = b"\x00\x00\x01\xb6\x50\x4f"
+
+
+def packed_divx_avi(path: Path, frames: int = 12, width: int = 64, height: int = 48, picture=flat) -> Path:
+    """An AVI in DivX's packed B-frame layout, at 25 fps.
+
+    AVI has one chunk per frame slot and no reordering, so DivX packs each B-frame into the
+    chunk of the P-frame it precedes and writes a placeholder N-VOP in the next slot:
+    I0 [P2 B1] N [P4 B3] N ... Decoders unpack that and return one frame per chunk.
+    """
+    enc = av.CodecContext.create("mpeg4", "w")
+    enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
+    enc.time_base, enc.framerate, enc.max_b_frames, enc.gop_size = Fraction(1, 25), 25, 1, 12
+    coded = []
+    for i in range(frames):
+        frame = av.VideoFrame.from_ndarray(picture(i, width, height), format="rgb24").reformat(format="yuv420p", threads=1)
+        frame.pts = i
+        coded += enc.encode(frame)
+    coded += enc.encode(None)
+    chunks, keys, newest = [], [], -1
+    for n, packet in enumerate(coded):
+        data = bytes(packet)
+        if n == 0:
+            at = data.index(b"\x00\x00\x01\xb6")
+            data = data[:at] + _DIVX_USER_DATA + data[at:]
+        if packet.pts < newest:  # a B-frame: into the P-frame's chunk, and a placeholder after it
+            chunks[-1] += data
+            chunks.append(_N_VOP)
+            keys.append(False)
+        else:
+            chunks.append(data)
+            keys.append(packet.is_keyframe)
+            newest = packet.pts
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("mpeg4", rate=25)
+        v.width, v.height, v.pix_fmt = width, height, "yuv420p"
+        for i, (data, key) in enumerate(zip(chunks, keys)):
+            packet = av.Packet(data)
+            packet.pts = packet.dts = i
+            packet.time_base, packet.stream, packet.is_keyframe = Fraction(1, 25), v, key
+            out.mux(packet)
+    return Path(path)
