@@ -209,3 +209,26 @@ def packed_divx_avi(path: Path, frames: int = 12, width: int = 64, height: int =
             packet.time_base, packet.stream, packet.is_keyframe = Fraction(1, 25), v, key
             out.mux(packet)
     return Path(path)
+
+
+def mp4_without_ctts(path: Path, frames: int = 12, width: int = 64, height: int = 48, picture=flat) -> Path:
+    """H.264 with B-frames in an MP4 that stores decode times only (no ctts box: pts == dts).
+
+    Muxers fed from a raw stream write files like this; the frames leave the decoder in order
+    but carry the decode times of the packets, out of order.
+    """
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = width, height, "yuv420p"
+        v.options = {"bframes": "2", "b-adapt": "0"}
+        coded = []
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(picture(i, width, height), format="rgb24").reformat(format="yuv420p", threads=1)
+            frame.pts = i
+            coded += v.encode(frame)
+        coded += v.encode(None)
+        first = coded[0].dts
+        for packet in coded:
+            packet.pts = packet.dts = packet.dts - first
+            out.mux(packet)
+    return Path(path)

@@ -12,8 +12,8 @@ import av
 import numpy as np
 import pytest
 from mediagen import run_cli
-from oldmedia import (NTSC, codecs, combing, decoded, interlaced_picture, packed_divx_avi, packets, program_stream,
-                      scene, write)
+from oldmedia import (NTSC, codecs, combing, decoded, interlaced_picture, mp4_without_ctts, packed_divx_avi, packets,
+                      program_stream, scene, write)
 
 from hatstream.media.encode import choose_layout
 from hatstream.media.formats import PlaneLayout
@@ -146,6 +146,27 @@ def test_divx_packed_b_frames_play_in_order_at_their_slots(tmp_path):
     # Frame k shows picture k (flat grey 20 + 15 k): nothing reordered, repeated or lost.
     levels = [round((float(f.to_ndarray(format="gray", threads=1).mean()) - 20) / 15) for f in frames]
     assert levels == list(range(12)), levels
+
+
+def test_mp4_with_decode_times_only_plays_in_order(tmp_path):
+    src = mp4_without_ctts(tmp_path / "noctts.mp4", 12)
+    pts = decoded(src)[0]
+    assert any(b < a for a, b in zip(pts, pts[1:]))  # what the decoder hands out
+    out = tmp_path / "out.mkv"
+    _ok(run_cli(src, "-o", out, "--model", "bicubic", "--codec", "ffv1"))
+    times, frames, _ = decoded(out)
+    assert times == sorted(pts) == _steps(12, Fraction(25))
+    levels = [round((float(f.to_ndarray(format="gray", threads=1).mean()) - 20) / 15) for f in frames]
+    assert levels == list(range(12)), levels
+
+
+def test_mp4_with_real_pts_is_not_rebuilt(tmp_path):
+    # The same B-frame H.264 with its composition times: they are the file's own and kept (VFR).
+    from mediagen import Clip, make_video
+    pts = (0, 3000, 9000, 9500, 20000, 21000, 30000, 45000)
+    src = make_video(tmp_path / "vfr.mp4", Clip(frames=8, codec="libx264", time_base=Fraction(1, 90000), pts=pts))
+    from hatstream.media.probe import probe
+    assert not probe(src).rebuilt_pts
 
 
 def test_adpcm_that_no_output_container_takes_gets_a_fix_before_any_work(tmp_path):

@@ -26,7 +26,7 @@ import numpy as np
 from hatstream.errors import HatstreamError
 from hatstream.media.deinterlace import Deinterlacer, plan_deinterlace
 from hatstream.media.formats import PlaneLayout
-from hatstream.media.probe import VideoInfo, configure_decoder, open_input, seconds
+from hatstream.media.probe import ELEMENTARY_DEMUXERS, VideoInfo, configure_decoder, open_input, seconds
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,8 @@ class _Clock:
 
     An elementary stream has no clock at all, and its parser starts the dts a B-frame delay
     below zero or not, depending on the codec (MPEG-4 Part 2 does, MPEG-2 does not); there the
-    first slot is moved to 0. AVI's slots are kept as they are: they are the file's own timing.
+    first slot is moved to 0. AVI's slots are kept as they are: they are the file's own timing,
+    and so are an MP4's decode times where it stored no presentation times (pts == dts).
     """
 
     def __init__(self, from_zero: bool):
@@ -202,7 +203,8 @@ def read_frames(info: VideoInfo, on_error: str = "fail", stats: DecodeStats | No
     conceal = on_error == "conceal"
     name, tb = info.path.name, info.time_base
     timeline = _Timeline(stats, info)
-    clock = _Clock(from_zero=info.container != "avi") if info.rebuilt_pts else None
+    elementary = any(n in ELEMENTARY_DEMUXERS for n in info.container.split(","))
+    clock = _Clock(from_zero=elementary) if info.rebuilt_pts else None
     plan = plan_deinterlace(info, deinterlace)
     deint = Deinterlacer(plan, tb) if plan is not None else None
     with open_input(info.path) as container:

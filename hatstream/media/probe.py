@@ -53,6 +53,34 @@ REBUILT_PTS_DEMUXERS = frozenset((
     "avi", "mpegvideo", "h264", "hevc", "vvc", "m4v", "mjpeg", "h261", "h263", "vc1", "cavsvideo", "avs2",
     "avs3", "dirac", "dnxhd", "obu", "av1", "evc", "mjpeg_2000",
 ))
+# Of those, the ones with no clock at all: their first frame is shown at 0.
+ELEMENTARY_DEMUXERS = REBUILT_PTS_DEMUXERS - {"avi"}
+
+# Packets looked at, past the first frame, to tell whether a reordering stream's pts are real.
+_PTS_CHECK_PACKETS = 64
+
+
+def _pts_are_decode_times(container, stream) -> bool:
+    """Whether the stream's next packets all have pts == dts (read on from the first frame).
+
+    A stream whose decoder reorders (B-frames) must have some packets shown later than they
+    are decoded. A muxer that wrote no composition offsets (an MP4 without a ctts box, made
+    from a raw stream) leaves pts == dts everywhere; those pts are decode times, and the
+    frames come out of the decoder with them out of order.
+    """
+    seen = 0
+    try:
+        for packet in container.demux(stream):
+            if not packet.size or packet.pts is None or packet.dts is None:
+                continue
+            if packet.pts != packet.dts:
+                return False
+            seen += 1
+            if seen >= _PTS_CHECK_PACKETS:
+                break
+    except av.error.FFmpegError:
+        return False  # the decoder will meet the damage and name it
+    return seen > 1
 
 def ffmpeg_threads() -> int:
     """Threads for each FFmpeg decoder/encoder: a quarter of the cores, 1 to 4.
@@ -124,7 +152,7 @@ class VideoInfo:
     the first frame, or the stream when the frame has none. `display_matrix` is the 9-integer
     rotation/flip matrix, or None.
     `rebuilt_pts` is True where the container has no presentation times of its own (AVI,
-    elementary streams; see `REBUILT_PTS_DEMUXERS`). `field_order` is the stream's
+    elementary streams; see `REBUILT_PTS_DEMUXERS`), or only decode times (B-frames, pts == dts). `field_order` is the stream's
     ("progressive", "tt" top first, "bb", "tb", "bt", or "unknown"), and `interlaced_frames`
     whether the first frame is flagged interlaced; `hatstream.media.deinterlace` reads both.
     """
@@ -238,6 +266,12 @@ def probe(path: Path) -> VideoInfo:
         # A stream SAR of 0:1 means unknown; the codec's own (MPEG-2 sequence header, H.264 VUI)
         # is the fallback where the container says nothing.
         sar = stream.sample_aspect_ratio or cc.sample_aspect_ratio
+        kind = container.format.name.split(",")
+        rebuilt = any(n in REBUILT_PTS_DEMUXERS for n in kind)
+        if not rebuilt and cc.has_b_frames and _pts_are_decode_times(container, stream):
+            log.info("%s: its video packets carry decode times only (pts == dts with B-frames); "
+                     "presentation times are rebuilt from them", name)
+            rebuilt = True
         return VideoInfo(
             path=Path(path), container=container.format.name, stream_index=stream.index,
             codec=cc.name, width=frame.width, height=frame.height, pix_fmt=pix_fmt, layout=layout,
@@ -246,7 +280,7 @@ def probe(path: Path) -> VideoInfo:
             frames=frames, frames_exact=exact, duration=duration, start_time=start,
             display_matrix=matrix, rotation=float(frame.rotation or 0) if matrix else 0.0,
             sample_aspect_ratio=Fraction(sar) if sar else None,
-            rebuilt_pts=any(n in REBUILT_PTS_DEMUXERS for n in container.format.name.split(",")),
+            rebuilt_pts=rebuilt,
             field_order=FIELD_ORDERS[order] if 0 <= order < len(FIELD_ORDERS) else "unknown",
             interlaced_frames=bool(frame.interlaced_frame),
         )
