@@ -67,6 +67,10 @@ def _tone(stream, seconds: float) -> None:
     return packets
 
 
+def _yuv(rgb: np.ndarray, pix_fmt: str) -> av.VideoFrame:
+    return av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt, threads=1)
+
+
 def write(path: Path, codec: str, frames: int, width: int, height: int, *, fmt: str | None = None,
           rate: Fraction = Fraction(25), pix_fmt: str = "yuv420p", audio: tuple[str, ...] = (),
           picture=None, sar: Fraction | None = None, tff: bool | None = None, bframes: int | None = None,
@@ -104,7 +108,7 @@ def write(path: Path, codec: str, frames: int, width: int, height: int, *, fmt: 
         graph.configure()
     video = []
     for i in range(frames):
-        frame = av.VideoFrame.from_ndarray(picture(i, width, height), format="rgb24").reformat(format=pix_fmt, threads=1)
+        frame = _yuv(picture(i, width, height), pix_fmt)
         frame.pts, frame.time_base = i, 1 / Fraction(rate)
         if graph is not None:
             graph.push(frame)
@@ -182,7 +186,7 @@ def packed_divx_avi(path: Path, frames: int = 12, width: int = 64, height: int =
     enc.time_base, enc.framerate, enc.max_b_frames, enc.gop_size = Fraction(1, 25), 25, 1, 12
     coded = []
     for i in range(frames):
-        frame = av.VideoFrame.from_ndarray(picture(i, width, height), format="rgb24").reformat(format="yuv420p", threads=1)
+        frame = _yuv(picture(i, width, height), "yuv420p")
         frame.pts = i
         coded += enc.encode(frame)
     coded += enc.encode(None)
@@ -223,7 +227,7 @@ def mp4_without_ctts(path: Path, frames: int = 12, width: int = 64, height: int 
         v.options = {"bframes": "2", "b-adapt": "0"}
         coded = []
         for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(picture(i, width, height), format="rgb24").reformat(format="yuv420p", threads=1)
+            frame = _yuv(picture(i, width, height), "yuv420p")
             frame.pts = i
             coded += v.encode(frame)
         coded += v.encode(None)

@@ -105,7 +105,7 @@ class Deinterlacer:
         graph.configure()
         self.graph, self.shape = graph, (frame.width, frame.height, frame.format.name)
 
-    def _pull(self, until_eof: bool) -> list[av.VideoFrame]:
+    def _pull(self) -> list[av.VideoFrame]:
         out = []
         while True:
             try:
@@ -128,13 +128,13 @@ class Deinterlacer:
             self._build(frame)
         frame.time_base = self.time_base
         self.graph.push(frame)
-        return ready + self._pull(False)
+        return ready + self._pull()
 
     def flush(self) -> list[av.VideoFrame]:
         """Drain the filter at the end of the stream."""
         if self.graph is None:
             return []
         self.graph.push(None)
-        out = self._pull(True)
+        out = self._pull()
         self.graph = None
         return out

@@ -152,9 +152,10 @@ class VideoInfo:
     the first frame, or the stream when the frame has none. `display_matrix` is the 9-integer
     rotation/flip matrix, or None.
     `rebuilt_pts` is True where the container has no presentation times of its own (AVI,
-    elementary streams; see `REBUILT_PTS_DEMUXERS`), or only decode times (B-frames, pts == dts). `field_order` is the stream's
-    ("progressive", "tt" top first, "bb", "tb", "bt", or "unknown"), and `interlaced_frames`
-    whether the first frame is flagged interlaced; `hatstream.media.deinterlace` reads both.
+    elementary streams; see `REBUILT_PTS_DEMUXERS`), or only decode times (B-frames, pts == dts).
+    `field_order` is the stream's ("progressive", "tt" top first, "bb", "tb", "bt", or
+    "unknown"), and `interlaced_frames` whether the first frame is flagged interlaced;
+    `hatstream.media.deinterlace` reads both.
     """
 
     path: Path
