@@ -60,26 +60,33 @@ ELEMENTARY_DEMUXERS = REBUILT_PTS_DEMUXERS - {"avi"}
 _PTS_CHECK_PACKETS = 64
 
 
-def _pts_are_decode_times(container, stream) -> bool:
-    """Whether the stream's next packets all have pts == dts (read on from the first frame).
+def _pts_are_decode_times(path: Path, index: int) -> bool:
+    """Whether the first packets of stream `index` all have pts == dts (read from the file's start).
 
     A stream whose decoder reorders (B-frames) must have some packets shown later than they
     are decoded. A muxer that wrote no composition offsets (an MP4 without a ctts box, made
     from a raw stream) leaves pts == dts everywhere; those pts are decode times, and the
-    frames come out of the decoder with them out of order.
+    frames come out of the decoder with them out of order. The look starts at the first
+    packet, a fresh demuxer of its own: B-frames alone have pts == dts even in a good file,
+    and the first frame's decoding has already read past the I- and P-frames before them.
     """
     seen = 0
-    try:
-        for packet in container.demux(stream):
-            if not packet.size or packet.pts is None or packet.dts is None:
-                continue
-            if packet.pts != packet.dts:
-                return False
-            seen += 1
-            if seen >= _PTS_CHECK_PACKETS:
-                break
-    except av.error.FFmpegError:
-        return False  # the decoder will meet the damage and name it
+    with open_input(path) as container:
+        stream = container.streams[index]
+        for s in container.streams:
+            if s is not stream:
+                s.discard = av.stream.Discard.all
+        try:
+            for packet in container.demux(stream):
+                if not packet.size or packet.pts is None or packet.dts is None:
+                    continue
+                if packet.pts != packet.dts:
+                    return False
+                seen += 1
+                if seen >= _PTS_CHECK_PACKETS:
+                    break
+        except av.error.FFmpegError:
+            return False  # the decoder will meet the damage and name it
     return seen > 1
 
 def ffmpeg_threads() -> int:
@@ -269,7 +276,7 @@ def probe(path: Path) -> VideoInfo:
         sar = stream.sample_aspect_ratio or cc.sample_aspect_ratio
         kind = container.format.name.split(",")
         rebuilt = any(n in REBUILT_PTS_DEMUXERS for n in kind)
-        if not rebuilt and cc.has_b_frames and _pts_are_decode_times(container, stream):
+        if not rebuilt and cc.has_b_frames and _pts_are_decode_times(path, stream.index):
             log.info("%s: its video packets carry decode times only (pts == dts with B-frames); "
                      "presentation times are rebuilt from them", name)
             rebuilt = True
