@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from hatstream.commands.common import add_engine_arguments, positive_int, seconds
+from hatstream.commands.common import add_engine_arguments, positive_int, positive_seconds, seconds
 from hatstream.errors import HatstreamError
 
 
@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, metavar="OUT_DIR", help="where outputs, the ledger and failed/ go")
     p.add_argument("--preset", default="default", metavar="NAME|FILE",
                    help="run settings: a preset in pipelines/ or a .toml file (default: default)")
-    p.add_argument("--poll", type=seconds, default=5.0, metavar="SECONDS", help="seconds between scans (default: 5)")
+    p.add_argument("--poll", type=positive_seconds, default=5.0, metavar="SECONDS",
+                   help="seconds between scans, more than 0 (default: 5)")
     p.add_argument("--settle", type=seconds, default=5.0, metavar="SECONDS",
                    help="a file must hold still this long before it is taken (default: 5)")
     p.add_argument("--max-attempts", type=positive_int, default=3, metavar="N",

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from hatstream.media.deinterlace import plan_deinterlace
 from hatstream import __version__
 from hatstream.atomic import atomic_output, partial_files
 from hatstream.errors import HatstreamError
@@ -304,8 +305,12 @@ def run_settings(model_name: str | None, upscaler, job: SegmentJob, segment_seco
                  ) -> tuple[tuple[str, str], ...]:
     """The settings fingerprint of a run: everything that changes the encoded video of a segment."""
     enc, plan = job.plan.encoding, job.plan
+    deint = plan_deinterlace(job.info, job.deinterlace)
     return settings_fingerprint(model=model_identity(model_name, upscaler), codec=enc.codec, options=enc.options,
                                 pix_fmt=enc.layout.pix_fmt, colour=[enc.colour.matrix, enc.colour.full_range],
                                 colour_tags=enc.colour_tags, size=[plan.width, plan.height],
                                 video_stream=job.info.stream_index, segment_seconds=segment_seconds,
-                                deinterlace=job.deinterlace)
+                                # Only when on, so the work folders of runs without it still resume.
+                                **({"temporal": "on"} if job.temporal else {}),
+                                # Likewise only when frames are deinterlaced (the filter and its options).
+                                **({"deinterlace": deint.args} if deint else {}))
