@@ -31,7 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                    "ffv1 is lossless")
     p.add_argument("--crf", type=int, help="quality for CRF encoders (default: 18 for libx264)")
     p.add_argument("--preset", help="encoder speed preset, e.g. medium or slow")
-    p.add_argument("--pix-fmt", help="output pixel format (default: the input's, keeping its bit depth)")
+    p.add_argument("--pix-fmt", help="output pixel format (default: 4:2:0 at the input's bit depth, which every "
+                                     "player plays; lossless codecs keep the input's)")
+    p.add_argument("--keep-chroma", action="store_true",
+                   help="keep the input's 4:2:2/4:4:4 chroma instead of 4:2:0 (fewer players can play it)")
+    p.add_argument("--deinterlace", default="auto", choices=("auto", "on", "off"),
+                   help="deinterlace with bwdif before the model: auto (default) when the stream is "
+                        "flagged interlaced, on for every frame, or off")
     p.add_argument("--audio-codec", default="copy", metavar="copy|NAME",
                    help="copy audio packet for packet (default), or re-encode it, e.g. aac")
     p.add_argument("--subtitles", default="copy", metavar="copy|drop|NAME",
@@ -119,10 +125,11 @@ def run(args: argparse.Namespace) -> int:
     config = RunConfig(
         input=args.input, output=args.output, model=args.model, scale=args.scale, precision=args.precision,
         device=args.device, batch=args.batch,
-        encode=EncodeSettings(codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt),
+        encode=EncodeSettings(codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt,
+                              keep_chroma=args.keep_chroma),
         audio_codec=args.audio_codec, subtitles=args.subtitles, on_error=args.on_error, overwrite=args.overwrite,
         engine=args.engine, address=args.address, workers=args.workers, resume=not args.no_resume,
-        compile=args.compile, temporal=args.temporal == "on",
+        compile=args.compile, temporal=args.temporal == "on", deinterlace=args.deinterlace,
     )
     if args.segment_seconds is not None:
         config = dataclasses.replace(config, segment_seconds=args.segment_seconds)
@@ -134,15 +141,19 @@ def run(args: argparse.Namespace) -> int:
     repaired = f", {result.repaired} damaged frame(s) concealed" if result.repaired else ""
     dropped = f", {result.dropped} frame(s) lost" if result.dropped else ""
     resumed = f", {result.resumed} more resumed from an interrupted run" if result.resumed else ""
+    deinterlaced = f", {result.deinterlaced}" if result.deinterlaced else ""
     if args.json:
         print(json.dumps({"event": "done", "output": str(result.output), "frames": result.frames,
                           "seconds": round(result.seconds, 3), "fps": round(result.fps, 3),
                           "repaired": result.repaired, "dropped": result.dropped, "model": result.model,
                           "encoding": result.encoding, "problems": list(result.problems),
-                          "resumed": result.resumed, "note": result.note}), flush=True)
+                          "resumed": result.resumed, "note": result.note, "deinterlaced": result.deinterlaced,
+                          "container_note": result.container_note}), flush=True)
     else:
         if result.note:
             print(f"hatstream: {result.note}", file=sys.stderr, flush=True)
+        if result.container_note:
+            print(f"hatstream: {result.container_note}", file=sys.stderr, flush=True)
         print(f"hatstream: {result.frames - result.resumed} frames in {result.seconds:.1f}s ({result.fps:.2f} fps)"
-              f"{resumed}{repaired}{dropped} -> {result.output}", flush=True)
+              f"{resumed}{repaired}{dropped}{deinterlaced} -> {result.output}", flush=True)
     return 0

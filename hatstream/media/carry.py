@@ -105,6 +105,10 @@ def plan_streams(inp: av.container.InputContainer, audio_codec: str = "copy",
                                      f"converted to {subtitles}; use an .mkv output or --subtitles drop")
             else:
                 plan.append(CarriedStream(s.index, "subtitle", codec, "encode", subtitles))
+        elif s.type == "data" and getattr(s, "name", None) == "dvd_nav_packet":
+            # A DVD's navigation packets (menus, seamless angles) point at sector offsets in
+            # the VOB; in any other file they mean nothing, so they are left behind quietly.
+            log.info("data stream #%d (DVD navigation packets) is not carried over", s.index)
         elif s.type == "data" and "timecode" in s.metadata:
             # A QuickTime timecode (tmcd) track. Copied as a template its stream has no frame
             # rate, and the MOV muxer fails on that when it writes the trailer, after all the
@@ -273,10 +277,33 @@ def _first_packet(inp: av.container.InputContainer, index: int, limit: int = 200
     return None
 
 
+def _holders(codec: str, fmt: str) -> list[str]:
+    """The other output extensions whose muxer takes `codec` (PyAV's own check, as `add_streams` meets it)."""
+    found = []
+    for ext, other in ((".mkv", "matroska"), (".mp4", "mp4"), (".mov", "mov")):
+        if other == fmt:
+            continue
+        out = av.open(io.BytesIO(), "w", format=other)
+        try:
+            if codec in out.supported_codecs:
+                found.append(ext)
+        finally:
+            out.close()
+    return found
+
+
 def _fix_for(item: CarriedStream, fmt: str) -> str:
-    other = FIX_CONTAINER.get(fmt, ".mkv")
     if item.kind == "audio":
-        return f"use an {other} output, or --audio-codec {'libopus' if fmt == 'webm' else 'aac'}"
+        codec = item.codec.replace("mp3float", "mp3")
+        others = _holders(codec, fmt)
+        where = f"use an {' or '.join(others)} output, or " if others else "pass "
+        # PCM and ADPCM decode to plain samples; FLAC keeps those exactly. ADPCM itself cannot
+        # be copied into any container PyAV will write (Matroska takes it only through ACM,
+        # which FFmpeg allows below normal strictness, and PyAV checks at normal).
+        if codec.startswith(("pcm_", "adpcm_")):
+            return f"{where}--audio-codec flac (its decoded samples, losslessly) or aac"
+        return f"{where}--audio-codec {'libopus' if fmt == 'webm' else 'aac'}"
+    other = FIX_CONTAINER.get(fmt, ".mkv")
     if item.kind == "subtitle" and item.codec not in TEXT_SUBTITLES:
         # Picture subtitles (PGS, DVB, VobSub) cannot become text: drop is the only other way.
         return f"use an {other} output, or --subtitles drop"

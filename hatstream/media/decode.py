@@ -1,8 +1,12 @@
 """Decoding the main video stream into compact integer planes, frame-exact.
 
 Each decoded frame keeps its own `pts` in the stream's time base, untouched: the output gets
-exactly the same timestamps, so variable frame rate survives and audio stays in sync. Nothing
-is ever recomputed from a frame rate.
+exactly the same timestamps, so variable frame rate survives and audio stays in sync. The one
+exception is a container with no presentation times (AVI, elementary streams: see
+`probe.REBUILT_PTS_DEMUXERS`), whose times `_Clock` rebuilds from the packets' decode times.
+
+Interlaced frames can be deinterlaced on the way (`hatstream.media.deinterlace`), one frame
+out per frame in, at the same times.
 
 Damage is never hidden. A packet the decoder rejects, or a frame FFmpeg marks as corrupt,
 either stops the run with the timestamp in the message (`on_error="fail"`), or, with
@@ -20,8 +24,10 @@ import av
 import numpy as np
 
 from hatstream.errors import HatstreamError
+from hatstream.media.deinterlace import Deinterlacer, plan_deinterlace
 from hatstream.media.formats import PlaneLayout
-from hatstream.media.probe import VideoInfo, configure_decoder, open_input, riff_complete, seconds
+from hatstream.media.probe import (ELEMENTARY_DEMUXERS, VideoInfo, configure_decoder, open_input, riff_complete,
+                                   seconds)
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +141,64 @@ class _Timeline:
         yield from self._fill_until(None, None)
 
 
-def read_frames(info: VideoInfo, on_error: str = "fail", stats: DecodeStats | None = None) -> Iterator[Frame]:
+class _Clock:
+    """Presentation times for a container that has none: the k-th frame out gets the k-th time in.
+
+    AVI stores one chunk per tick of its rate, in decode order, and an elementary stream's
+    parser counts ticks the same way; a decoder that reorders (B-frames, DivX packed B-frames)
+    hands its frames out in presentation order, a frame or two later. FFmpeg's guess for those
+    frames is the packet pts it derived from the dts plus a guessed delay, which starts one
+    frame late in AVI, skips a tick in MPEG-1 video and goes backwards with packed B-frames.
+    The times a player shows are the chunks' own slots in order, so every packet's dts goes
+    into a heap and each frame out takes the smallest: gaps left by empty "drop" chunks stay
+    where they are, and so does a start offset. Packets without any time (raw H.264) leave the
+    heap empty; the caller then counts on from the frame rate.
+
+    An elementary stream has no clock at all, and its parser starts the dts a B-frame delay
+    below zero or not, depending on the codec (MPEG-4 Part 2 does, MPEG-2 does not); there the
+    first slot is moved to 0. AVI's slots are kept as they are: they are the file's own timing,
+    and so are an MP4's decode times where it stored no presentation times (pts == dts).
+    """
+
+    def __init__(self, from_zero: bool):
+        self.times: list[int] = []
+        self.last: int | None = None
+        self.offset: int | None = None if from_zero else 0
+
+    def add(self, packet: av.Packet) -> int | None:
+        """Note the time slot of a non-empty packet; returns it (None when it has none)."""
+        ts = packet.dts if packet.dts is not None else packet.pts
+        if ts is None:
+            return None
+        if self.offset is None:
+            self.offset = -ts
+        ts += self.offset
+        heapq.heappush(self.times, ts)
+        return ts
+
+    def forget(self, ts: int | None) -> None:
+        """Take back the slot of a packet that produced no frame (it becomes a hole instead)."""
+        if ts is not None and ts in self.times:
+            self.times.remove(ts)
+            heapq.heapify(self.times)
+
+    def next(self) -> int | None:
+        """The next frame's time: the smallest slot still free past the last one given, or None."""
+        while self.times:
+            ts = heapq.heappop(self.times)
+            if self.last is None or ts > self.last:
+                self.last = ts
+                return ts
+        return None
+
+
+def read_frames(info: VideoInfo, on_error: str = "fail", stats: DecodeStats | None = None,
+                deinterlace: str = "auto") -> Iterator[Frame]:
     """Decode `info`'s video stream, yielding `Frame`s in presentation order.
 
-    Raises HatstreamError for damage (unless `on_error="conceal"`), for timestamps that go
-    backwards, and for a file that ends before the frame count or duration it declares.
+    `deinterlace` is 'auto', 'on' or 'off' (see `hatstream.media.deinterlace`). Raises
+    HatstreamError for damage (unless `on_error="conceal"`), for timestamps that go backwards,
+    and for a file that ends before the frame count or duration it declares.
     """
     if on_error not in ON_ERROR:
         raise HatstreamError(f"unknown --on-error {on_error!r}; choose {' or '.join(ON_ERROR)}")
@@ -147,10 +206,15 @@ def read_frames(info: VideoInfo, on_error: str = "fail", stats: DecodeStats | No
     conceal = on_error == "conceal"
     name, tb = info.path.name, info.time_base
     timeline = _Timeline(stats, info)
+    elementary = any(n in ELEMENTARY_DEMUXERS for n in info.container.split(","))
+    clock = _Clock(from_zero=elementary) if info.rebuilt_pts else None
+    plan = plan_deinterlace(info, deinterlace)
+    deint = Deinterlacer(plan, tb) if plan is not None else None
     with open_input(info.path) as container:
         stream = container.streams[info.stream_index]
         configure_decoder(stream)
         for packet, frames, error in _decode_packets(container, stream, name, stats):
+            slot = clock.add(packet) if clock is not None and packet.size and not packet.is_discard else None
             if error is not None:
                 where = seconds(packet.pts if packet.pts is not None else packet.dts, tb)
                 if not conceal:
@@ -158,9 +222,20 @@ def read_frames(info: VideoInfo, on_error: str = "fail", stats: DecodeStats | No
                         f"{name}: damaged video packet at {where:.3f}s ({error}); "
                         "pass --on-error conceal to repeat the frame before it instead")
                 stats.problems.append(f"undecodable packet at {where:.3f}s")
-                timeline.hole(packet.pts)
+                if clock is not None:
+                    clock.forget(slot)
+                timeline.hole(slot if clock is not None else packet.pts)
             for frame in frames:
-                yield from _place(frame, timeline, stats, info, conceal)
+                if clock is not None:
+                    frame.pts = clock.next()
+                if deint is None:
+                    yield from _place(frame, timeline, stats, info, conceal)
+                    continue
+                for out in deint.feed(frame):
+                    yield from _place(out, timeline, stats, info, conceal)
+        if deint is not None:
+            for out in deint.flush():
+                yield from _place(out, timeline, stats, info, conceal)
         yield from timeline.finish()
     stats.frames = timeline.index
     _check_complete(info, stats, timeline.last_pts)

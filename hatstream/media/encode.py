@@ -1,8 +1,13 @@
 """Choosing the video encoder and pixel format, and turning planes back into encoder frames.
 
-The rules (from the product issue): libx264 at CRF 18 by default, keeping the input's bit depth;
+The rules (from the product issues): libx264 at CRF 18 by default, keeping the input's bit depth;
 when the input is above 8 bits, pick an encoder and pixel format that keep it. WebM can hold only
 VP8/VP9/AV1, so it gets VP9 (8-bit) or SVT-AV1 (10-bit) instead.
+
+The default output is 4:2:0, whatever the input's chroma: H.264 High 4:2:2 / 4:4:4 and their
+HEVC and VP9 equivalents play in almost no browser, phone or hardware decoder, and an MJPEG or
+DV camera file (yuvj422p, yuv411p) would otherwise come out as one. Keeping the chroma is a
+choice: `--pix-fmt`, `--keep-chroma`, or a lossless codec (which keeps everything by definition).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class EncodeSettings:
     crf: int | None = None
     preset: str | None = None
     pix_fmt: str | None = None
+    keep_chroma: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,8 @@ def container_for(path: Path) -> str:
     fmt = CONTAINERS.get(Path(path).suffix.lower())
     if fmt is None:
         raise HatstreamError(f"cannot write {Path(path).name}: the output must end in "
-                             f"{', '.join(sorted(set(CONTAINERS)))}")
+                             f"{', '.join(sorted(set(CONTAINERS)))} (.mkv holds every stream of an AVI, "
+                             f"MPEG or TS input)")
     return fmt
 
 
@@ -77,11 +84,20 @@ def default_codec(container: str, bit_depth: int) -> str:
     return "libx264" if bit_depth <= 10 else "libx265"
 
 
-def choose_layout(codec: str, source: PlaneLayout, requested: str | None) -> PlaneLayout:
-    """The output pixel format: `requested`, else the source's own, else the closest that keeps its depth.
+def playable_layout(source: PlaneLayout) -> PlaneLayout:
+    """4:2:0 YUV at the source's bit depth: what every player can decode (yuv420p, yuv420p10le, ...)."""
+    depth = source.bit_depth
+    name = "yuv420p" if depth <= 8 else f"yuv420p{min((d for d in (10, 12) if d >= depth), default=16)}le"
+    return PlaneLayout(name, depth, (1, 1))
 
-    "Closest" means: same kind (YUV/GBR) and subsampling at the smallest depth not below the
-    source's; failing that, the same depth with any subsampling; failing that, the deepest format.
+
+def choose_layout(codec: str, source: PlaneLayout, requested: str | None, keep_chroma: bool = False) -> PlaneLayout:
+    """The output pixel format: `requested`; else 4:2:0 at the source's depth; else, keeping chroma
+    (`keep_chroma` or a lossless codec), the source's own or the closest that keeps its depth.
+
+    "Closest" means: same kind (YUV/GBR) at the smallest depth not below the source's, with no
+    chroma resolution lost where a format keeps it (4:1:1 DV goes to 4:2:2, not 4:2:0) and as
+    little added as possible; failing that, the deepest format.
     """
     layouts = encoder_layouts(codec)
     if requested:
@@ -95,20 +111,23 @@ def choose_layout(codec: str, source: PlaneLayout, requested: str | None) -> Pla
         return chosen
     if not layouts:
         raise HatstreamError(f"{codec} takes no planar pixel format hatstream can write")
+    target = source if keep_chroma or codec in LOSSLESS else playable_layout(source)
     for lay in layouts:
-        if lay.pix_fmt == source.pix_fmt:
+        if lay.pix_fmt == target.pix_fmt:
             return lay
     # yuvj420p is yuv420p with a full-range label; the range travels in the tags instead.
-    plain = source.pix_fmt.replace("yuvj", "yuv")
+    plain = target.pix_fmt.replace("yuvj", "yuv")
     for lay in layouts:
         if lay.pix_fmt == plain:
             return lay
 
     def rank(lay: PlaneLayout):
-        same_kind = lay.is_rgb == source.is_rgb
-        deep_enough = lay.bit_depth >= source.bit_depth
-        return (not deep_enough, not same_kind, lay.chroma_shift != source.chroma_shift,
-                abs(lay.bit_depth - source.bit_depth), lay.pix_fmt.startswith("yuvj"))
+        same_kind = lay.is_rgb == target.is_rgb
+        deep_enough = lay.bit_depth >= target.bit_depth
+        (sx, sy), (tx, ty) = lay.chroma_shift, target.chroma_shift
+        loses_chroma = sx > tx or sy > ty
+        return (not deep_enough, not same_kind, loses_chroma, abs(sx - tx) + abs(sy - ty),
+                abs(lay.bit_depth - target.bit_depth), lay.pix_fmt.startswith("yuvj"))
 
     chosen = min(layouts, key=rank)
     if chosen.bit_depth < source.bit_depth:
@@ -150,7 +169,7 @@ def resolve_encoding(settings: EncodeSettings, container: str, source: PlaneLayo
     if codec is None and tags[3] in HDR_TRANSFERS and container != "webm" and source.bit_depth <= 12:
         codec = "libx265"
     codec = codec or default_codec(container, source.bit_depth)
-    layout = choose_layout(codec, source, settings.pix_fmt)
+    layout = choose_layout(codec, source, settings.pix_fmt, settings.keep_chroma)
     spec, out_tags = output_colour(colour, layout, tags)
     options = encoder_options(codec, settings)
     if hdr is not None:

@@ -24,10 +24,70 @@ from hatstream.media.formats import ColourSpec, HdrMetadata, PlaneLayout, canoni
 log = logging.getLogger(__name__)
 
 # Demuxers allowed to open an input. Each entry is matched against FFmpeg's demuxer name list
-# ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", ...). Playlists (hls, dash), scripts (concat),
-# image sequences and raw device or network demuxers are deliberately absent.
-ALLOWED_DEMUXERS = ("mov", "matroska", "avi", "mpegts", "flv", "ogg", "asf", "mxf", "nut", "yuv4mpegpipe")
+# ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", ...), so one entry admits the whole family.
+# What decides membership is what a demuxer may read: each of these reads only the one file it
+# is given. Playlists and manifests (hls, dash), scripts (concat, ffmetadata), filter graphs
+# (lavfi), session descriptions (sdp, rtp, rtsp), image sequences and patterns (image2, the
+# *_pipe image readers), raw frame dumps that need their size from outside (rawvideo), and
+# capture devices (v4l2, x11grab, kmsgrab, fbdev) are deliberately absent: several of them open
+# other files or URLs named inside the input.
+ALLOWED_DEMUXERS = (
+    # Containers.
+    "mov", "matroska", "avi", "mpegts", "mpeg", "flv", "live_flv", "ogg", "asf", "mxf", "nut", "rm", "wtv",
+    "dv", "gxf", "lxf", "nuv", "nsv", "ty", "pva", "smjpeg", "mxg", "r3d", "dhav", "ivf", "yuv4mpegpipe",
+    # Elementary video streams (timestamps come from the frame rate; see decode.py). "mpegvideo"
+    # is FFmpeg's one demuxer for MPEG-1/2 video (.m1v/.m2v/.mpv); "mpeg1video"/"mpeg2video"
+    # are only muxers. "m4v" is raw MPEG-4 Part 2, "obu"/"av1" raw AV1.
+    "mpegvideo", "h264", "hevc", "vvc", "m4v", "mjpeg", "h261", "h263", "vc1", "cavsvideo", "avs2",
+    "avs3", "dirac", "dnxhd", "obu", "av1", "evc", "mjpeg_2000",
+    # Old game and multimedia-CD video that players still play.
+    "bink", "smk", "roq", "flic", "film_cpk", "4xm", "thp", "vmd", "ipmovie", "wc3movie", "cdxl", "psxstr",
+)
 
+# Demuxers whose packets carry no presentation time of their own: AVI stores frames in decode
+# order at one per tick of the rate, and elementary streams have only what the parser derives
+# from the frame rate. FFmpeg's guesses for those (pts = dts shifted by a B-frame delay) are off
+# by a frame or go backwards, so the decoder rebuilds the times (see decode.py); every other
+# demuxer's pts are the file's own and are kept as they are.
+REBUILT_PTS_DEMUXERS = frozenset((
+    "avi", "mpegvideo", "h264", "hevc", "vvc", "m4v", "mjpeg", "h261", "h263", "vc1", "cavsvideo", "avs2",
+    "avs3", "dirac", "dnxhd", "obu", "av1", "evc", "mjpeg_2000",
+))
+# Of those, the ones with no clock at all: their first frame is shown at 0.
+ELEMENTARY_DEMUXERS = REBUILT_PTS_DEMUXERS - {"avi"}
+
+# Packets looked at, past the first frame, to tell whether a reordering stream's pts are real.
+_PTS_CHECK_PACKETS = 64
+
+
+def _pts_are_decode_times(path: Path, index: int) -> bool:
+    """Whether the first packets of stream `index` all have pts == dts (read from the file's start).
+
+    A stream whose decoder reorders (B-frames) must have some packets shown later than they
+    are decoded. A muxer that wrote no composition offsets (an MP4 without a ctts box, made
+    from a raw stream) leaves pts == dts everywhere; those pts are decode times, and the
+    frames come out of the decoder with them out of order. The look starts at the first
+    packet, a fresh demuxer of its own: B-frames alone have pts == dts even in a good file,
+    and the first frame's decoding has already read past the I- and P-frames before them.
+    """
+    seen = 0
+    with open_input(path) as container:
+        stream = container.streams[index]
+        for s in container.streams:
+            if s is not stream:
+                s.discard = av.stream.Discard.all
+        try:
+            for packet in container.demux(stream):
+                if not packet.size or packet.pts is None or packet.dts is None:
+                    continue
+                if packet.pts != packet.dts:
+                    return False
+                seen += 1
+                if seen >= _PTS_CHECK_PACKETS:
+                    break
+        except av.error.FFmpegError:
+            return False  # the decoder will meet the damage and name it
+    return seen > 1
 
 def ffmpeg_threads() -> int:
     """Threads for each FFmpeg decoder/encoder: a quarter of the cores, 1 to 4.
@@ -98,6 +158,11 @@ class VideoInfo:
     `colour_tags` are the raw AVColor* values (matrix, range, primaries, transfer) as found on
     the first frame, or the stream when the frame has none. `display_matrix` is the 9-integer
     rotation/flip matrix, or None.
+    `rebuilt_pts` is True where the container has no presentation times of its own (AVI,
+    elementary streams; see `REBUILT_PTS_DEMUXERS`), or only decode times (B-frames, pts == dts).
+    `field_order` is the stream's ("progressive", "tt" top first, "bb", "tb", "bt", or
+    "unknown"), and `interlaced_frames` whether the first frame is flagged interlaced;
+    `hatstream.media.deinterlace` reads both.
     """
 
     path: Path
@@ -119,6 +184,9 @@ class VideoInfo:
     display_matrix: tuple[int, ...] | None
     rotation: float
     sample_aspect_ratio: Fraction | None
+    rebuilt_pts: bool = False
+    field_order: str = "unknown"
+    interlaced_frames: bool = False
     hdr: HdrMetadata | None = None  # mastering display and light levels, from the first frame
 
     @property
@@ -166,6 +234,10 @@ def stream_duration(stream) -> float | None:
         start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
         return max(0.0, end - max(0.0, start)) or None
     return None
+
+
+# AVFieldOrder (libavcodec/defs.h), in order.
+FIELD_ORDERS = ("unknown", "progressive", "tt", "bb", "tb", "bt")
 
 
 def riff_complete(path: Path) -> bool:
@@ -239,6 +311,17 @@ def probe(path: Path) -> VideoInfo:
         duration = stream_duration(stream)
         start = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
         matrix = _display_matrix(frame)
+        # The decoder sets the field order from the first frame's flags; read it after decoding.
+        order = int(cc.field_order or 0)
+        # A stream SAR of 0:1 means unknown; the codec's own (MPEG-2 sequence header, H.264 VUI)
+        # is the fallback where the container says nothing.
+        sar = stream.sample_aspect_ratio or cc.sample_aspect_ratio
+        kind = container.format.name.split(",")
+        rebuilt = any(n in REBUILT_PTS_DEMUXERS for n in kind)
+        if not rebuilt and cc.has_b_frames and _pts_are_decode_times(path, stream.index):
+            log.info("%s: its video packets carry decode times only (pts == dts with B-frames); "
+                     "presentation times are rebuilt from them", name)
+            rebuilt = True
         return VideoInfo(
             path=Path(path), container=container.format.name, stream_index=stream.index,
             codec=cc.name, width=frame.width, height=frame.height, pix_fmt=pix_fmt, layout=layout,
@@ -246,7 +329,10 @@ def probe(path: Path) -> VideoInfo:
             time_base=Fraction(tb), average_rate=Fraction(stream.average_rate) if stream.average_rate else None,
             frames=frames, frames_exact=exact, duration=duration, start_time=start,
             display_matrix=matrix, rotation=float(frame.rotation or 0) if matrix else 0.0,
-            sample_aspect_ratio=Fraction(stream.sample_aspect_ratio) if stream.sample_aspect_ratio else None,
+            sample_aspect_ratio=Fraction(sar) if sar else None,
+            rebuilt_pts=rebuilt,
+            field_order=FIELD_ORDERS[order] if 0 <= order < len(FIELD_ORDERS) else "unknown",
+            interlaced_frames=bool(frame.interlaced_frame),
             hdr=_hdr_metadata(frame),
         )
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from hatstream.errors import HatstreamError
 from hatstream.media.carry import CarriedStream, Carrier, check_streams, mux_packet, plan_streams, video_tags
-from hatstream.media.encode import (EncodeSettings, VideoEncoding, add_video_stream, container_for,
+from hatstream.media.encode import (CONTAINERS, EncodeSettings, VideoEncoding, add_video_stream, container_for,
                                     planes_to_frame, resolve_encoding)
 from hatstream.media.probe import VideoInfo, open_input
 
@@ -42,12 +42,34 @@ class OutputPlan:
 
 
 def default_output_path(input_path: Path, scale: int) -> Path:
-    """`<stem>.x<scale><ext>` beside the input; inputs in other containers get `.mkv`."""
+    """`<stem>.x<scale><ext>` beside the input; inputs in other containers get `.mkv`.
+
+    AVI, MPEG program and transport streams, elementary streams, DV, FLV, ... are not written
+    (AVI cannot store B-frame timing or modern codecs; the others would lose streams or
+    metadata). Matroska holds every codec they carry (AC-3, MP2, MP3, PCM, ADPCM, DVD
+    subtitles), so their streams are kept packet for packet.
+    """
     input_path = Path(input_path)
     ext = input_path.suffix.lower()
-    if ext not in (".mp4", ".m4v", ".mov", ".mkv", ".webm"):
+    if ext not in CONTAINERS:
         ext = ".mkv"
     return input_path.with_name(f"{input_path.stem}.x{scale}{ext}")
+
+
+def default_output_note(info: VideoInfo, output: Path) -> str | None:
+    """One line saying why a default output is Matroska although the input is not, or None."""
+    ext = Path(info.path).suffix.lower()
+    if ext in CONTAINERS or Path(output).suffix.lower() != ".mkv":
+        return None
+    kind = info.container.split(",")[0]
+    return (f"{Path(info.path).name} is {_CONTAINER_WORDS.get(kind, kind)}, which hatstream does not write; "
+            f"the output is Matroska ({Path(output).name}), keeping every stream (-o NAME.mp4 for MP4)")
+
+
+_CONTAINER_WORDS = {"avi": "AVI", "mpeg": "an MPEG program stream", "mpegts": "an MPEG transport stream",
+                    "mpegvideo": "an MPEG video elementary stream", "h264": "a raw H.264 stream",
+                    "hevc": "a raw HEVC stream", "m4v": "a raw MPEG-4 video stream", "dv": "DV", "flv": "FLV",
+                    "asf": "ASF/WMV", "mjpeg": "a raw MJPEG stream", "rm": "RealMedia", "ogg": "Ogg"}
 
 
 def _container_options(container: str, info: VideoInfo) -> dict[str, str]:

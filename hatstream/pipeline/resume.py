@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterator
 
 from hatstream.atomic import atomic_output, partial_files
 from hatstream.errors import HatstreamError
+from hatstream.media.deinterlace import plan_deinterlace
 from hatstream.pipeline.engine import Progress
 from hatstream.pipeline.segments import (EncodedSegment, Segment, SegmentJob, assemble, count_packets,
                                          encode_segment, file_sha256, fsync_path, segment_path)
@@ -394,9 +395,12 @@ def run_settings(model_name: str | None, upscaler, job: SegmentJob, segment_seco
                  ) -> tuple[tuple[str, str], ...]:
     """The settings fingerprint of a run: everything that changes the encoded video of a segment."""
     enc, plan = job.plan.encoding, job.plan
+    deint = plan_deinterlace(job.info, job.deinterlace)
     return settings_fingerprint(model=model_identity(model_name, upscaler), codec=enc.codec, options=enc.options,
                                 pix_fmt=enc.layout.pix_fmt, colour=[enc.colour.matrix, enc.colour.full_range],
                                 colour_tags=enc.colour_tags, size=[plan.width, plan.height],
                                 video_stream=job.info.stream_index, segment_seconds=segment_seconds,
                                 # Only when on, so the work folders of runs without it still resume.
-                                **({"temporal": "on"} if job.temporal else {}))
+                                **({"temporal": "on"} if job.temporal else {}),
+                                # Likewise only when frames are deinterlaced (the filter and its options).
+                                **({"deinterlace": deint.args} if deint else {}))

@@ -17,9 +17,10 @@ from typing import Callable
 from hatstream.atomic import atomic_output, check_output_path
 from hatstream.errors import HatstreamError
 from hatstream.media.decode import DecodeStats, Frame, read_frames
+from hatstream.media.deinterlace import plan_deinterlace
 from hatstream.media.encode import EncodeSettings, container_for
 from hatstream.media.probe import probe
-from hatstream.media.writer import VideoWriter, default_output_path, plan_output
+from hatstream.media.writer import VideoWriter, default_output_note, default_output_path, plan_output
 from hatstream.pipeline.engine import Progress, run_stages
 from hatstream.pipeline.segments import DEFAULT_SEGMENT_SECONDS, SegmentJob, plan_segments, upscaler_for
 
@@ -49,6 +50,7 @@ class RunConfig:
     resume: bool = True            # pick up an interrupted run's finished segments
     compile: bool = False          # torch.compile the model (local engine; static shapes per video)
     temporal: bool = False         # steady the output along the motion (`pipeline.temporal`)
+    deinterlace: str = "auto"      # auto | on | off (see hatstream.media.deinterlace)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class RunResult:
     problems: tuple[str, ...] = ()
     resumed: int = 0               # frames taken from segments an interrupted run had finished
     note: str | None = None        # why the run started over instead of resuming
+    deinterlaced: str | None = None  # what deinterlacing did, for the summary line
+    container_note: str | None = None  # why the output is in another container than the input
 
     @property
     def fps(self) -> float:
@@ -90,6 +94,7 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
         raise HatstreamError("--batch must be at least 1")
     started = time.perf_counter()
     info = probe(config.input)
+    deint = plan_deinterlace(info, config.deinterlace)
     # torch takes seconds to import; bad input has been refused by now without it.
     from hatstream.inference import load_model
     from hatstream.pipeline.stage import FrameFormat, temporal_filter, upscale_planes
@@ -108,6 +113,9 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
                        precision="fp32" if on_ray else config.precision, scale=config.scale,
                        compile=config.compile and not on_ray)
     output = Path(config.output) if config.output is not None else default_output_path(config.input, model.scale)
+    container_note = default_output_note(info, output) if config.output is None else None
+    if container_note:
+        log.info("%s", container_note)
     check_output_path(output, [Path(config.input)], config.overwrite)
     plan = plan_output(info, output, model.scale, config.encode, config.audio_codec, config.subtitles)
     log.info("%s -> %s: %s, model %s", info.path.name, output, plan.describe(), model.info.name)
@@ -119,7 +127,7 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
     if len(segments) > 1:
         from hatstream.pipeline.resume import run_resumable, run_settings
 
-        job = SegmentJob(info, plan, config.batch, config.temporal)
+        job = SegmentJob(info, plan, config.batch, config.temporal, config.deinterlace)
         if on_start is not None:
             on_start(info.frames, info.frames_exact)
         if on_ray:
@@ -132,7 +140,8 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
                                  info.frames, info.frames_exact, on_progress, overwrite=config.overwrite)
         return RunResult(output=output, frames=done.frames, seconds=time.perf_counter() - started, repaired=0,
                          dropped=0, model=model.info.name, resumed=done.resumed, note=done.note,
-                         encoding=f"{plan.encoding.codec} {plan.encoding.layout.pix_fmt}")
+                         encoding=f"{plan.encoding.codec} {plan.encoding.layout.pix_fmt}",
+                         deinterlaced=deint.describe() if deint else None, container_note=container_note)
 
     src = FrameFormat(info.layout, info.colour)
     dst = FrameFormat(plan.encoding.layout, plan.encoding.colour)
@@ -147,7 +156,7 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
             def write(frame: Frame) -> None:
                 writer.write(frame.planes, frame.pts)
 
-            decoded = read_frames(info, config.on_error, stats)
+            decoded = read_frames(info, config.on_error, stats, config.deinterlace)
             common = dict(batch=config.batch, total=info.frames, exact=info.frames_exact, on_progress=on_progress)
             if on_ray:
                 from hatstream.pipeline.ray_engine import run_ray
@@ -163,4 +172,5 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
     return RunResult(output=output, frames=frames, seconds=time.perf_counter() - started,
                      repaired=stats.repaired, dropped=stats.dropped, model=model.info.name,
                      encoding=f"{plan.encoding.codec} {plan.encoding.layout.pix_fmt}",
-                     problems=tuple(stats.problems))
+                     problems=tuple(stats.problems), deinterlaced=deint.describe() if deint else None,
+                     container_note=container_note)

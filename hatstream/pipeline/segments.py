@@ -36,6 +36,7 @@ import av
 
 from hatstream.errors import HatstreamError
 from hatstream.media.decode import DecodeStats, Frame, _check_complete, frame_to_planes
+from hatstream.media.deinterlace import Deinterlacer, plan_deinterlace
 from hatstream.media.probe import VideoInfo, configure_decoder, open_input, seconds
 from hatstream.media.writer import OutputPlan, VideoWriter
 from hatstream.pipeline.engine import Progress, run_stages
@@ -71,6 +72,7 @@ class SegmentJob:
     plan: OutputPlan
     batch: int = 1
     temporal: bool = False  # steady the output (`pipeline.temporal`); its state restarts at each segment
+    deinterlace: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,10 @@ def plan_segments(info: VideoInfo, segment_seconds: float, index: KeyframeIndex 
     whole = (Segment(0, None, None),)
     if segment_seconds <= 0 or (info.duration is not None and info.duration <= segment_seconds):
         return whole
+    if info.rebuilt_pts:
+        # Times rebuilt from the decode order (AVI, elementary streams) are known only to a
+        # decoder that started at the first packet; a segment decoded from a seek has no frame count.
+        return whole
     index = index or index_keyframes(info)
     # The verdict of a whole-file run on a file that ends early, given before any work: one
     # check, the decoder's own, fed with what the packets say (each packet is one frame).
@@ -170,7 +176,7 @@ def plan_segments(info: VideoInfo, segment_seconds: float, index: KeyframeIndex 
     return tuple(Segment(i, bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1))
 
 
-def segment_frames(info: VideoInfo, segment: Segment) -> Iterator[Frame]:
+def segment_frames(info: VideoInfo, segment: Segment, deinterlace: str = "auto") -> Iterator[Frame]:
     """Decode exactly the frames of `segment`, at their input pts, starting from its keyframe.
 
     Decoding starts at the keyframe packet whose pts is `start_pts` (after a backward seek);
@@ -178,8 +184,13 @@ def segment_frames(info: VideoInfo, segment: Segment) -> Iterator[Frame]:
     the previous segment, which decodes them from its own references, so they are dropped here.
     Decoders return frames in pts order, so the first frame at or past `end_pts` ends the
     segment. Damage stops the segment with its timestamp, as in a whole-file run.
+
+    Deinterlacing sees every decoded frame, the dropped ones too, so the frames at a segment's
+    edges get the same neighbours as in a whole-file run wherever the decoder returns them.
     """
     name, tb = info.path.name, info.time_base
+    plan = plan_deinterlace(info, deinterlace)
+    deint = Deinterlacer(plan, tb) if plan is not None else None
     index = 0
     with open_input(info.path) as container:
         stream = container.streams[info.stream_index]
@@ -203,6 +214,8 @@ def segment_frames(info: VideoInfo, segment: Segment) -> Iterator[Frame]:
             except av.error.FFmpegError as exc:
                 where = seconds(packet.pts if packet.pts is not None else packet.dts, tb)
                 raise HatstreamError(f"{name}: damaged video packet at {where:.3f}s ({exc.strerror or exc})") from None
+            if deint is not None:
+                frames = [out for frame in frames for out in deint.feed(frame)]
             for frame in frames:
                 pts = frame.pts
                 if segment.end_pts is not None and pts is not None and pts >= segment.end_pts:
@@ -216,6 +229,12 @@ def segment_frames(info: VideoInfo, segment: Segment) -> Iterator[Frame]:
                 last = pts
                 yield Frame(index, pts, frame_to_planes(frame, info.layout))
                 index += 1
+        if deint is not None:
+            for frame in deint.flush():
+                if frame.pts is not None and segment.contains(frame.pts) and (last is None or frame.pts > last):
+                    last = frame.pts
+                    yield Frame(index, frame.pts, frame_to_planes(frame, info.layout))
+                    index += 1
 
 
 def segment_path(folder: Path, index: int) -> Path:
@@ -266,7 +285,7 @@ def encode_segment(job: SegmentJob, segment: Segment, upscale: Callable[[list[tu
                 first.append(frame.pts)
             writer.write(frame.planes, frame.pts)
 
-        frames = run_stages(segment_frames(job.info, segment), upscale, write, batch=job.batch,
+        frames = run_stages(segment_frames(job.info, segment, job.deinterlace), upscale, write, batch=job.batch,
                             on_progress=on_progress)
         writer.finish()
     except BaseException:
