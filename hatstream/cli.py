@@ -25,6 +25,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("models", "models", "list the built-in models"),
     ("eval", "eval", "PSNR/SSIM of a model against bicubic on a folder of images"),
     ("train", "train", "train or fine-tune HAT (same-task pretraining, then fine-tuning)"),
+    ("export", "export", "write a HAT model as an ONNX graph for one frame size"),
 ]
 
 
