@@ -7,12 +7,14 @@ HAT architecture file is loaded, with its parent packages stubbed so their `__in
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import sys
 import types
 
 
+@functools.lru_cache(maxsize=1)  # the stubs below can be made once per process
 def reference_hat_class():
     """The reference `HAT` class, or raise ImportError when spandrel is not installed."""
     try:

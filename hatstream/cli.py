@@ -20,6 +20,7 @@ from hatstream.errors import HatstreamError
 COMMANDS: list[tuple[str, str, str]] = [
     ("run", "run", "upscale a video file"),
     ("image", "image", "upscale PNG/JPEG images"),
+    ("preview", "preview", "a few frames upscaled beside the source and bicubic, as PNG or HTML"),
     ("watch", "watch", "watch a folder and upscale every video that lands in it"),
     ("bench", "bench", "measure each stage's throughput on a synthetic clip"),
     ("models", "models", "list the built-in models"),

@@ -6,13 +6,13 @@ import json
 
 import torch
 
-from conftest import run_cli, shared_path
+from conftest import released_layouts, run_cli
 from hatstream.models.flops import hat_macs
 from hatstream.models.hat import HAT, HATConfig
 
 
 def test_mac_count_matches_published_hat_costs():
-    layouts = json.loads(shared_path("fixtures", "hat", "released_layouts.json").read_text())
+    layouts = released_layouts()
     # Published multiply-adds per input pixel (millions): HAT-S x4 13.3, HAT x4 25.4, HAT-L x4 49.6.
     for name, expected in (("HAT-S_SRx4", 13.33), ("HAT_SRx4", 25.36), ("HAT-L_SRx4", 49.56)):
         per_px = hat_macs(HATConfig(**layouts[name]["config"]), 64, 64) / 4096 / 1e6

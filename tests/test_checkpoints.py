@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import functools
-import json
 import pickle
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import shared_path
+from conftest import released_layouts
 from hatstream.errors import HatstreamError
 from hatstream.inference import load_model
 from hatstream.models.hat import HAT, relative_position_index_oca, relative_position_index_sa
 
-LAYOUTS = json.loads(shared_path("fixtures", "hat", "released_layouts.json").read_text())
+LAYOUTS = released_layouts()
 
 
 @functools.lru_cache(maxsize=None)

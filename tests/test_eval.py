@@ -5,18 +5,16 @@ from __future__ import annotations
 import json
 
 import cv2
-import numpy as np
 
-from conftest import run_cli, shared_path
+from conftest import metric_cases, run_cli
 
 
 def test_eval_prints_table_and_reproduces_reference(tmp_path):
-    expected = {c["case"]: c for c in json.loads(shared_path("fixtures", "metrics", "expected.json").read_text())}
+    expected = {c["case"]: c for c in metric_cases()}
     folder = tmp_path / "hr"
     folder.mkdir()
     for name in ("astronaut", "chelsea", "coffee"):
-        hr = np.load(shared_path("fixtures", "metrics", f"{name}_x4.npz"))["hr"]
-        cv2.imwrite(str(folder / f"{name}.png"), hr[..., ::-1])
+        cv2.imwrite(str(folder / f"{name}.png"), expected[f"{name}_x4"]["hr"][..., ::-1])
     out = tmp_path / "scores.json"
     proc = run_cli("eval", "--model", "bicubic", "--data", folder, "--scale", "4", "--json", out, timeout=120)
     assert proc.returncode == 0, proc.stderr

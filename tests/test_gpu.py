@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import shared_path
+import hat_cases
 from hatstream.inference import Upscaler
 from hatstream.models.registry import build_from_state_dict
 
@@ -14,9 +14,9 @@ CUDA = torch.device("cuda")
 
 
 def fixture(name):
-    fx = torch.load(shared_path("fixtures", "hat", f"{name}.pt"), weights_only=True)
-    model, info = build_from_state_dict(fx["checkpoint"]["params_ema"], name)
-    return model, info, fx["cases"]
+    fx = hat_cases.case(name)
+    model, info = build_from_state_dict(fx.state, name)
+    return model, info, [{"input": x, "output": y} for x, y in zip(fx.inputs, fx.outputs)]
 
 
 def psnr(a, b):

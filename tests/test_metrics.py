@@ -2,36 +2,26 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
-from conftest import shared_path
+from conftest import metric_cases
 from hatstream.metrics.imresize import imresize, imresize_torch
 from hatstream.metrics.quality import psnr, psnr_y, ssim_y
 from hatstream.train.evaluate import score_image
 
 
-def _cases():
-    return json.loads(shared_path("fixtures", "metrics", "expected.json").read_text())
-
-
-def _fixture(case: str):
-    return np.load(shared_path("fixtures", "metrics", f"{case}.npz"))
-
-
 @pytest.fixture(scope="module")
 def cases():
-    found = _cases()
-    assert len(found) >= 9, "expected.json lists fewer cases than the fixtures README describes"
+    found = metric_cases()
+    assert len(found) >= 9, "tests/data/metrics.json lists fewer cases than it was made with"
     return found
 
 
 def test_imresize_reproduces_matlab_downscale(cases):
     for case in cases:
-        d, s = _fixture(case["case"]), case["scale"]
+        d, s = case, case["scale"]
         lr = imresize(d["hr"] / 255.0, 1 / s)
         assert lr.shape == d["lr_float"].shape
         assert np.abs(lr - d["lr_float"]).max() < 1e-4, case["case"]
@@ -43,7 +33,7 @@ def test_imresize_reproduces_matlab_downscale(cases):
 
 def test_psnr_ssim_y_and_rgb(cases):
     for case in cases:
-        d, s = _fixture(case["case"]), case["scale"]
+        d, s = case, case["scale"]
         assert abs(psnr_y(d["sr"], d["hr"], s) - case["psnr_y"]) < 1e-4, case["case"]
         assert abs(ssim_y(d["sr"], d["hr"], s) - case["ssim_y"]) < 1e-5, case["case"]
         assert abs(psnr(d["sr"], d["hr"], s) - case["psnr_rgb"]) < 1e-4, case["case"]
@@ -54,7 +44,7 @@ def test_eval_pipeline_bicubic_column_matches_reference(cases):
     # x3 is left out here only: this OpenCV's INTER_CUBIC at x3 rounds a few pixels one level off
     # the fixture's `sr` (our LR matches exactly); the metrics themselves are checked above at x3.
     for case in (c for c in cases if c["scale"] != 3):
-        d, s = _fixture(case["case"]), case["scale"]
+        d, s = case, case["scale"]
         score = score_image(case["case"], d["hr"], s, None)
         assert abs(score.bicubic_psnr - case["psnr_y"]) < 1e-4
         assert abs(score.bicubic_ssim - case["ssim_y"]) < 1e-5

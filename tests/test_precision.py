@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from conftest import shared_path
+import hat_cases
 from hatstream.inference import Upscaler
 from hatstream.models.hat_rescale import rescale_trunk, trunk_peak
 from hatstream.models.registry import build_from_state_dict
@@ -22,9 +22,9 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def fixture_model():
-    fx = torch.load(shared_path("fixtures", "hat", "small_x4_w16.pt"), weights_only=True)
-    model, info = build_from_state_dict(fx["checkpoint"]["params_ema"], "small_x4_w16")
-    return model, info, fx["cases"][0]["input"]
+    fx = hat_cases.case("small_x4_w16")
+    model, info = build_from_state_dict(fx.state, "small_x4_w16")
+    return model, info, fx.inputs[0]
 
 
 def test_rescaling_preserves_the_function_exactly(fixture_model):
@@ -56,3 +56,74 @@ def test_bf16_within_bound(fixture_model):
     out = Upscaler(copy.deepcopy(model), info, CPU, torch.bfloat16)(x)
     assert torch.isfinite(out).all()
     assert psnr(out, ref) > 50
+
+
+def _deep_tiny_hat():
+    # Eight blocks in four groups: a trunk long enough for bf16's rounding of it to show.
+    cfg = {**hat_cases._COMMON, "upscale": 4, "window_size": 8, "embed_dim": 48, "depths": [2, 2, 2, 2],
+           "num_heads": [6] * 4, "compress_ratio": 3, "squeeze_factor": 16}
+    torch.manual_seed(0)
+    from hatstream.models.hat import HAT
+
+    return hat_cases.perturbed(HAT(**cfg).state_dict())
+
+
+def test_bf16_keeps_the_trunk_layernorms_and_ends_in_fp32():
+    model, info = build_from_state_dict(_deep_tiny_hat(), "deep")
+    up = Upscaler(model, info, CPU, torch.bfloat16)
+    m = up.model
+    assert up.input_dtype == torch.float32
+    assert m.layers[0].residual_group.blocks[0].attn.qkv.weight.dtype == torch.bfloat16  # branches: bf16
+    assert all(n.weight.dtype == torch.float32 for n in m.modules() if isinstance(n, torch.nn.LayerNorm))
+    assert m.conv_first.weight.dtype == m.conv_before_upsample[0].weight.dtype == torch.float32
+    seen = []
+    hooks = [blk.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+             for blk in m.modules() if type(blk).__name__ in ("HAB", "OCAB", "RHAG")]
+    y = up(torch.rand(1, 3, 16, 16))
+    for h in hooks:
+        h.remove()
+    assert seen and set(seen) == {torch.float32}  # every residual add is carried in fp32
+    assert y.dtype == torch.float32
+
+
+def test_bf16_accuracy_on_a_deeper_trunk():
+    # With every tensor in bf16 this was 55.8 dB from fp32; the fp32 trunk, LayerNorms and ends
+    # give 61.6 dB (HAT-S x4: 49.3 -> 56.3 dB, benchmarks/RESULTS.md).
+    state = _deep_tiny_hat()
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    outs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model, info = build_from_state_dict(state, "deep")
+        outs[dtype] = Upscaler(model, info, CPU, dtype)(x)
+    assert psnr(outs[torch.bfloat16], outs[torch.float32]) > 59
+
+
+def test_cpu_flags_decide_native_bf16():
+    from hatstream.inference.precision import cpu_flags, cpu_has_native_bf16
+
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    assert cpu_flags(avx2) == {"fpu", "sse2", "avx", "avx2", "fma"}
+    assert not cpu_has_native_bf16(cpu_flags(avx2))
+    assert not cpu_has_native_bf16(frozenset({"avx512f", "avx512_vnni"}))  # AVX-512 alone is not enough
+    assert cpu_has_native_bf16(frozenset({"avx512f", "avx512_bf16"}))
+    assert cpu_has_native_bf16(frozenset({"amx_tile", "amx_bf16"}))
+    assert cpu_flags("") == frozenset()
+    # And on this machine, against the kernel's own report read independently of the code under test.
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo here")
+    native = any(w in ("avx512_bf16", "amx_bf16") for line in text.splitlines()
+                 if line.startswith("flags") for w in line.split())
+    assert cpu_has_native_bf16() == native
+
+
+def test_auto_precision_follows_the_cpu(monkeypatch):
+    import hatstream.inference.precision as precision
+    from hatstream.models.spec import ModelInfo
+
+    info = ModelInfo(name="HAT", arch="HAT", scale=2, window_multiple=8, supports_bf16=True)
+    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: frozenset({"avx2"}))
+    assert precision.resolve_precision("auto", CPU, info) == torch.float32
+    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: frozenset({"avx512_bf16"}))
+    assert precision.resolve_precision("auto", CPU, info) == torch.bfloat16

@@ -30,6 +30,7 @@ from hatstream.pipeline.ray_engine import WORKER_NAME, WorkerPool, _batch_job, _
 from hatstream.pipeline.run import RunConfig, run_file
 from mediagen import Clip, frame_times, make_video, read_planes, run_cli
 
+pytestmark = pytest.mark.slow  # real Ray clusters: `make test-quick` leaves these out
 MARK = "HATSTREAM_RAY_TEST"
 LOSSLESS = EncodeSettings(codec="ffv1")
 

@@ -9,6 +9,9 @@ SIGTERM or Ctrl-C stops the running jobs cleanly, puts them back in the queue an
 
     hatstream watch IN_DIR -o OUT_DIR [--preset NAME|FILE] [--once] ...
     hatstream watch --status OUT_DIR
+
+--http [HOST:]PORT serves a read-only status page (and /api/jobs) from the ledger; it listens on
+loopback only unless --http-remote is given, and then other machines need the token.
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_engine_arguments(p)
     p.add_argument("--once", action="store_true", help="process what is ready now, then exit (for cron)")
     p.add_argument("--status", type=Path, metavar="OUT_DIR", help="print the jobs recorded in OUT_DIR and exit")
+    p.add_argument("--http", metavar="[HOST:]PORT",
+                   help="serve a read-only status page and JSON API (default host 127.0.0.1; port 0 picks one)")
+    p.add_argument("--http-remote", action="store_true",
+                   help="allow --http on an address other machines can reach; their requests need the token")
+    p.add_argument("--http-token-file", type=Path, metavar="FILE",
+                   help="the token for --http-remote (default: made once, kept in OUT_DIR/.hatstream/http-token)")
 
 
 def _print_status(out_dir: Path) -> int:
@@ -69,11 +78,31 @@ def _print_status(out_dir: Path) -> int:
     return 0
 
 
+def _status_server(args: argparse.Namespace):
+    """The --http status server, listening and serving (None without --http)."""
+    if args.http is None:
+        if args.http_remote or args.http_token_file:
+            raise HatstreamError("--http-remote and --http-token-file need --http [HOST:]PORT")
+        return None
+    from hatstream.watch.http import StatusServer, parse_listen
+
+    host, port = parse_listen(args.http)
+    server = StatusServer(args.output, host, port, remote=args.http_remote, token_file=args.http_token_file)
+    server.start()
+    where = (f"; other machines need the token in {server.token_path}" if server.token is not None
+             else " (loopback only)")
+    logging.getLogger("hatstream.watch").info("status page at %s%s", server.url, where)
+    return server
+
+
 def run(args: argparse.Namespace) -> int:
     """Watch (or, with --status, report) and return the exit status."""
     if args.status is not None:
         if args.in_dir is not None or args.output is not None:
             raise HatstreamError("--status takes only OUT_DIR: hatstream watch --status OUT_DIR")
+        if args.http is not None:
+            raise HatstreamError("--http serves the page of a running watcher: "
+                                 "hatstream watch IN_DIR -o OUT_DIR --http PORT")
         return _print_status(args.status)
     if args.in_dir is None or args.output is None:
         raise HatstreamError("usage: hatstream watch IN_DIR -o OUT_DIR (or: hatstream watch --status OUT_DIR)")
@@ -98,7 +127,12 @@ def run(args: argparse.Namespace) -> int:
     watch_log = logging.getLogger("hatstream.watch")
     if watch_log.getEffectiveLevel() > logging.INFO:
         watch_log.setLevel(logging.INFO)
-    summary = Watcher(config, stop).run()
+    server = _status_server(args)
+    try:
+        summary = Watcher(config, stop).run()
+    finally:
+        if server is not None:
+            server.close()
     print(f"hatstream: watch stopped: {summary.done} done, {summary.failed} failed, "
           f"{summary.quarantined} quarantined, {summary.interrupted} interrupted", flush=True)
     return 0

@@ -15,16 +15,37 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def cpu_has_native_bf16() -> bool:
+# The CPU features under which oneDNN runs bf16 matmuls natively, as Linux names them in
+# /proc/cpuinfo: AVX512-BF16 (vdpbf16ps) and AMX (tile matmuls in bf16).
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them (empty where /proc/cpuinfo does not exist).
+
+    Read from the OS rather than from torch: the torch._C._cpu queries that once answered this
+    were removed (torch 2.13 has none), and the flags are what a benchmark note must record anyway.
+    Every core reports the same flags; the first "flags" line is taken.
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return frozenset()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # "Features" on ARM
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_has_native_bf16(flags: frozenset[str] | None = None) -> bool:
     """True on CPUs with AMX or AVX512-BF16, where oneDNN runs bf16 matmuls natively.
 
     Without them bf16 is emulated and slower than fp32, so `auto` must not pick it.
     """
-    cpu = getattr(torch._C, "_cpu", None)
-    if cpu is None:
-        return False
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(cpu, name, lambda: False)() for name in checks)
+    return bool((cpu_flags() if flags is None else flags) & NATIVE_BF16_FLAGS)
 
 
 def resolve_precision(precision: str, device: torch.device, info: ModelInfo) -> torch.dtype:

@@ -12,7 +12,7 @@ from torch import nn
 
 from hatstream.inference.heap import keep_freed_memory
 from hatstream.inference.tiling import upscale_tiled
-from hatstream.models.hat import HAT, pad_heads
+from hatstream.models.hat import HAT, keep_sensitive_parts_fp32, pad_heads
 from hatstream.models.hat_head import fold_head
 from hatstream.models.hat_rescale import make_fp16_safe
 from hatstream.models.spec import ModelInfo
@@ -92,6 +92,11 @@ class Upscaler:
             # channels-last layout, so channels-last weights spare a copy per conv.
             model = model.to(memory_format=torch.channels_last)
         self.model = model.to(device=device, dtype=dtype).eval()
+        # What the model is fed: the compute dtype, except where the model takes the image wider.
+        self.input_dtype = dtype
+        if isinstance(model, HAT) and dtype == torch.bfloat16:
+            keep_sensitive_parts_fp32(self.model)  # trunk, LayerNorms, both ends: >= 50 dB from fp32
+            self.input_dtype = torch.float32
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.strict_attention = strict_attention_requested()
@@ -147,5 +152,5 @@ class Upscaler:
         if x.ndim != 4:
             raise ValueError(f"expected a (B, C, H, W) batch, got shape {tuple(x.shape)}")
         out_dtype = x.dtype if x.is_floating_point() else torch.float32
-        x = x.to(device=self.device, dtype=self.dtype, non_blocking=True)
+        x = x.to(device=self.device, dtype=self.input_dtype, non_blocking=True)
         return self._run_fitting(x).clamp_(0, 1).to(out_dtype)

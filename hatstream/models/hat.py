@@ -363,7 +363,8 @@ class HAB(nn.Module):
         """x (B, H*W, C) -> (B, H*W, C); `plan` is the shifted one for shifted blocks."""
         h, w = x_size
         b, _, c = x.shape
-        y = self.norm1(x)
+        dt = self.attn.qkv.weight.dtype  # the branches' dtype; the trunk x may be wider (bf16: fp32)
+        y = self.norm1(x).to(dt)
 
         conv = self.conv_block(y.view(b, h, w, c).permute(0, 3, 1, 2))  # (B, C, H, W), channels-last
         conv = conv.permute(0, 2, 3, 1).reshape(b, h * w, c)
@@ -373,8 +374,8 @@ class HAB(nn.Module):
         attn = self.attn(windows, rpi_sa, masks if self.shift_size else None, plan.groups)
         attn = attn.view(-1, c).index_select(0, plan.inverse).view(b, h * w, c)  # and back
 
-        x = x + attn + conv * self.conv_scale
-        return x + self.mlp(self.norm2(x))
+        x = x + attn + conv * self.conv_scale  # in the trunk's dtype
+        return x + self.mlp(self.norm2(x).to(dt))
 
 
 class OCAB(nn.Module):
@@ -419,7 +420,8 @@ class OCAB(nn.Module):
         b, _, _ = x.shape
         ws, ows, nh, d = self.window_size, self.overlap_win_size, self.num_heads, self.head_dim
         cq = nh * d
-        qkv = self.qkv(self.norm1(x))  # (B, H*W, 3C)
+        dt = self.qkv.weight.dtype  # as in HAB: the trunk x may be wider than the branches
+        qkv = self.qkv(self.norm1(x).to(dt))  # (B, H*W, 3C)
 
         q = qkv.view(b * h * w, 3 * cq)[:, :cq].index_select(0, plan.order)  # (nW*B*n, C)
         q = q.view(-1, ws * ws, nh, d).transpose(1, 2)  # (nW*B, nH, n, d)
@@ -437,7 +439,7 @@ class OCAB(nn.Module):
         out = out.transpose(1, 2).reshape(-1, cq).index_select(0, plan.inverse).reshape(b, h * w, cq)
 
         x = x + self.proj(out)
-        return x + self.mlp(self.norm2(x))
+        return x + self.mlp(self.norm2(x).to(dt))
 
 
 class AttenBlocks(nn.Module):
@@ -501,7 +503,8 @@ class RHAG(nn.Module):
 
     def forward(self, x, x_size, rpi_sa, rpi_oca, masks, plans):
         y = self.residual_group(x, x_size, rpi_sa, rpi_oca, masks, plans)
-        return self.patch_embed(self.conv(_unembed(y, x_size))) + x
+        dt = self.residual_group.overlap_attn.qkv.weight.dtype
+        return self.patch_embed(self.conv(_unembed(y, x_size).to(dt))) + x
 
 
 class Upsample(nn.Sequential):
@@ -596,7 +599,7 @@ class HAT(nn.Module):
         masks = self.shift_masks(x.device)
         plans = self.window_plans(x.shape[0], *x_size, x.device)
         rpi_sa, rpi_oca = self.relative_position_index_SA, self.relative_position_index_OCA
-        x = self.patch_embed(x)  # (B, H*W, C)
+        x = self.patch_embed(x.to(self.norm.weight.dtype))  # (B, H*W, C), in the trunk's dtype
         for layer in self.layers:
             x = layer(x, x_size, rpi_sa, rpi_oca, masks, plans)
         return _unembed(self.norm(x), x_size)
@@ -606,10 +609,11 @@ class HAT(nn.Module):
         ws = self.window_size
         if x.shape[-2] % ws or x.shape[-1] % ws:
             raise ValueError(f"input size {tuple(x.shape[-2:])} is not a multiple of the window size {ws}")
+        x = x.to(self.conv_first.weight.dtype)  # fp32 under bf16: see keep_sensitive_parts_fp32
         mean = self.mean.to(x.dtype)
         x = (x - mean) * self.img_range
         x = self.conv_first(x)
-        x = self.conv_after_body(self.forward_features(x)) + x
+        x = self.conv_after_body(self.forward_features(x).to(x.dtype)) + x
         x = self.conv_before_upsample(x)
         x = self.folded_head(x) if self.folded_head is not None else self.conv_last(self.upsample(x))
         return x / self.img_range + mean
@@ -643,6 +647,30 @@ def pad_heads(model: HAT, multiple: int = 8) -> None:
         proj.weight.view(-1, nh, dp)[:, :, :d] = m.proj.weight.view(-1, nh, d)
         proj.bias.copy_(m.proj.bias)
         m.qkv, m.proj, m.head_dim = qkv, proj, dp
+
+
+@torch.no_grad()
+def keep_sensitive_parts_fp32(model: HAT) -> None:
+    """For bf16 inference: keep the parts that bf16's 8-bit mantissa hurts most in fp32, in place.
+
+    The residual trunk is never normalised and grows to hundreds (or, trained, past 65504), so
+    each of its ~50 additions rounded to bf16 loses about three significant digits of the trunk
+    (2^-9 of its size) in every block. The trunk therefore stays fp32, and so do the LayerNorms
+    that read it (each branch then starts from an exact normalisation and runs in bf16), and the
+    thin convolutions at both ends, whose inputs are the image itself and whose output is the
+    image: conv_first, conv_after_body and the reconstruction head. Together they are ~3% of
+    HAT-S's multiply-adds. Measured on HAT-S x4 (perturbed random weights, 64x64): 49.3 dB from
+    fp32 with everything in bf16, see benchmarks/RESULTS.md for the figure with this.
+    Call after the model has been converted to bf16; forward() casts at each boundary.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.LayerNorm):
+            m.float()
+    for m in (model.conv_first, model.conv_after_body, model.conv_before_upsample, model.upsample,
+              model.conv_last, model.folded_head):
+        if m is not None:
+            m.float()
+    model.mean = model.mean.float()
 
 
 def _input_mean(in_chans: int) -> torch.Tensor:

@@ -9,6 +9,10 @@ The price is importing torch once per job, a few seconds, small against upscalin
 
 The child prints one JSON line on stdout: the result, or `{"error": ...}` for a HatstreamError
 (exit status 2). Interrupted, it exits 130; anything else is a bug with a traceback on stderr.
+
+Given the OUT_DIR and its job id (`... CONFIG_JSON OUT_DIR JOB_ID`), the child also writes its
+progress into the ledger about once a second, and, once done, a small before/after thumbnail
+to `OUT_DIR/.hatstream/thumbs/<id>.png`. The status page reads both; neither can fail the job.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,15 +62,20 @@ class Outcome:
 
 
 class JobProcess:
-    """A running job child. Output goes to temporary files, so a chatty child never blocks on a pipe."""
+    """A running job child. Output goes to temporary files, so a chatty child never blocks on a pipe.
 
-    def __init__(self, config: RunConfig):
+    With `report=(out_dir, job_id)` the child records its progress and thumbnail for that ledger row.
+    """
+
+    def __init__(self, config: RunConfig, report: tuple[Path, int] | None = None):
         self._out = tempfile.TemporaryFile()
         self._err = tempfile.TemporaryFile()
         env = dict(os.environ, **{_PARENT_ENV: str(os.getpid())})
         # The child must import this same hatstream, wherever the watcher was started from.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
-        self.proc = subprocess.Popen([sys.executable, "-m", "hatstream.watch.job", config_to_json(config)],
+        report_args = [str(report[0]), str(report[1])] if report is not None else []
+        self.proc = subprocess.Popen([sys.executable, "-m", "hatstream.watch.job", config_to_json(config),
+                                      *report_args],
                                      stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err, env=env)
 
     @property
@@ -132,6 +142,71 @@ def _die_with_parent() -> None:
         raise KeyboardInterrupt
 
 
+THUMBS_DIR = "thumbs"
+_REPORT_EVERY = 1.0  # seconds between progress updates in the ledger
+
+
+def thumbnail_path(out_dir: Path, job_id: int) -> Path:
+    """Where the before/after thumbnail of job `job_id` is kept."""
+    from hatstream.watch.ledger import STATE_DIR
+
+    return Path(out_dir) / STATE_DIR / THUMBS_DIR / f"{job_id}.png"
+
+
+class _Reporter:
+    """The job's progress, into the ledger at most once a second. A ledger that cannot be written
+    (locked for long, removed) costs only the progress display, never the job."""
+
+    def __init__(self, out_dir: Path, job_id: int):
+        self.out_dir, self.job_id = out_dir, job_id
+        self.last = 0.0
+        self.total = 0
+        self.broken = False
+
+    def _write(self, frames: int, total: int, fps: float) -> None:
+        import sqlite3
+
+        from hatstream.errors import HatstreamError
+        from hatstream.watch.ledger import Ledger
+
+        if self.broken:
+            return
+        try:
+            # A connection per write: updates come from the encoder thread, and a sqlite3
+            # connection belongs to the thread that made it. Once a second, that costs nothing.
+            ledger = Ledger(self.out_dir, create=False)
+            try:
+                ledger.progress(self.job_id, frames, total, fps)
+            finally:
+                ledger.close()
+        except (sqlite3.Error, HatstreamError) as exc:
+            self.broken = True
+            logging.getLogger(__name__).warning("cannot record progress in the ledger: %s", exc)
+
+    def start(self, total: int, exact: bool) -> None:  # noqa: ARG002 - run_file's on_start signature
+        self.total = total
+        self._write(0, total, 0.0)
+
+    def update(self, p) -> None:
+        now = time.monotonic()
+        if now - self.last >= _REPORT_EVERY:
+            self.last = now
+            self._write(p.frames, p.total, round(p.fps, 3))
+
+    def finish(self, config: RunConfig, output: Path) -> None:
+        """Write the thumbnail of the finished job (a failure is logged, the job stays done)."""
+        from hatstream.atomic import atomic_output
+        from hatstream.pipeline.preview import thumbnail
+        from hatstream.pipeline.preview_render import png_bytes
+
+        try:
+            data = png_bytes(thumbnail(config.input, output))
+            with atomic_output(thumbnail_path(self.out_dir, self.job_id)) as tmp:
+                tmp.write_bytes(data)
+        except Exception as exc:  # noqa: BLE001 - a thumbnail is decoration
+            logging.getLogger(__name__).warning("no thumbnail for %s: %s", output, exc)
+
+
 def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
     raise KeyboardInterrupt
 
@@ -145,7 +220,13 @@ def main(argv: list[str]) -> int:
 
     try:
         _die_with_parent()
-        result = run_file(config_from_json(argv[1]))
+        config = config_from_json(argv[1])
+        reporter = _Reporter(Path(argv[2]), int(argv[3])) if len(argv) >= 4 else None
+        if reporter is None:
+            result = run_file(config)
+        else:
+            result = run_file(config, on_progress=reporter.update, on_start=reporter.start)
+            reporter.finish(config, result.output)
         print(json.dumps({"frames": result.frames, "seconds": round(result.seconds, 3),
                           "output": str(result.output)}), flush=True)
     except HatstreamError as exc:

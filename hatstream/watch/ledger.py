@@ -9,7 +9,8 @@ moment leaves each row in a state the next start knows how to resume:
       └────────────┴──────▶ failed ──(retry after a delay)──▶ running ...
        interrupted               └── quarantined after --max-attempts
 
-WAL lets `hatstream watch --status` read while a watcher writes.
+WAL lets `hatstream watch --status` (and the --http status page) read while a watcher writes.
+A running job's own process also writes its progress (the `progress_*` columns) about once a second.
 """
 
 from __future__ import annotations
@@ -46,6 +47,15 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_output ON jobs (output);
 """
 
+# Columns added after the first release, with their types. `_migrate` adds any that an older
+# ledger lacks (ALTER TABLE ADD COLUMN only appends, so old rows read NULL and old readers work).
+_ADDED_COLUMNS = (
+    ("progress_frames", "INTEGER"),  # frames written by the running attempt
+    ("progress_total", "INTEGER"),   # the frames it expects (an estimate for MKV/WebM)
+    ("progress_fps", "REAL"),        # its speed so far
+    ("progress_at", "REAL"),         # when it last reported (Unix seconds)
+)
+
 
 @dataclass(frozen=True)
 class Job:
@@ -66,6 +76,10 @@ class Job:
     finished_at: float | None
     seconds: float | None
     frames: int | None
+    progress_frames: int | None = None
+    progress_total: int | None = None
+    progress_fps: float | None = None
+    progress_at: float | None = None
 
     @property
     def label(self) -> str:
@@ -97,12 +111,29 @@ class Ledger:
             self._db.execute("PRAGMA synchronous=NORMAL")
             if create:
                 self._db.executescript(_SCHEMA)
+                self._migrate()
         except sqlite3.DatabaseError as exc:
             raise HatstreamError(f"cannot open the watch ledger {path}: {exc}") from None
 
     def close(self) -> None:
         """Close the database connection."""
         self._db.close()
+
+    def _migrate(self) -> None:
+        have = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for name, kind in _ADDED_COLUMNS:
+            if name not in have:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+
+    def get(self, job_id: int) -> Job | None:
+        """The job with this id (a current job or history), or None."""
+        row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return Job(**dict(row)) if row else None
+
+    def progress(self, job_id: int, frames: int, total: int, fps: float) -> None:
+        """Record how far a running job has got (the job's own process calls this, about once a second)."""
+        self._db.execute("UPDATE jobs SET progress_frames = ?, progress_total = ?, progress_fps = ?, progress_at = ? "
+                         "WHERE id = ? AND state = 'running'", (frames, total, fps, time.time(), job_id))
 
     def _one(self, job_id: int) -> Job:
         return Job(**dict(self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()))

@@ -254,7 +254,7 @@ class Watcher:
                                      engine=self.config.engine, address=self.config.address,
                                      workers=self.config.workers)
         job = self.ledger.start(job.id, str(output))
-        self._running[c.rel] = _Running(job, JobProcess(config))
+        self._running[c.rel] = _Running(job, JobProcess(config, report=(self.out_dir, job.id)))
         self._log(job, output=output, preset=settings.name)
 
     def _reap(self) -> bool:
