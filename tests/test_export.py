@@ -86,6 +86,21 @@ def test_fp16_export_uses_the_rescaled_trunk(tmp_path):
     assert _psnr(got, want(x)) >= 40  # fp16 rounding, not overflow (which gives single digits)
 
 
+def test_bf16_export_computes_in_bf16_with_the_fp32_parts_kept(tmp_path):
+    # ONNX Runtime's CPU provider has no bf16 kernels (TensorRT runs it), so check the graph itself.
+    model, _ = _tiny_hat(2, 8)
+    path = tmp_path / "bf16.onnx"
+    export_onnx(model, path, 16, 16, dtype=torch.bfloat16)
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph, full_check=True)
+    types = {t.name: t.data_type for t in graph.graph.initializer}
+    bf16, fp32 = onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT
+    assert any("qkv" in name and t == bf16 for name, t in types.items())  # the branches: bf16
+    assert any("norm" in name and t == fp32 for name, t in types.items())  # the LayerNorms: fp32
+    assert graph.graph.input[0].type.tensor_type.elem_type == fp32
+    assert graph.graph.output[0].type.tensor_type.elem_type == fp32
+
+
 def test_cli_exports_the_bundled_model(tmp_path):
     out = tmp_path / "tiny.onnx"
     r = run_cli("export", "hat-tiny-x2", "-o", out, "--size", "40x26")

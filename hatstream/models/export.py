@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hatstream.models.hat import HAT
+from hatstream.models.hat import HAT, keep_sensitive_parts_fp32
 from hatstream.models.hat_head import fold_head
 from hatstream.models.hat_rescale import make_fp16_safe
 
@@ -46,7 +46,8 @@ class StaticHAT(nn.Module):
 
     Building it converts `model` in place for inference in `dtype` (fp16: the trunk rescaling of
     `--precision fp16`; every precision: the folded reconstruction head) and warms every per-size
-    cache, so tracing it sees constants only. The output is the upscaler's, (B, 3, sH, sW) in [0, 1].
+    cache, so tracing it sees constants only. bf16 keeps the upscaler's fp32 parts (trunk, LayerNorms,
+    both ends). The output is the upscaler's, (B, 3, sH, sW) in [0, 1].
     """
 
     def __init__(self, model: HAT, batch: int, height: int, width: int, dtype: torch.dtype = torch.float32):
@@ -67,13 +68,15 @@ class StaticHAT(nn.Module):
             make_fp16_safe(model)
         fold_head(model)
         self.model = model.to(dtype)
+        if dtype == torch.bfloat16:
+            keep_sensitive_parts_fp32(self.model)  # as the upscaler does: trunk, LayerNorms, both ends
         warm_caches(self.model, batch, height + self.pad[0], width + self.pad[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float32 in [0, 1] -> (B, 3, sH, sW) float32 in [0, 1]."""
         h, w = self.size
         ph, pw = self.pad
-        y = x.to(self.dtype)
+        y = x  # HAT.forward casts it to its first conv's dtype
         if ph or pw:
             y = F.pad(y, (0, pw, 0, ph), mode=self.pad_mode)  # (B, 3, Hp, Wp)
         y = self.model(y)[..., : h * self.scale, : w * self.scale]  # (B, 3, sH, sW)
