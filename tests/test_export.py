@@ -47,6 +47,7 @@ def _run_onnx(path, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy()})[0])
 
 
+@pytest.mark.slow  # one export: ~20-30 s of CPU
 @pytest.mark.parametrize("scale, window, batch, height, width", [
     (2, 8, 1, 30, 44),    # padded on both sides
     (4, 16, 2, 21, 35),   # window 16, batch 2, padded
@@ -71,6 +72,7 @@ def test_onnx_runtime_matches_hatstream(tmp_path, scale, window, batch, height, 
     assert _psnr(got, want(x)) >= 50
 
 
+@pytest.mark.slow  # one export: ~20-30 s of CPU
 def test_fp16_export_uses_the_rescaled_trunk(tmp_path):
     # A trunk far past fp16's range (65504): without the rescaling the graph would give inf/NaN.
     from hatstream.models.hat_rescale import rescale_trunk
@@ -86,6 +88,7 @@ def test_fp16_export_uses_the_rescaled_trunk(tmp_path):
     assert _psnr(got, want(x)) >= 40  # fp16 rounding, not overflow (which gives single digits)
 
 
+@pytest.mark.slow  # one export: ~20-30 s of CPU
 def test_bf16_export_computes_in_bf16_with_the_fp32_parts_kept(tmp_path):
     # ONNX Runtime's CPU provider has no bf16 kernels (TensorRT runs it), so check the graph itself.
     model, _ = _tiny_hat(2, 8)
@@ -101,6 +104,7 @@ def test_bf16_export_computes_in_bf16_with_the_fp32_parts_kept(tmp_path):
     assert graph.graph.output[0].type.tensor_type.elem_type == fp32
 
 
+@pytest.mark.slow  # one export: ~20-30 s of CPU
 def test_cli_exports_the_bundled_model(tmp_path):
     out = tmp_path / "tiny.onnx"
     r = run_cli("export", "hat-tiny-x2", "-o", out, "--size", "40x26")
