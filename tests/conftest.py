@@ -13,6 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+# Ray, left to itself on Linux, takes this machine's interface address as every node's address (and
+# turns 127.0.0.1 given as one into it), so its processes would talk to each other through that
+# interface. Tests send traffic to loopback only: this switch (Ray's own, meant for macOS and
+# Windows) makes it keep loopback. Set before anything imports ray; CLI subprocesses inherit it.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 # ../shared exists on the project's own machines only; tests may use it as an extra, never need it.

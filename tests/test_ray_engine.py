@@ -33,6 +33,13 @@ from mediagen import Clip, frame_times, make_video, read_planes, run_cli
 pytestmark = pytest.mark.slow  # real Ray clusters: `make test-quick` leaves these out
 MARK = "HATSTREAM_RAY_TEST"
 LOSSLESS = EncodeSettings(codec="ffv1")
+# Every node here is on loopback: left to itself Ray takes this machine's interface address as the
+# node address, and its processes would talk to each other through it.
+LOOPBACK = "127.0.0.1"
+
+
+def _node_addresses() -> set[str]:
+    return {node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]}
 
 
 def _ray_processes(tag: str) -> list[int]:
@@ -75,9 +82,11 @@ def marker(monkeypatch):
 
 @pytest.fixture
 def local_ray(marker):
-    """A small Ray instance in this process: 3 logical CPUs, no dashboard; shut down afterwards."""
-    ray.init(address="local", num_cpus=3, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    """A small Ray instance in this process: 3 logical CPUs, no dashboard, on loopback; shut down afterwards."""
+    ray.init(address="local", num_cpus=3, include_dashboard=False, configure_logging=False, log_to_driver=False,
+             _node_ip_address=LOOPBACK)
     try:
+        assert _node_addresses() == {LOOPBACK}
         yield
     finally:
         ray.shutdown()
@@ -216,10 +225,11 @@ def two_nodes(marker):
     """A head without CPUs (the driver's) and two worker nodes of 2 CPUs each; all shut down afterwards."""
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": LOOPBACK})
     try:
-        nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]
-        ray.init(address=cluster.address, configure_logging=False, log_to_driver=False)
+        nodes = [cluster.add_node(num_cpus=2, node_ip_address=LOOPBACK) for _ in range(2)]
+        ray.init(address=cluster.address, configure_logging=False, log_to_driver=False, _node_ip_address=LOOPBACK)
+        assert cluster.address.startswith(LOOPBACK + ":") and _node_addresses() == {LOOPBACK}
         yield cluster, nodes
     finally:
         ray.shutdown()

@@ -5,23 +5,21 @@ The folder holds a good file (done, with its thumbnail), a poison file (quaranti
 attempt), a long file that the bundled HAT model keeps running (in a subfolder whose
 hatstream.toml picks that model; the others use bicubic), and one more that waits its turn.
 
-The non-loopback check uses this machine's own non-loopback interface address (found with
-SIOCGIFADDR): a watcher bound to 0.0.0.0 with --http-remote sees a connection made to that
-address as coming from it, a real non-loopback peer on a real socket. The test skips where the
-machine has no such interface.
+The non-loopback peer is a network namespace that the test makes (`ip netns` and a veth pair
+with a private /30, as root): a client run inside it reaches the watcher through the veth, a
+real other machine on a real socket. Nothing is sent to any address but loopback and that veth
+(never this machine's own interface address); the test skips where it cannot make the namespace.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
-import socket
 import sqlite3
-import struct
 import subprocess
 import sys
 import tempfile
@@ -245,52 +243,122 @@ def test_status_page_in_a_browser_agrees_with_the_ledger(folder, tmp_path, chrom
     assert rows["slow/long.mkv"] in ("queued", "done")  # stopped mid-run, it waits for the next start
 
 
-def _interface_addresses() -> list[str]:
-    """This machine's IPv4 interface addresses, loopback left out (SIOCGIFADDR on each interface)."""
-    found = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for _, name in socket.if_nameindex():
-            try:
-                raw = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
-            except OSError:
-                continue
-            address = socket.inet_ntoa(raw[20:24])
-            if not address.startswith("127."):
-                found.append(address)
-    return found
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if check and result.returncode != 0:
+        raise OSError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+    return result
 
 
-def test_remote_needs_the_flag_and_a_token_from_other_machines(tmp_path):
+def _free_slash30() -> tuple[str, str]:
+    """Two addresses of a 10.231.0.0/16 /30 that no interface here already uses (other tests may
+    run their own namespaces at the same time)."""
+    used = set(re.findall(r"inet (10\.231\.\d+\.\d+)/", _ip("-4", "-o", "addr", "show").stdout))
+    while True:
+        base = f"10.231.{secrets.randbelow(256)}.{4 * secrets.randbelow(64)}"
+        net = base.rsplit(".", 1)[0]
+        first = int(base.rsplit(".", 1)[1])
+        if not any(f"{net}.{first + i}" in used for i in range(4)):
+            return f"{net}.{first + 1}", f"{net}.{first + 2}"
+
+
+@pytest.fixture()
+def other_machine():
+    """A network namespace joined to this one by a veth pair: (namespace, host end's address,
+    the namespace's address). Both are deleted afterwards, whatever happened."""
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        pytest.skip("a network namespace for the non-loopback peer needs root and iproute2's `ip`")
+    tag = secrets.token_hex(3)
+    ns, host_if, ns_if = f"hs-{tag}", f"hs{tag}h", f"hs{tag}n"  # interface names: 15 characters at most
+    try:
+        _ip("netns", "add", ns)
+    except OSError as exc:
+        pytest.skip(f"`ip netns add` failed here: {exc}")
+    try:
+        host_addr, ns_addr = _free_slash30()
+        _ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+        _ip("link", "set", ns_if, "netns", ns)
+        _ip("addr", "add", f"{host_addr}/30", "dev", host_if)
+        _ip("link", "set", host_if, "up")
+        _ip("-n", ns, "addr", "add", f"{ns_addr}/30", "dev", ns_if)
+        _ip("-n", ns, "link", "set", ns_if, "up")
+        _ip("-n", ns, "link", "set", "lo", "up")
+        yield ns, host_addr, ns_addr
+    finally:
+        _ip("link", "del", host_if, check=False)  # takes its peer in the namespace with it
+        _ip("netns", "del", ns, check=False)
+
+
+# Run inside the namespace: GET each (path, headers) of argv[2] from argv[1], printing
+# [[status, body], ...] as JSON. The veth may take a moment to carry traffic, so a refused or
+# unreachable first connection is retried, a bounded number of times.
+_CLIENT = """
+import json, sys, time, urllib.error, urllib.request
+base, asks = sys.argv[1], json.loads(sys.argv[2])
+def get(path, headers):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(base + path, headers=headers), timeout=10) as r:
+            return [r.status, r.read().decode("utf-8", "replace")]
+    except urllib.error.HTTPError as e:
+        return [e.code, e.read().decode("utf-8", "replace")]
+for attempt in range(50):
+    try:
+        first = get(*asks[0])
+        break
+    except OSError:
+        if attempt == 49:
+            raise
+        time.sleep(0.2)
+print(json.dumps([first] + [get(*ask) for ask in asks[1:]]))
+"""
+
+
+def _get_from(ns: str, base: str, asks: list[tuple[str, dict]]) -> list[tuple[int, str]]:
+    """GET each (path, headers) from inside network namespace `ns`."""
+    result = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _CLIENT, base, json.dumps(asks)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return [tuple(answer) for answer in json.loads(result.stdout)]
+
+
+def test_remote_needs_the_flag_and_a_token_from_other_machines(tmp_path, other_machine):
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
     refused = run_cli("watch", inp, "-o", out, "--http", "0.0.0.0:0", "--once", timeout=120)
     assert refused.returncode == 2 and "--http-remote" in refused.stderr
     assert refused.stderr.startswith("hatstream: error: ") and "Traceback" not in refused.stderr
 
-    addresses = _interface_addresses()
-    if not addresses:
-        pytest.skip("this machine has no non-loopback IPv4 interface to connect from")
+    ns, host_addr, ns_addr = other_machine
     log = tmp_path / "watch.log"
+    # On every address, so that one watcher answers both loopback and the veth; only those two
+    # are ever connected to.
     proc = _start(inp, out, log, "--http", "0.0.0.0:0", "--http-remote")
     try:
         port = _wait_for(lambda: _port(log), 120, "the status page", proc, log)
         token_file = out / ".hatstream" / "http-token"
         assert token_file.stat().st_mode & 0o077 == 0  # the token is its owner's alone
         token = token_file.read_text().strip()
-        remote = f"http://{addresses[0]}:{port}"
-        for path in ("/", "/api/jobs", "/api/jobs/1", "/thumbs/1.png"):
-            status, body = _get(remote + path)
-            assert status == 403 and b"token" in body, path
-        assert _get(remote + "/api/jobs?token=wrong-token-of-some-length")[0] == 403
-        assert _get(remote + "/api/jobs", {"Authorization": "Bearer nope"})[0] == 403
-        assert _get(remote + f"/api/jobs?token={token}")[0] == 200
-        assert _get(remote + "/api/jobs", {"Authorization": f"Bearer {token}"})[0] == 200
-        status, page = _get(remote + f"/?token={token}")
-        assert status == 200 and b"need the token" in page
+        bare = ("/", "/api/jobs", "/api/jobs/1", "/thumbs/1.png")
+        asks = [(path, {}) for path in bare] + [
+            ("/api/jobs?token=wrong-token-of-some-length", {}),
+            ("/api/jobs", {"Authorization": "Bearer nope"}),
+            (f"/api/jobs?token={token}", {}),
+            ("/api/jobs", {"Authorization": f"Bearer {token}"}),
+            (f"/?token={token}", {}),
+        ]
+        answers = _get_from(ns, f"http://{host_addr}:{port}", asks)
+        for path, (status, body) in zip(bare, answers):
+            assert status == 403 and "token" in body, path
+        wrong_query, wrong_bearer, right_query, right_bearer, page = answers[len(bare):]
+        assert wrong_query[0] == 403 and wrong_bearer[0] == 403
+        assert right_query[0] == 200 and right_bearer[0] == 200
+        assert json.loads(right_query[1])["jobs"] == []
+        assert page[0] == 200 and "need the token" in page[1]
         # This machine's own loopback needs no token, but a foreign Host header (DNS rebinding) is refused.
         assert _get(f"http://127.0.0.1:{port}/api/jobs")[0] == 200
         assert _get(f"http://127.0.0.1:{port}/api/jobs", {"Host": f"attacker.example:{port}"})[0] == 403
-        assert "refused GET /api/jobs from " + addresses[0] in log.read_text()
+        # The watcher saw the namespace's address as the peer: it came from elsewhere.
+        assert "refused GET /api/jobs from " + ns_addr in log.read_text()
     finally:
         assert _stop(proc) == 0, log.read_text()[-2000:]
 

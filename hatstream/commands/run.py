@@ -49,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model: a slow first frame, faster frames after (local engine)")
     p.add_argument("--json", action="store_true", help="print progress as JSON lines instead of a bar")
+    p.add_argument("--temporal", choices=("on", "off"), default="off",
+                   help="carry detail along the motion from the previous frame, against shimmer (default: off)")
 
 
 class _JsonProgress:
@@ -114,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         encode=EncodeSettings(codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt),
         audio_codec=args.audio_codec, subtitles=args.subtitles, on_error=args.on_error, overwrite=args.overwrite,
         engine=args.engine, address=args.address, workers=args.workers, resume=not args.no_resume,
-        compile=args.compile,
+        compile=args.compile, temporal=args.temporal == "on",
     )
     if args.segment_seconds is not None:
         config = dataclasses.replace(config, segment_seconds=args.segment_seconds)

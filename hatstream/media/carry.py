@@ -39,6 +39,15 @@ TEXT_SUBTITLES = ("subrip", "srt", "ass", "ssa", "mov_text", "webvtt", "text")
 FIX_CONTAINER = {"mp4": ".mkv", "mov": ".mkv", "webm": ".mkv", "matroska": ".mp4"}
 
 
+def _has_alpha(pix_fmt: str) -> bool:
+    try:
+        fmt = av.VideoFormat(pix_fmt)
+    except (ValueError, av.error.FFmpegError):
+        return False
+    # Four components, or two (grey + alpha, "ya8"); palettes are three colours plus an index.
+    return not fmt.has_palette and len(fmt.components) in (2, 4)
+
+
 def carry_tags(tags: dict[str, str]) -> dict[str, str]:
     """The tags worth copying to the output: all but those the muxer writes itself."""
     return {k: v for k, v in tags.items()
@@ -64,7 +73,8 @@ def plan_streams(inp: av.container.InputContainer, audio_codec: str = "copy",
                  subtitles: str = "copy") -> list[CarriedStream]:
     """Decide what happens to each stream other than the main video.
 
-    Extra video streams (cover art, a second angle) are not carried: they are logged.
+    Cover art (an attached picture) is copied unchanged; other extra video streams (a second
+    angle) are not carried: they are logged.
     """
     main = pick_video_stream(inp)
     plan = []
@@ -76,7 +86,9 @@ def plan_streams(inp: av.container.InputContainer, audio_codec: str = "copy",
             # The demuxer itself set this: an MP4 chapter text track, whose content already
             # comes through `chapters()`. Copying it as well would duplicate the chapters.
             continue
-        if s.type == "video":
+        if s.type == "video" and s.disposition & av.stream.Disposition.attached_pic:
+            plan.append(CarriedStream(s.index, "video", codec))  # cover art: one picture, copied as it is
+        elif s.type == "video":
             log.warning("video stream #%d (%s) is not carried over: only the main video is upscaled", s.index, codec)
         elif s.type == "audio":
             if audio_codec in ("copy", codec):
@@ -93,9 +105,41 @@ def plan_streams(inp: av.container.InputContainer, audio_codec: str = "copy",
                                      f"converted to {subtitles}; use an .mkv output or --subtitles drop")
             else:
                 plan.append(CarriedStream(s.index, "subtitle", codec, "encode", subtitles))
+        elif s.type == "data" and "timecode" in s.metadata:
+            # A QuickTime timecode (tmcd) track. Copied as a template its stream has no frame
+            # rate, and the MOV muxer fails on that when it writes the trailer, after all the
+            # work. The muxer builds a fresh track from the video's `timecode` tag instead
+            # (`video_tags` puts it there); Matroska keeps the tag itself.
+            log.info("timecode %s carried as the video's timecode tag", s.metadata["timecode"])
         elif s.type in ("data", "attachment"):
             plan.append(CarriedStream(s.index, s.type, codec))
     return plan
+
+
+def video_tags(inp: av.container.InputContainer, index: int) -> dict[str, str]:
+    """The tags to set on the output video stream: the input video's, plus the timecode of a
+    timecode track when the video itself does not name it.
+
+    The output has no alpha channel, so an input's alpha (VP9's in WebM, flagged only by the
+    ALPHA_MODE tag; ProRes 4444, RGBA and the like, in the pixel format) is reported once here,
+    and ALPHA_MODE is not copied: it would promise players an alpha channel that is not there.
+    """
+    stream = inp.streams[index]
+    tags = carry_tags(dict(stream.metadata))
+    alpha_mode = [k for k in tags if k.lower() == "alpha_mode"]
+    pix_fmt = stream.codec_context.pix_fmt if stream.codec_context is not None else None
+    has_alpha = pix_fmt is not None and _has_alpha(pix_fmt)
+    if has_alpha or any(tags[k] not in ("", "0") for k in alpha_mode):
+        log.warning("the input's alpha channel is not carried over: only its colour is upscaled "
+                    "(the output is opaque)")
+    for k in alpha_mode:
+        del tags[k]
+    if "timecode" not in tags:
+        for s in inp.streams:
+            if s.type == "data" and s.metadata.get("timecode"):
+                tags["timecode"] = s.metadata["timecode"]
+                break
+    return tags
 
 
 class _Transcoder:
@@ -182,26 +226,60 @@ def copy_container_tags(out: av.container.OutputContainer, inp: av.container.Inp
         out.set_chapters(chapters)
 
 
-def _header_error(fmt: str, build: Callable[[av.container.OutputContainer], None]) -> str | None:
-    """Write a header for `fmt` into memory after `build` adds streams; the error text, or None."""
+def _header_error(fmt: str, build: Callable[[av.container.OutputContainer], object],
+                  feed: Callable[[av.container.OutputContainer, object], None] | None = None) -> str | None:
+    """Write a whole file for `fmt` into memory: `build` adds streams, the header is written,
+    `feed` may mux sample packets, then the trailer is written. The error text, or None.
+
+    The trailer matters: some muxers check a stream only there (MOV refuses a copied timecode
+    track with no frame rate when it closes the file), and that must fail before any work.
+    """
     out = av.open(io.BytesIO(), "w", format=fmt)
     try:
-        build(out)
+        built = build(out)
         out.start_encoding()
-        return None
+        if feed is not None:
+            feed(out, built)
     except (av.error.FFmpegError, ValueError, TypeError) as exc:
-        return str(getattr(exc, "strerror", None) or exc)
-    finally:
         try:
             out.close()
         except (av.error.FFmpegError, ValueError):
             pass
+        return str(getattr(exc, "strerror", None) or exc)
+    try:
+        out.close()
+    except (av.error.FFmpegError, ValueError) as exc:
+        return str(getattr(exc, "strerror", None) or exc)
+    return None
+
+
+def _first_packet(inp: av.container.InputContainer, index: int, limit: int = 2000) -> av.Packet | None:
+    """The first non-empty packet of input stream `index` among the file's first `limit` packets.
+
+    The bound keeps the check cheap for a stream that starts late (subtitles an hour in).
+    """
+    try:
+        inp.seek(0)
+    except av.error.FFmpegError:
+        pass
+    try:
+        for n, packet in enumerate(inp.demux()):
+            if packet.stream_index == index and packet.size:
+                return packet
+            if n >= limit:
+                break
+    except av.error.FFmpegError:
+        return None
+    return None
 
 
 def _fix_for(item: CarriedStream, fmt: str) -> str:
     other = FIX_CONTAINER.get(fmt, ".mkv")
     if item.kind == "audio":
         return f"use an {other} output, or --audio-codec {'libopus' if fmt == 'webm' else 'aac'}"
+    if item.kind == "subtitle" and item.codec not in TEXT_SUBTITLES:
+        # Picture subtitles (PGS, DVB, VobSub) cannot become text: drop is the only other way.
+        return f"use an {other} output, or --subtitles drop"
     if item.kind == "subtitle":
         names = {"mp4": "mov_text", "mov": "mov_text", "webm": "webvtt"}.get(fmt, "ass")
         return f"use an {other} output, or --subtitles {names}|drop"
@@ -214,7 +292,7 @@ def check_streams(path, fmt: str, plan: list[CarriedStream], add_video: Callable
     `add_video(out)` adds the configured video stream. Each carried stream is tried on its own
     beside it, so the error names every stream that fails and its fix. Data streams and
     attachments the container refuses are dropped with a warning instead (there is no flag to
-    convert them). Returns the plan without those.
+    convert them), and so is cover art. Returns the plan without those.
     """
     error = _header_error(fmt, add_video)
     if error:
@@ -222,13 +300,27 @@ def check_streams(path, fmt: str, plan: list[CarriedStream], add_video: Callable
     problems, kept = [], []
     with open_input(path) as inp:
         for item in plan:
+            if item.kind == "video" and fmt not in ("mp4", "mov"):
+                # Matroska's muxer would write the picture as a one-frame second video track
+                # rather than as cover art; only MP4/MOV keep it as what it is.
+                log.warning("%s (cover art) is dropped: %s has no cover art that players show", item.describe(), fmt)
+                continue
             def build(out, item=item):
                 add_video(out)
-                add_streams(out, inp, [item])
-            error = _header_error(fmt, build)
+                return add_streams(out, inp, [item])
+
+            def feed(out, mapping, item=item):
+                # One real packet of a copied stream goes through mux and trailer, as in the run.
+                dst = mapping.get(item.index)
+                packet = (_first_packet(inp, item.index)
+                          if item.action == "copy" and item.kind != "attachment" and dst is not None else None)
+                if packet is not None:
+                    packet.stream = dst
+                    out.mux(packet)
+            error = _header_error(fmt, build, feed)
             if error is None:
                 kept.append(item)
-            elif item.kind in ("data", "attachment"):
+            elif item.kind in ("data", "attachment", "video"):
                 log.warning("%s is dropped: %s cannot hold it", item.describe(), fmt)
             elif item.action == "encode":
                 problems.append(f"{item.describe()} cannot be encoded as {item.target} in {fmt} ({error})")

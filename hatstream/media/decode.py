@@ -21,7 +21,7 @@ import numpy as np
 
 from hatstream.errors import HatstreamError
 from hatstream.media.formats import PlaneLayout
-from hatstream.media.probe import VideoInfo, configure_decoder, open_input, seconds
+from hatstream.media.probe import VideoInfo, configure_decoder, open_input, riff_complete, seconds
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ class DecodeStats:
 
     frames: int = 0
     packets: int = 0       # non-empty video packets read (the decoder's input)
+    discarded: int = 0     # non-empty packets flagged discard: pre-roll an MP4 edit list hides
+    end_pts: int | None = None  # latest pts + duration of any video packet (the stream's end)
     concealed: int = 0     # frames FFmpeg decoded but flagged corrupt
     repeated: int = 0      # undecodable packets replaced by a copy of a neighbouring frame
     dropped: int = 0       # frames that could not be placed in time order (conceal mode only)
@@ -184,8 +186,17 @@ def _decode_packets(container, stream, name: str, stats: DecodeStats):
         # recognised by its size, not by a missing dts: B-frame MKV keyframes have no dts either.
         if packet.pts is not None:
             last = packet.pts
-        if packet.size and not packet.is_discard:
-            stats.packets += 1
+        if packet.size:
+            # A stream-copy cut (`ffmpeg -ss 1.5 -c copy`) keeps the packets from the keyframe
+            # before the cut and hides them with an edit list; the demuxer flags them discard and
+            # the decoder returns no frame for them, but the sample count includes them.
+            if packet.is_discard:
+                stats.discarded += 1
+            else:
+                stats.packets += 1
+            if packet.pts is not None:
+                end = packet.pts + (packet.duration or 0)
+                stats.end_pts = end if stats.end_pts is None else max(stats.end_pts, end)
         try:
             frames = packet.decode()
         except av.error.FFmpegError as exc:
@@ -227,23 +238,52 @@ def _place(frame: av.VideoFrame, timeline: _Timeline, stats: DecodeStats, info: 
 
 
 def _check_complete(info: VideoInfo, stats: DecodeStats, last_pts: int | None) -> None:
-    """Fail if the stream ended early: fewer frames than declared, or far short of its duration."""
+    """Fail if the stream ended early: fewer frames than declared, or far short of its duration.
+
+    A verdict of "truncated" must never be wrong, so each container's declaration is read with
+    its own meaning: MP4 counts every sample, those an edit list hides included; AVI counts its
+    empty "drop" chunks as frames; Matroska and MPEG-TS declare a duration, not a count.
+    """
     name = info.path.name
-    # Packets, not frames, are compared with the declared count: MP4 counts samples, and an
-    # edit list may legitimately hide some of them from the decoder's output.
-    if info.frames_exact and stats.packets < info.frames:
+    if info.container == "avi":
+        # AVI's frame count (dwLength) and the duration made from it include null chunks, which
+        # the demuxer skips (a player holds the previous picture), and a run of them may end the
+        # file. The RIFF chunk sizes, written when the file is closed, tell a cut file instead.
+        if not riff_complete(info.path):
+            raise HatstreamError(f"{name} is truncated: its RIFF chunks run past the end of the file")
+        return
+    short_count = info.frames_exact and stats.packets + stats.discarded < info.frames
+    known, end = _end_if_short(info, stats, last_pts)
+    # A count that falls short while the video lasts its declared length is a file that counts
+    # something else (empty chunks), not a cut one.
+    if short_count and (end is not None or not known):
         raise HatstreamError(f"{name} is truncated: it declares {info.frames} frames but only "
-                             f"{stats.packets} could be read")
+                             f"{stats.packets + stats.discarded} could be read")
+    if short_count:
+        log.info("%s declares %d frames and has %d video packets, but its video lasts as long as it says",
+                 name, info.frames, stats.packets + stats.discarded)
     # Every packet ends as one frame (decoded, or repeated in its place) or one counted drop.
     if stats.frames + stats.dropped < stats.packets:
         log.warning("the decoder returned %d frames for %d video packets; the difference was never "
                     "output by FFmpeg (edit list or decoder delay)", stats.frames + stats.dropped, stats.packets)
-    if not info.frames_exact and info.duration and last_pts is not None and info.average_rate:
-        # Without a frame count, compare the last timestamp with the declared duration. The
-        # last frame lasts one interval, so allow a few intervals (and at least a second) of
-        # slack before calling it truncated: real files differ by rounding, never by that much.
-        interval = 1 / float(info.average_rate)
-        end = float(last_pts * info.time_base) - info.start_time + interval
-        if info.duration - end > max(1.0, 3 * interval):
-            raise HatstreamError(f"{name} is truncated: it declares {info.duration:.2f}s of video "
-                                 f"but ends at {end:.2f}s")
+    if not info.frames_exact and end is not None:
+        raise HatstreamError(f"{name} is truncated: it declares {info.start_time + info.duration:.2f}s of video "
+                             f"but ends at {end:.2f}s")
+
+
+def _end_if_short(info: VideoInfo, stats: DecodeStats, last_pts: int | None) -> tuple[bool, float | None]:
+    """(known, end): whether a declared duration could be compared, and the video's end time
+    when that falls far short of it (None when it does not)."""
+    if not info.duration or last_pts is None:
+        return False, None
+    # The end is the last packet's pts plus its duration where the container stores one (a
+    # slide show's last picture may last seconds); else one average frame interval.
+    interval = 1 / float(info.average_rate) if info.average_rate else 0.0
+    end = float(last_pts * info.time_base) + interval
+    if stats.end_pts is not None:
+        end = max(end, float(stats.end_pts * info.time_base))
+    # Both are times on the stream's clock: `duration` is the length from `start_time`. Allow
+    # a few intervals (and at least a second): real files differ by rounding, never by that much.
+    if info.start_time + info.duration - end > max(1.0, 3 * interval):
+        return True, end
+    return True, None

@@ -17,7 +17,8 @@ import numpy as np
 
 from hatstream.errors import HatstreamError
 from hatstream.media.probe import ffmpeg_threads
-from hatstream.media.formats import MATRIX_TAG, RANGE_FULL, RANGE_LIMITED, ColourSpec, PlaneLayout
+from hatstream.media.formats import (HDR_TRANSFERS, MATRIX_TAG, RANGE_FULL, RANGE_LIMITED, ColourSpec,
+                                     HdrMetadata, PlaneLayout)
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def output_colour(source: ColourSpec, layout: PlaneLayout, tags: tuple[int, int,
     """The colour spec and tags of the output frames.
 
     Same matrix and range as the input, tagged explicitly: an untagged input was converted
-    with the matrix players guess from its height, and an upscaled copy crossing 720 lines
+    with the matrix players guess from its size, and an upscaled copy that crosses into HD
     would otherwise be guessed differently (BT.601 -> BT.709) and shift in colour.
     """
     colorspace, color_range, primaries, trc = tags
@@ -129,18 +130,49 @@ def output_colour(source: ColourSpec, layout: PlaneLayout, tags: tuple[int, int,
     spec = source
     if source.matrix == "rgb":  # GBR in, YUV out: BT.709 limited is the safest default
         spec = ColourSpec("bt709", False)
+    if layout.pix_fmt.startswith("yuvj") and not spec.full_range:
+        # The JPEG formats are full range by name: encoders flag them so whatever the tag says,
+        # and limited-range codes shown as full range look washed out (white 235 as grey).
+        spec = ColourSpec(spec.matrix, True)
     colorspace = MATRIX_TAG[spec.matrix] if colorspace in (0, 2) or source.matrix == "rgb" else colorspace
     color_range = RANGE_FULL if spec.full_range else RANGE_LIMITED
     return spec, (colorspace, color_range, primaries, trc)
 
 
 def resolve_encoding(settings: EncodeSettings, container: str, source: PlaneLayout, colour: ColourSpec,
-                     tags: tuple[int, int, int, int]) -> VideoEncoding:
-    """Turn the user's settings and the input's format into a concrete `VideoEncoding`."""
-    codec = settings.codec or default_codec(container, source.bit_depth)
+                     tags: tuple[int, int, int, int], hdr: HdrMetadata | None = None) -> VideoEncoding:
+    """Turn the user's settings and the input's format into a concrete `VideoEncoding`.
+
+    HDR input (a PQ or HLG transfer) gets libx265 by default outside WebM: HEVC is what HDR10
+    players expect, and x264 cannot write the mastering-display and light-level SEI.
+    """
+    codec = settings.codec
+    if codec is None and tags[3] in HDR_TRANSFERS and container != "webm" and source.bit_depth <= 12:
+        codec = "libx265"
+    codec = codec or default_codec(container, source.bit_depth)
     layout = choose_layout(codec, source, settings.pix_fmt)
     spec, out_tags = output_colour(colour, layout, tags)
-    return VideoEncoding(codec, encoder_options(codec, settings), layout, spec, out_tags)
+    options = encoder_options(codec, settings)
+    if hdr is not None:
+        _add_hdr_options(codec, options, hdr)
+    return VideoEncoding(codec, options, layout, spec, out_tags)
+
+
+def _add_hdr_options(codec: str, options: dict[str, str], hdr: HdrMetadata) -> None:
+    """Write the mastering display and content light level through the encoder's own parameters.
+
+    PyAV cannot attach new side data to frames or streams, so the encoders that carry HDR10
+    metadata in the bitstream (x265 in SEI, SVT-AV1 in metadata OBUs) are told it directly;
+    decoders and players read it back from there.
+    """
+    if codec == "libx265":
+        options["x265-params"] = ":".join([options.get("x265-params", "log-level=error"), *hdr.x265_params()])
+    elif codec == "libsvtav1":
+        params = [p for p in [options.get("svtav1-params"), *hdr.svtav1_params()] if p]
+        options["svtav1-params"] = ":".join(params)
+    else:
+        log.warning("%s cannot write the input's HDR mastering-display and light-level metadata; "
+                    "use --codec libx265 to keep it", codec)
 
 
 def encoder_options(codec: str, settings: EncodeSettings) -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -127,10 +128,11 @@ class ColourSpec:
     full_range: bool
 
     @classmethod
-    def from_tags(cls, colorspace: int, color_range: int, height: int, layout: PlaneLayout) -> "ColourSpec":
+    def from_tags(cls, colorspace: int, color_range: int, height: int, layout: PlaneLayout,
+                  width: int = 0) -> "ColourSpec":
         """The spec for a stream's AVColorSpace/AVColorRange tags.
 
-        Untagged streams get what players assume: BT.709 from 720 lines up, BT.601 below it, and
+        Untagged streams get what players assume: BT.709 for HD (`is_hd`), BT.601 otherwise, and
         limited range for YUV, except the JPEG formats (yuvj*), which are full range by name.
         GBR is always full range.
         """
@@ -138,6 +140,85 @@ class ColourSpec:
             return cls("rgb", True)
         matrix = _MATRIX_TAGS.get(int(colorspace))
         if matrix is None or matrix == "rgb":
-            matrix = "bt709" if height >= 720 else "bt601"
+            matrix = "bt709" if is_hd(width, height) else "bt601"
         full = int(color_range) == RANGE_FULL or (int(color_range) != RANGE_LIMITED and layout.pix_fmt.startswith("yuvj"))
         return cls(matrix, full)
+
+
+def is_hd(width: int, height: int) -> bool:
+    """Whether players take an untagged picture of this size for HD (BT.709) rather than SD (BT.601).
+
+    mpv/libplacebo's rule: wider than 1279 or taller than 576 (PAL) lines. A height-only rule
+    takes cropped widescreen HD (1280x544, 1920x800) for SD and shifts its colours.
+    """
+    return width >= 1280 or height > 576
+
+
+# AVColorTransferCharacteristic values of the HDR transfers: SMPTE 2084 (PQ) and ARIB STD-B67 (HLG).
+HDR_TRANSFERS = {16: "PQ", 18: "HLG"}
+
+
+@dataclass(frozen=True)
+class HdrMetadata:
+    """HDR10 static metadata: the mastering display (CIE 1931 xy chromaticities of R, G, B and the
+    white point; luminance in cd/m2) and the content light levels, each None when absent."""
+
+    primaries: tuple[tuple[Fraction, Fraction], ...] | None = None  # (R, G, B), each (x, y)
+    white_point: tuple[Fraction, Fraction] | None = None
+    luminance: tuple[Fraction, Fraction] | None = None  # (min, max)
+    max_cll: int | None = None
+    max_fall: int | None = None
+
+    @classmethod
+    def from_side_data(cls, mastering: bytes | None, light: bytes | None) -> "HdrMetadata | None":
+        """Parse FFmpeg's AVMasteringDisplayMetadata and AVContentLightMetadata structs (as the
+        frame side data of those types holds them); None when neither says anything."""
+        primaries = white = luminance = cll = fall = None
+        # 10 AVRationals (R, G, B and white point as x, y; then min and max luminance) and two
+        # int flags: 88 bytes.
+        if mastering is not None and len(mastering) >= 88:
+            ints = np.frombuffer(mastering[:88], dtype="<i4")
+            rats = [Fraction(int(n), int(d)) if d else Fraction(0) for n, d in ints[:20].reshape(10, 2)]
+            has_primaries, has_luminance = int(ints[20]), int(ints[21])
+            if has_primaries:
+                primaries = ((rats[0], rats[1]), (rats[2], rats[3]), (rats[4], rats[5]))
+                white = (rats[6], rats[7])
+            if has_luminance:
+                luminance = (rats[8], rats[9])
+        if light is not None and len(light) >= 8:
+            cll, fall = (int(v) for v in np.frombuffer(light[:8], dtype="<u4"))
+        if primaries is None and luminance is None and cll is None:
+            return None
+        return cls(primaries, white, luminance, cll, fall)
+
+    def x265_params(self) -> list[str]:
+        """x265's `master-display` (chromaticity in 1/50000, luminance in 1/10000 cd/m2) and `max-cll`."""
+        params = []
+        if self.primaries is not None and self.luminance is not None:
+            (rx, ry), (gx, gy), (bx, by) = self.primaries
+            wx, wy = self.white_point
+
+            def c(v):
+                return round(v * 50000)
+            lo, hi = self.luminance
+            params.append(f"master-display=G({c(gx)},{c(gy)})B({c(bx)},{c(by)})R({c(rx)},{c(ry)})"
+                          f"WP({c(wx)},{c(wy)})L({round(hi * 10000)},{round(lo * 10000)})")
+        if self.max_cll is not None:
+            params.append(f"max-cll={self.max_cll},{self.max_fall or 0}")
+        return params
+
+    def svtav1_params(self) -> list[str]:
+        """SVT-AV1's `mastering-display` (plain decimals) and `content-light`."""
+        params = []
+        if self.primaries is not None and self.luminance is not None:
+            (rx, ry), (gx, gy), (bx, by) = self.primaries
+            wx, wy = self.white_point
+            lo, hi = self.luminance
+
+            def f(v):
+                return f"{float(v):.4f}"
+            params.append(f"mastering-display=G({f(gx)},{f(gy)})B({f(bx)},{f(by)})R({f(rx)},{f(ry)})"
+                          f"WP({f(wx)},{f(wy)})L({float(hi):.4f},{float(lo):.4f})")
+        if self.max_cll is not None:
+            params.append(f"content-light={self.max_cll},{self.max_fall or 0}")
+        return params

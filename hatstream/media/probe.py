@@ -19,7 +19,7 @@ from pathlib import Path
 import av
 
 from hatstream.errors import HatstreamError
-from hatstream.media.formats import ColourSpec, PlaneLayout, canonical_pix_fmt
+from hatstream.media.formats import ColourSpec, HdrMetadata, PlaneLayout, canonical_pix_fmt
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ class VideoInfo:
     display_matrix: tuple[int, ...] | None
     rotation: float
     sample_aspect_ratio: Fraction | None
+    hdr: HdrMetadata | None = None  # mastering display and light levels, from the first frame
 
     @property
     def bit_depth(self) -> int:
@@ -132,7 +133,8 @@ def estimate_frames(stream: av.video.stream.VideoStream, container: av.container
     Returns (0, False) when neither the count nor a duration and rate are known.
     """
     if stream.frames:
-        return int(stream.frames), True
+        # AVI's count includes its empty "drop" chunks, which are no frames: an estimate only.
+        return int(stream.frames), container.format.name != "avi"
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     length = stream_duration(stream)
     if length is None and container.duration:
@@ -143,7 +145,7 @@ def estimate_frames(stream: av.video.stream.VideoStream, container: av.container
 
 
 def stream_duration(stream) -> float | None:
-    """The stream's own duration in seconds, or None.
+    """The stream's own length in seconds, counted from its start time, or None.
 
     MP4 stores it in the stream header. Matroska has only the segment duration (all streams
     together) plus, from FFmpeg-made files, a per-stream DURATION tag "HH:MM:SS.nnnnnnnnn".
@@ -154,10 +156,39 @@ def stream_duration(stream) -> float | None:
     if tag:
         try:
             h, m, s = tag.split(":")
-            return int(h) * 3600 + int(m) * 60 + float(s)
+            end = int(h) * 3600 + int(m) * 60 + float(s)
         except ValueError:
             return None
+        # FFmpeg's muxer writes the stream's end time here, not its length (a video that starts
+        # at 1.42 s and lasts 1 s says 2.42 s); mkvmerge writes the length. Taking it as the end
+        # is right for the first and errs short for the second, so a check against it can only
+        # be too lenient, never call a whole file truncated.
+        start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
+        return max(0.0, end - max(0.0, start)) or None
     return None
+
+
+def riff_complete(path: Path) -> bool:
+    """False when the chain of RIFF chunks (AVI, and OpenDML's AVIX parts) runs past the end of the file.
+
+    The sizes are written when the file is closed; a placeholder of 0 (a writer that never
+    finished) proves nothing, so it counts as complete.
+    """
+    size = os.path.getsize(path)
+    pos = 0
+    with open(path, "rb") as f:
+        while pos + 12 <= size:
+            f.seek(pos)
+            head = f.read(8)
+            if head[:4] != b"RIFF":
+                break
+            length = int.from_bytes(head[4:8], "little")
+            if length == 0:
+                return True
+            if pos + 8 + length > size:
+                return False
+            pos += 8 + length + (length & 1)  # chunks are padded to an even size
+    return True
 
 
 def _display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
@@ -168,6 +199,17 @@ def _display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
             if len(raw) == 36:
                 return tuple(int.from_bytes(raw[i:i + 4], "little", signed=True) for i in range(0, 36, 4))
     return None
+
+
+def _hdr_metadata(frame: av.VideoFrame) -> HdrMetadata | None:
+    """The frame's HDR10 static metadata. Decoders put it there from the bitstream (HEVC SEI)
+    and from the container (MKV's or MP4's mastering display and light level boxes) alike."""
+    found = {}
+    for sd in frame.side_data:
+        name = str(sd.type).rsplit(".", 1)[-1]
+        if name in ("MASTERING_DISPLAY_METADATA", "CONTENT_LIGHT_LEVEL"):
+            found[name] = bytes(sd)
+    return HdrMetadata.from_side_data(found.get("MASTERING_DISPLAY_METADATA"), found.get("CONTENT_LIGHT_LEVEL"))
 
 
 def probe(path: Path) -> VideoInfo:
@@ -200,11 +242,12 @@ def probe(path: Path) -> VideoInfo:
         return VideoInfo(
             path=Path(path), container=container.format.name, stream_index=stream.index,
             codec=cc.name, width=frame.width, height=frame.height, pix_fmt=pix_fmt, layout=layout,
-            colour=ColourSpec.from_tags(tags[0], tags[1], frame.height, layout), colour_tags=tags,
+            colour=ColourSpec.from_tags(tags[0], tags[1], frame.height, layout, frame.width), colour_tags=tags,
             time_base=Fraction(tb), average_rate=Fraction(stream.average_rate) if stream.average_rate else None,
             frames=frames, frames_exact=exact, duration=duration, start_time=start,
             display_matrix=matrix, rotation=float(frame.rotation or 0) if matrix else 0.0,
             sample_aspect_ratio=Fraction(stream.sample_aspect_ratio) if stream.sample_aspect_ratio else None,
+            hdr=_hdr_metadata(frame),
         )
 
 

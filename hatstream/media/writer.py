@@ -16,7 +16,7 @@ import av
 import numpy as np
 
 from hatstream.errors import HatstreamError
-from hatstream.media.carry import CarriedStream, Carrier, carry_tags, check_streams, mux_packet, plan_streams
+from hatstream.media.carry import CarriedStream, Carrier, check_streams, mux_packet, plan_streams, video_tags
 from hatstream.media.encode import (EncodeSettings, VideoEncoding, add_video_stream, container_for,
                                     planes_to_frame, resolve_encoding)
 from hatstream.media.probe import VideoInfo, open_input
@@ -68,7 +68,7 @@ def plan_output(info: VideoInfo, output: Path, scale: int, settings: EncodeSetti
     Raises HatstreamError naming the fix when the container cannot hold a stream.
     """
     container = container_for(output)
-    encoding = resolve_encoding(settings, container, info.layout, info.colour, info.colour_tags)
+    encoding = resolve_encoding(settings, container, info.layout, info.colour, info.colour_tags, info.hdr)
     width, height = info.width * scale, info.height * scale
     sx, sy = encoding.layout.chroma_shift
     if width % (1 << sx) or height % (1 << sy):
@@ -76,10 +76,10 @@ def plan_output(info: VideoInfo, output: Path, scale: int, settings: EncodeSetti
                              f"{width}x{height}; use --pix-fmt with 4:4:4 (e.g. yuv444p) or another scale")
     with open_input(info.path) as inp:
         plan = plan_streams(inp, audio_codec, subtitles)
-        video_tags = tuple(carry_tags(dict(inp.streams[info.stream_index].metadata)).items())
-    draft = OutputPlan(container, encoding, width, height, tuple(plan), video_tags)
+        tags = tuple(video_tags(inp, info.stream_index).items())
+    draft = OutputPlan(container, encoding, width, height, tuple(plan), tags)
     kept = check_streams(info.path, container, plan, lambda out: _add_video(out, info, draft))
-    return OutputPlan(container, encoding, width, height, tuple(kept), video_tags)
+    return OutputPlan(container, encoding, width, height, tuple(kept), tags)
 
 
 def _add_video(out: av.container.OutputContainer, info: VideoInfo, plan: OutputPlan):

@@ -54,6 +54,7 @@ from hatstream.models.spec import ModelInfo
 from hatstream.pipeline.engine import Progress, batches, run_stages
 from hatstream.pipeline.collector import OrderedCollector
 from hatstream.pipeline.stage import FrameFormat, Planes, upscale_plane_tensors
+from hatstream.raylocal import start_local_ray
 
 log = logging.getLogger(__name__)
 
@@ -377,14 +378,17 @@ def _ordered_results(frames: Iterable[Frame], pool: WorkerPool, batch: int, wind
 
 
 def _stream(frames: Iterable[Frame], pool: WorkerPool, write: Callable[[Frame], None], batch: int, window: int,
-            total: int, exact: bool, on_progress: Callable[[Progress], None] | None) -> int:
+            total: int, exact: bool, on_progress: Callable[[Progress], None] | None, temporal=None) -> int:
     """The local engine's threads and shutdown around the driver loop, which takes the decoder's place.
 
     `run_stages` runs `_ordered_results` in its decode thread and `write` in its encode thread; its
     model step has nothing left to do. An error or Ctrl-C anywhere stops the run as it does locally;
     the driver loop sees the stop when it next hands over a frame (within one batch's time).
+    A `temporal` filter runs in that step, on the driver: batches go to whichever actor is
+    free, so only the driver sees every frame in order.
     """
-    return run_stages(_ordered_results(frames, pool, batch, window), lambda planes: list(planes), write,
+    step = (lambda planes: list(planes)) if temporal is None else (lambda planes: [temporal(p) for p in planes])
+    return run_stages(_ordered_results(frames, pool, batch, window), step, write,
                       batch=1, total=total, exact=exact, on_progress=on_progress)
 
 
@@ -396,13 +400,8 @@ def _connect(options: RayOptions) -> bool:
     if options.address is not None:
         ray.init(address=options.address, **common)
         return True
-    # Embedded: no dashboard and a loopback node address. Ray's gRPC servers still listen on every
-    # interface whatever the node address; its token auth (on by default since 2.52) guards them.
     # Logical CPUs are scheduling tokens: make room for every actor even on a small machine.
-    cpus = max(os.cpu_count() or 1, (options.workers or 1) + 1)
-    # address="local": a new instance of our own, never a cluster that RAY_ADDRESS or
-    # /tmp/ray/ray_current_cluster happens to name.
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **common)
+    start_local_ray(max(os.cpu_count() or 1, (options.workers or 1) + 1), **common)
     return True
 
 
@@ -475,7 +474,8 @@ def _workers(options: RayOptions, model: Upscaler, src: FrameFormat, dst: FrameF
 
 def run_ray(frames: Iterable[Frame], model: Upscaler, src: FrameFormat, dst: FrameFormat,
             write: Callable[[Frame], None], options: RayOptions = RayOptions(), batch: int = 1,
-            total: int = 0, exact: bool = False, on_progress: Callable[[Progress], None] | None = None) -> int:
+            total: int = 0, exact: bool = False, on_progress: Callable[[Progress], None] | None = None,
+            temporal=None) -> int:
     """Stream `frames` through Ray actors running `model` into `write`, in order; returns frames written.
 
     The same contract as `engine.run_stages` with `stage.upscale_planes`: `write` gets every
@@ -486,7 +486,7 @@ def run_ray(frames: Iterable[Frame], model: Upscaler, src: FrameFormat, dst: Fra
     with _workers(options, model, src, dst) as actors:
         pool = WorkerPool(actors, options.in_flight, options.max_attempts, options.batch_timeout)
         window = max(options.window or 2 * pool.capacity * batch, batch)
-        return _stream(frames, pool, write, batch, window, total, exact, on_progress)
+        return _stream(frames, pool, write, batch, window, total, exact, on_progress, temporal)
 
 
 def run_ray_segments(job, segments: Sequence, model: Upscaler, output: Path, options: RayOptions = RayOptions(),

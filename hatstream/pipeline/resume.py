@@ -307,4 +307,6 @@ def run_settings(model_name: str | None, upscaler, job: SegmentJob, segment_seco
     return settings_fingerprint(model=model_identity(model_name, upscaler), codec=enc.codec, options=enc.options,
                                 pix_fmt=enc.layout.pix_fmt, colour=[enc.colour.matrix, enc.colour.full_range],
                                 colour_tags=enc.colour_tags, size=[plan.width, plan.height],
-                                video_stream=job.info.stream_index, segment_seconds=segment_seconds)
+                                video_stream=job.info.stream_index, segment_seconds=segment_seconds,
+                                # Only when on, so the work folders of runs without it still resume.
+                                **({"temporal": "on"} if job.temporal else {}))

@@ -48,6 +48,7 @@ class RunConfig:
     segment_seconds: float = DEFAULT_SEGMENT_SECONDS  # resumable segments for longer inputs; 0 = off
     resume: bool = True            # pick up an interrupted run's finished segments
     compile: bool = False          # torch.compile the model (local engine; static shapes per video)
+    temporal: bool = False         # steady the output along the motion (`pipeline.temporal`)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
     info = probe(config.input)
     # torch takes seconds to import; bad input has been refused by now without it.
     from hatstream.inference import load_model
-    from hatstream.pipeline.stage import FrameFormat, upscale_planes
+    from hatstream.pipeline.stage import FrameFormat, temporal_filter, upscale_planes
 
     if config.output is not None:
         container_for(config.output)  # an unusable extension is refused before the model loads
@@ -118,7 +119,7 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
     if len(segments) > 1:
         from hatstream.pipeline.resume import run_resumable, run_settings
 
-        job = SegmentJob(info, plan, config.batch)
+        job = SegmentJob(info, plan, config.batch, config.temporal)
         if on_start is not None:
             on_start(info.frames, info.frames_exact)
         if on_ray:
@@ -135,6 +136,7 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
 
     src = FrameFormat(info.layout, info.colour)
     dst = FrameFormat(plan.encoding.layout, plan.encoding.colour)
+    temporal = temporal_filter(dst, model.scale) if config.temporal else None
     stats = DecodeStats()
     with atomic_output(output, config.overwrite) as tmp:
         writer = VideoWriter(tmp, info, plan)
@@ -149,9 +151,10 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
             common = dict(batch=config.batch, total=info.frames, exact=info.frames_exact, on_progress=on_progress)
             if on_ray:
                 from hatstream.pipeline.ray_engine import run_ray
-                frames = run_ray(decoded, model, src, dst, write, _ray_options(config), **common)
+                frames = run_ray(decoded, model, src, dst, write, _ray_options(config), temporal=temporal, **common)
             else:
-                frames = run_stages(decoded, lambda batch: upscale_planes(batch, model, src, dst), write, **common)
+                frames = run_stages(decoded, lambda batch: upscale_planes(batch, model, src, dst, temporal=temporal),
+                                    write, **common)
             if frames != stats.frames:  # every decoded frame must have been written; never drop one
                 raise RuntimeError(f"{stats.frames} frames decoded but {frames} written")
             writer.finish()

@@ -70,6 +70,7 @@ class SegmentJob:
     info: VideoInfo
     plan: OutputPlan
     batch: int = 1
+    temporal: bool = False  # steady the output (`pipeline.temporal`); its state restarts at each segment
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,8 @@ def encode_segment(job: SegmentJob, segment: Segment, upscale: Callable[[list[tu
     plan = dataclasses.replace(job.plan, container=SEGMENT_FORMAT, streams=())
     writer = VideoWriter(tmp, job.info, plan)
     first: list[int] = []
+    if job.temporal:
+        upscale = _with_temporal(job, upscale)
     try:
         def write(frame: Frame) -> None:
             if not first:
@@ -266,6 +269,21 @@ def encode_segment(job: SegmentJob, segment: Segment, upscale: Callable[[list[tu
     fsync_path(dest.parent)
     log.debug("segment %d: %d frames, %d bytes -> %s", segment.index, frames, size, dest)
     return EncodedSegment(segment.index, dest, frames, first[0], size, digest)
+
+
+def _with_temporal(job: SegmentJob, upscale: Callable[[list[tuple]], list[tuple]]
+                   ) -> Callable[[list[tuple]], list[tuple]]:
+    """`upscale` followed by a temporal filter that starts afresh with this segment.
+
+    A segment is decoded from its own keyframe, and so never sees the previous segment's last
+    output: resetting at every segment start keeps a segment's output a function of its own
+    frames only, whichever process or node encodes it, and a resumed run frame-exact.
+    """
+    from hatstream.pipeline.stage import FrameFormat, temporal_filter
+
+    steady = temporal_filter(FrameFormat(job.plan.encoding.layout, job.plan.encoding.colour),
+                             max(1, job.plan.width // job.info.width))
+    return lambda batch: [steady(planes) for planes in upscale(batch)]
 
 
 def upscaler_for(job: SegmentJob, model) -> Callable[[list[tuple]], list[tuple]]:

@@ -15,9 +15,11 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from hatstream.media.colour import (ColourSpec, PlaneLayout, planes_to_rgb, planes_to_tensors, rgb_to_planes,
                                     tensors_to_planes)
+from hatstream.pipeline.temporal import TemporalFilter
 
 Planes = tuple[np.ndarray, ...]
 
@@ -55,28 +57,45 @@ def upscale_plane_tensors(planes: list[torch.Tensor], model: Callable[[torch.Ten
                           src: FrameFormat, dst: FrameFormat, device: torch.device) -> list[torch.Tensor]:
     """Per-plane (B, h, w) integer tensors already on `device` -> the output's per-plane tensors.
 
-    Colour conversion to RGB (clipped to [0, 1]: YUV can encode colours outside the RGB cube,
-    which the model was never trained on), the model, and conversion back. Engines that move the
-    planes themselves (the Ray actors, with pinned buffers and CUDA streams) call this directly.
+    Colour conversion to RGB, the model, and conversion back. The model sees RGB clipped to
+    [0, 1]; what lies outside (super-whites and super-blacks of limited-range video, YUV colours
+    outside the RGB cube) is upscaled bicubically on its own and added back after the model, so
+    an output format with the same headroom keeps it (the encoder's code range is the only clip).
+    Engines that move the planes themselves (the Ray actors, with pinned buffers and CUDA
+    streams) call this directly.
     """
     with _cpu_threads(device, 1):
-        rgb = planes_to_rgb(planes, src.layout, src.colour).clamp_(0.0, 1.0)
-    up = model(rgb)
-    del rgb
+        rgb = planes_to_rgb(planes, src.layout, src.colour)
+        clipped = rgb.clamp(0.0, 1.0)
+        excess = rgb.sub_(clipped)
+        excess = excess if bool(excess.abs().amax() > 1e-4) else None  # most frames have none
+    up = model(clipped)
+    del clipped
     with _cpu_threads(device, 1):
+        if excess is not None:
+            up = up.to(torch.float32) + F.interpolate(excess, size=up.shape[-2:], mode="bicubic", align_corners=False)
         return rgb_to_planes(up, dst.layout, dst.colour)
 
 
+def temporal_filter(dst: FrameFormat, scale: int) -> TemporalFilter:
+    """A fresh `TemporalFilter` for output planes in `dst`: the luma plane of YUV, all three of GBR."""
+    return TemporalFilter(scale, dst.layout.max_value, (0, 1, 2) if dst.layout.is_rgb else (0,))
+
+
 def upscale_planes(frames: Sequence[Planes], model: Callable[[torch.Tensor], torch.Tensor],
-                   src: FrameFormat, dst: FrameFormat, device: torch.device | str | None = None) -> list[Planes]:
+                   src: FrameFormat, dst: FrameFormat, device: torch.device | str | None = None,
+                   temporal: TemporalFilter | None = None) -> list[Planes]:
     """Upscale a batch of same-sized frames given as planes; returns one planes tuple per frame.
 
     `model` maps RGB float (B, 3, H, W) in [0, 1] to (B, 3, sH, sW) in [0, 1], as an `Upscaler`
     does. `device` defaults to the model's own `device` attribute (CPU when it has none).
+    `temporal` (see `temporal_filter`) steadies the outputs; it holds the previous frame, so
+    successive calls must carry successive frames of one stream.
     """
     if not frames:
         return []
     device = torch.device(device if device is not None else getattr(model, "device", "cpu"))
     with _cpu_threads(device, 1):
         tensors = planes_to_tensors(list(frames), device)
-    return tensors_to_planes(upscale_plane_tensors(tensors, model, src, dst, device))
+    out = tensors_to_planes(upscale_plane_tensors(tensors, model, src, dst, device))
+    return out if temporal is None else [temporal(planes) for planes in out]

@@ -85,10 +85,9 @@ def train_distributed(cfg: TrainConfig, resume: bool = False, progress: Progress
         if cfg.address:
             ray.init(address=cfg.address, log_to_driver=False)
         else:
-            # A new local instance of our own ("local"): without it, ray.init joins whatever cluster
-            # RAY_ADDRESS or /tmp/ray/ray_current_cluster names, and then refuses num_cpus.
-            # One logical CPU per worker is reserved even on a small machine.
-            ray.init(address="local", num_cpus=cfg.workers + 1, log_to_driver=False, include_dashboard=False)
+            from hatstream.raylocal import start_local_ray
+
+            start_local_ray(cfg.workers + 1, log_to_driver=False)  # one logical CPU per worker, and the driver
     follower = _LogFollower(run_dir / "log.jsonl", progress) if progress else None
     try:
         trainer = TorchTrainer(
