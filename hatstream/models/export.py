@@ -30,9 +30,10 @@ from hatstream.models.hat_rescale import make_fp16_safe
 
 log = logging.getLogger(__name__)
 
-# 17: the opset of the runtimes people have (vs-mlrt's ONNX Runtime and TensorRT builds, chaiNNer);
-# everything in the graph (Gather, MatMul, Softmax, Pad, LayerNormalization) exists there.
+# 18: the oldest opset torch's exporter writes (17 fails to convert Pad), and old enough for the
+# runtimes people have (vs-mlrt's ONNX Runtime and TensorRT builds, chaiNNer).
 DEFAULT_OPSET = 18
+BF16_OPSET = 22  # the first opset whose Conv takes bfloat16
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 
 
@@ -101,8 +102,11 @@ def export_onnx(model: HAT, path: str | Path, width: int, height: int, batch: in
     """Write `model` as an ONNX graph for (batch, 3, height, width) float32 inputs to `path`.
 
     The weights are stored inside the one file (no external data), so it can be moved and renamed.
+    bf16 graphs use at least opset 22: before it, Conv has no bfloat16 type.
     Returns the traced `StaticHAT` (the eager twin of the graph, e.g. to compare outputs).
     """
+    if dtype == torch.bfloat16:
+        opset = max(opset, BF16_OPSET)
     static = StaticHAT(model, batch, height, width, dtype)
     x = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(0))
     exporter_log = logging.getLogger("torch.onnx")
