@@ -36,3 +36,54 @@ def test_bench_reports_every_stage_and_tflops(tmp_path):
 def test_bench_rejects_a_bad_size():
     res = run_cli("bench", "--model", "bicubic", "--size", "huge")
     assert res.returncode == 2 and res.stderr.startswith("hatstream: error: ")
+
+
+def _strict_json(text: str):
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_bench_batches_time_what_was_run(tmp_path):
+    from hatstream.inference import Upscaler
+    from hatstream.models.bicubic import Bicubic
+    from hatstream.models.spec import ModelInfo
+    from hatstream.pipeline.bench import run_bench
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.batches = Bicubic(2), []
+
+        def forward(self, x):
+            self.batches.append(x.shape[0])
+            return self.inner(x)
+
+    model = Counting()
+    up = Upscaler(model, ModelInfo(name="bicubic", arch="bicubic", scale=2), torch.device("cpu"), torch.float32)
+    result = run_bench(up, 32, 16, frames=3, batch=2)
+    assert model.batches == [2, 2, 1]  # one whole warm-up batch, then the 3 timed frames
+    stages = {s.name: s for s in result.stages}
+    assert stages["model"].frames == stages["upload"].frames == 3 and stages["decode"].frames == 5
+    _strict_json(json.dumps(result.to_json()))
+
+
+def test_bench_refuses_what_it_cannot_time_or_write(tmp_path):
+    cases = [["--frames", "2", "--batch", "4"], ["--json-out", tmp_path / "missing" / "b.json"],
+             ["--size", "20000x20000"], ["--size", "8192x4096", "--scale", "4"]]
+    for extra in cases:
+        res = run_cli("bench", "--model", "bicubic", "--size", "32x16", *extra, cwd=tmp_path, timeout=120)
+        assert res.returncode == 2, (extra, res.stderr)
+        assert res.stderr.startswith("hatstream: error: ") and res.stderr.count("\n") == 1, (extra, res.stderr)
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even the default JSON
+
+
+def test_bench_json_is_strict_with_batches(tmp_path):
+    out = tmp_path / "b.json"
+    res = run_cli("bench", "--model", "bicubic", "--scale", "2", "--size", "32x16", "--frames", "4", "--batch", "2",
+                  "--json-out", out, timeout=120)
+    assert res.returncode == 0, res.stderr
+    data = _strict_json(out.read_text())
+    assert all(s["fps"] is None or s["fps"] > 0 for s in data["stages"])
+    assert "inf" not in res.stdout

@@ -21,3 +21,49 @@ def test_models_lists_the_builtins_and_defaults():
     assert rows["bicubic"]["scales"] == "any"
     assert rows["hat-tiny-x2"]["status"] == "installed" and "x2" in rows["hat-tiny-x2"]["note"]
     assert rows["hat-tiny-x4"]["status"] == "installed" and "x4" in rows["hat-tiny-x4"]["note"]
+
+
+def test_model_option_usage_errors_are_one_line(tmp_path):
+    img = tmp_path / "x.png"
+    img.write_bytes(b"not read: the usage error comes first")
+    cases = [["image", img, "-o", tmp_path / "o.png", "--scale", "-1"],
+             ["image", img, "-o", tmp_path / "o.png", "--scale", "0"],
+             ["watch", tmp_path, "-o", tmp_path / "out", "--poll", "0"],
+             ["eval", "--data", tmp_path, "--precision", "fp64"]]
+    for command in (["run", "x.mp4"], ["image", img, "-o", tmp_path / "o.png"], ["bench"], ["preview", "x.mp4"],
+                    ["eval", "--data", tmp_path], ["watch", tmp_path, "-o", tmp_path / "out"]):
+        cases.append(command + ["--device", "foo"])
+    for args in cases:
+        res = run_cli(*args)
+        assert res.returncode == 2, (args, res.stderr)
+        assert res.stderr.startswith("hatstream: error: ") and res.stderr.count("\n") == 1, (args, res.stderr)
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "out").exists()
+
+
+def test_option_lists_come_from_the_code_that_defines_them(monkeypatch):
+    from hatstream.inference.precision import PRECISIONS
+    from hatstream.media.decode import ON_ERROR
+    from hatstream.train.config import ARCHITECTURES
+
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse would wrap hyphenated names at the hyphen
+    for command in ("run", "image", "bench", "eval", "preview"):
+        res = run_cli(command, "--help")
+        assert res.returncode == 0, res.stderr
+        help_text = " ".join(res.stdout.split())
+        assert all(p in help_text for p in PRECISIONS), (command, help_text)  # eval had lost fp16
+    run_help = " ".join(run_cli("run", "--help").stdout.split())
+    assert all(mode in run_help for mode in ON_ERROR)
+    train_help = " ".join(run_cli("train", "--help").stdout.split())
+    assert all(arch in train_help for arch in ARCHITECTURES), train_help
+    res = run_cli("train", "--arch", "hat-huge", "--data", "x", "--out", "y")
+    assert res.returncode == 2 and "hat-tiny-plus" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_building_the_parser_imports_neither_torch_nor_av():
+    import subprocess
+    import sys
+
+    code = ("import sys; from hatstream.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'av', 'ray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

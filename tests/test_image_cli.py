@@ -152,3 +152,82 @@ def test_an_output_that_appears_during_the_run_is_not_clobbered_without_overwrit
     with atomic_output(out, overwrite=False) as tmp:
         tmp.write_bytes(b"first")
     assert out.read_bytes() == b"first" and partial_files(out) == [] and out.stat().st_nlink == 1
+
+
+def _exif(orientation: int, **ifd0):
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F], exif[0x0110] = "Phonemaker", "Phone 7"  # Make, Model
+    exif.get_ifd(0x8769)[0x9003] = "2026:12:01 10:00:00"  # DateTimeOriginal, in the Exif sub-IFD
+    return exif
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_pillow_displays_it(tmp_path, orientation):
+    from PIL import Image, ImageOps
+
+    from hatstream.imageio import read_image
+
+    rgb = skimage.data.astronaut()[100:120, 180:220]  # (20, 40): stored landscape
+    src = tmp_path / "o.png"
+    Image.fromarray(rgb).save(src, exif=_exif(orientation))
+    with Image.open(src) as im:
+        shown = np.asarray(ImageOps.exif_transpose(im))
+    img = read_image(src)
+    assert img.metadata.orientation == orientation
+    assert np.array_equal(np.rint(img.rgb * 255).astype(np.uint8), shown)
+
+
+def test_phone_jpeg_keeps_its_orientation_profile_and_metadata(tmp_path):
+    from PIL import Image, ImageCms, ImageOps
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    rgb = skimage.data.astronaut()[100:120, 180:220]  # stored 40x20, Orientation=6: shown 20x40
+    src = tmp_path / "phone.jpg"
+    Image.fromarray(rgb).save(src, quality=95, exif=_exif(6), icc_profile=icc, dpi=(300, 300))
+    with Image.open(src) as im:
+        shown = np.asarray(ImageOps.exif_transpose(im))
+    assert shown.shape == (40, 20, 3)
+    for name in ("phone_x2.jpg", "phone_x2.png"):
+        out = tmp_path / name
+        res = run_cli("image", src, "-o", out, "--model", "bicubic", "--scale", "2")
+        assert res.returncode == 0, res.stderr
+        stored = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)[..., ::-1]
+        assert stored.shape == (80, 40, 3), name  # upright pixels, not the sensor's landscape
+        back = cv2.resize(stored, (20, 40), interpolation=cv2.INTER_AREA)
+        assert psnr(back, shown) > 28, name
+        with Image.open(out) as im:
+            assert im.info.get("icc_profile") == icc, name
+            exif = im.getexif()
+            assert exif.get(0x0112, 1) == 1 and exif[0x010F] == "Phonemaker" and exif[0x0110] == "Phone 7", name
+            assert exif.get_ifd(0x8769)[0x9003] == "2026:12:01 10:00:00", name
+            assert tuple(round(d) for d in im.info["dpi"]) == (300, 300), name
+            assert ImageOps.exif_transpose(im).size == (40, 80), name  # shown the same way as the input
+
+
+def test_png_text_gamma_and_resolution_survive_a_png_to_png_upscale(tmp_path):
+    import struct
+    import zlib
+
+    from PIL import Image, PngImagePlugin
+
+    rgb = skimage.data.astronaut()[100:132, 180:228]
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Author", "A. Photographer")
+    info.add_itxt("Description", "Mond über dem See")
+    src = tmp_path / "scan.png"
+    Image.fromarray(rgb).save(src, pnginfo=info, dpi=(600, 600))
+    # Pillow writes no gAMA chunk; add one after IHDR (8 + 25 bytes in), as a scanner would.
+    data = src.read_bytes()
+    body = b"gAMA" + struct.pack(">I", 45455)
+    src.write_bytes(data[:33] + struct.pack(">I", 4) + body + struct.pack(">I", zlib.crc32(body)) + data[33:])
+    out = tmp_path / "scan_x2.png"
+    res = run_cli("image", src, "-o", out, "--model", "bicubic", "--scale", "2")
+    assert res.returncode == 0, res.stderr
+    with Image.open(out) as im:
+        assert im.size == (96, 64)
+        assert im.text["Author"] == "A. Photographer" and im.text["Description"] == "Mond über dem See"
+        assert tuple(round(d) for d in im.info["dpi"]) == (600, 600)
+        assert abs(im.info["gamma"] - 0.45455) < 1e-5

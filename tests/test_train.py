@@ -232,3 +232,53 @@ def test_debian_photos_are_read_from_the_package_and_shrunk(tmp_path):
     assert np.abs(img.mean((0, 1)) - cv2.imdecode(np.frombuffer(jpeg, np.uint8), 1).mean((0, 1))).max() < 1.0
     with pytest.raises(ValueError, match="sha256"):
         write_debian_photos(tmp_path, tmp_path / "out", {deb.name: ("0" * 64, "./usr/share/backgrounds/", ("Sea",))})
+
+
+def test_training_videos_are_opened_as_run_opens_them(tmp_path):
+    from mediagen import make_audio_only
+
+    photos = _photo_crops(tmp_path / "data")
+    audio = make_audio_only(tmp_path / "talk.mkv")
+    wav = tmp_path / "song.mp4"  # a WAV file under a video name: the demuxer allow-list refuses it
+    import wave
+
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000)
+        w.writeframes(b"\0\0" * 8000)
+    for bad, says in ((audio, "no video stream"), (wav, "supported container")):
+        proc = run_cli("train", "--data", photos, bad, "--out", tmp_path / "run", "--arch", "hat-micro",
+                       "--iters", "1", "--batch", "1", "--patch", "16", timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith("hatstream: error: ") and proc.stderr.count("\n") == 1, proc.stderr
+        assert says in proc.stderr and bad.name in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_uses_the_runs_own_config_and_records_changes(tmp_path):
+    photos = _photo_crops(tmp_path / "data")
+    run = tmp_path / "run"
+    proc = run_cli("train", "--data", photos, "--out", run, "--arch", "hat-micro", "--scale", "2", "--iters", "6",
+                   "--batch", "2", "--patch", "16", "--lr", "2e-3", "--save-every", "3", "--threads", "1",
+                   timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    # stderr is a pipe here, as in a log file or CI: plain lines, no tqdm redraws.
+    assert "\r" not in proc.stderr and "iteration 6/6" in proc.stderr, proc.stderr
+    saved = (run / "config.json").read_bytes()
+
+    for change in (["--arch", "hat-tiny"], ["--scale", "4"], ["--seed", "3"]):
+        proc = run_cli("train", "--out", run, "--resume", *change, timeout=120)
+        assert proc.returncode == 2, (change, proc.stderr)
+        assert proc.stderr.startswith("hatstream: error: ") and proc.stderr.count("\n") == 1, proc.stderr
+        assert change[0][2:] in proc.stderr and "Traceback" not in proc.stderr
+    assert (run / "config.json").read_bytes() == saved
+
+    # No flags repeated: data, arch, scale and the rest come from config.json; the new lr is kept.
+    proc = run_cli("train", "--out", run, "--resume", "--iters", "8", "--lr", "1e-3", "--json", timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert events[-1]["event"] == "done" and events[-1]["checkpoint"].endswith("net_g_8.pth")
+    assert events[-2]["event"] == "progress" and events[-2]["iter"] == 8 and events[-2]["lr"] == 1e-3
+    config = json.loads((run / "config.json").read_text())
+    assert config["lr"] == 1e-3 and config["iters"] == 8 and config["arch"] == "hat-micro"
+    assert config["changes"] == [{"iter": 6, "iters": {"was": 6, "now": 8}, "lr": {"was": 2e-3, "now": 1e-3}}]
+    assert any(e.get("resumed") for e in map(json.loads, (run / "log.jsonl").read_text().splitlines()))

@@ -7,27 +7,23 @@ TFLOP/s and, on known GPUs, the fraction of the bf16 peak.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from hatstream.commands.common import add_model_arguments, check_output_file, write_json_file
 from hatstream.errors import HatstreamError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="built-in model name or checkpoint path (default: bundled)")
-    p.add_argument("--scale", type=int, default=None)
+    add_model_arguments(p)
     p.add_argument("--size", default="540p", help="360p, 540p, 720p, 1080p or WxH (input size)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--frames", type=int, default=8, help="timed frames (one more is decoded for warm-up)")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster frames)")
     p.add_argument("--json-out", type=Path, default=Path("hatstream-bench.json"), help="where to write JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     from hatstream.inference import load_model
-    from hatstream.pipeline.bench import parse_size, run_bench
+    from hatstream.pipeline.bench import check_bench_size, parse_size, run_bench
 
     try:
         width, height = parse_size(args.size)
@@ -35,18 +31,28 @@ def run(args: argparse.Namespace) -> int:
         raise HatstreamError(str(exc)) from None
     if args.frames < 1 or args.batch < 1:
         raise HatstreamError("--frames and --batch must be at least 1")
+    if args.frames < args.batch:
+        raise HatstreamError(f"--frames {args.frames} is less than --batch {args.batch}: no full batch would be "
+                             f"timed; pass at least --frames {args.batch}")
+    check_output_file(args.json_out, "--json-out")
     upscaler = load_model(args.model, device=args.device, precision=args.precision, scale=args.scale,
                           compile=args.compile)
+    try:
+        check_bench_size(width, height, upscaler.scale)
+    except ValueError as exc:
+        raise HatstreamError(str(exc)) from None
     result = run_bench(upscaler, width, height, frames=args.frames, batch=args.batch)
     print(f"{result.model} x{result.scale} on {result.device} ({result.dtype}), "
-          f"{width}x{height} -> {width * result.scale}x{height * result.scale}, {result.frames} frames")
+          f"{width}x{height} -> {width * result.scale}x{height * result.scale}, {result.frames} frames"
+          + (f" in batches of {args.batch}" if args.batch > 1 else ""))
     for s in result.stages:
-        print(f"  {s.name:<9} {s.fps:10.2f} fps  {s.seconds / s.frames * 1000:9.1f} ms/frame")
+        fps = f"{s.fps:10.2f}" if s.fps is not None else f"{'n/a':>10}"
+        print(f"  {s.name:<9} {fps} fps  {s.seconds / s.frames * 1000:9.1f} ms/frame")
     if result.tflops is not None:
         line = f"  model: {result.tflops:.3f} TFLOP/s achieved"
         if result.fraction_of_peak is not None:
             line += f" ({result.fraction_of_peak:.1%} of {result.peak_tflops:.0f} TFLOP/s bf16 peak)"
         print(line)
-    args.json_out.write_text(json.dumps(result.to_json(), indent=2))
+    write_json_file(args.json_out, result.to_json(), indent=2)
     print(f"wrote {args.json_out}")
     return 0

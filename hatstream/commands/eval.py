@@ -8,21 +8,17 @@ the BT.601 Y channel with `scale` pixels cropped from each border.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
+from hatstream.commands.common import add_model_arguments, check_output_file, write_json_file
 from hatstream.errors import HatstreamError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of `hatstream eval`."""
-    p.add_argument("--model", default="default",
-                   help="built-in name (hat-tiny-x2, bicubic, ...) or checkpoint path; default: bundled for --scale")
+    add_model_arguments(p, model="built-in name (hat-tiny-x2, bicubic, ...) or checkpoint path; "
+                                 "default: bundled for --scale")
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="folders or files of HR images")
-    p.add_argument("--scale", type=int, help="upscaling factor (default: the model's, else 2)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto")
-    p.add_argument("--precision", default="auto", help="auto, fp32, bf16")
     p.add_argument("--json", metavar="PATH", help="also write the scores at full precision as JSON")
 
 
@@ -48,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
     from hatstream.train.data import VIDEO_EXTS, list_sources, read_image
     from hatstream.train.evaluate import mean_score, score_image
 
-    upscaler = load_model(args.model, device=args.device, precision=args.precision, scale=args.scale)
+    if args.json:
+        check_output_file(args.json, "--json")
+    upscaler = load_model(args.model, device=args.device, precision=args.precision, scale=args.scale,
+                          compile=args.compile)
     scale = upscaler.scale
     files = [f for f in list_sources(args.data) if f.suffix.lower() not in VIDEO_EXTS]
     if not files:
@@ -63,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
     title = f"{upscaler.info.name} x{scale} ({upscaler.dtype}, {upscaler.device}); Y channel, crop border {scale}"
     print(format_table(title, rows, mean))
     if args.json:
-        out = {"model": str(args.model), "name": upscaler.info.name, "scale": scale,
+        out = {"model": str(args.model or "default"), "name": upscaler.info.name, "scale": scale,
                "images": [asdict(r) for r in rows], "mean": asdict(mean)}
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        write_json_file(args.json, out)
     sys.stdout.flush()
     return 0

@@ -9,6 +9,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from hatstream.commands.common import add_model_arguments, stderr_is_terminal
 from hatstream.errors import HatstreamError
 
 log = logging.getLogger(__name__)
@@ -17,11 +18,7 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="image files or folders of images")
     p.add_argument("-o", "--output", type=Path, required=True, help="output file (one input) or folder")
-    p.add_argument("--model", default=None, help="built-in model name or checkpoint path (default: bundled)")
-    p.add_argument("--scale", type=int, default=None, help="upscale factor (default: the model's, or 2)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster frames)")
+    add_model_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
@@ -42,6 +39,15 @@ def plan_outputs(inputs: list[Path], output: Path) -> list[tuple[Path, Path]]:
             raise HatstreamError(f"input {src} does not exist")
     if not pairs:
         raise HatstreamError("no PNG or JPEG images found in the inputs")
+    # Two inputs with one name (a/x.png, b/x.png) would map to one output, and the second would
+    # silently replace the first: refuse before any work.
+    seen: dict[Path, Path] = {}
+    for src, dst in pairs:
+        key = dst.resolve()
+        if key in seen:
+            raise HatstreamError(f"{seen[key]} and {src} would both be written to {dst}; "
+                                 "upscale them into separate output folders")
+        seen[key] = src
     return pairs
 
 
@@ -61,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
                           compile=args.compile)
     log.info("model: %s", upscaler)
     s = upscaler.scale
-    for src, dst in tqdm(pairs, unit="img", disable=len(pairs) < 2):
+    # Off a terminal the bar would be carriage-return noise; the line per image says as much.
+    for src, dst in tqdm(pairs, unit="img", disable=len(pairs) < 2 or not stderr_is_terminal()):
         img = read_image(src)
         x = torch.from_numpy(img.rgb).permute(2, 0, 1)[None]  # (1, 3, H, W)
         rgb = upscaler(x)[0].permute(1, 2, 0).cpu().numpy()
@@ -71,6 +78,6 @@ def run(args: argparse.Namespace) -> int:
 
             h, w = img.alpha.shape
             alpha = cv2.resize(img.alpha, (w * s, h * s), interpolation=cv2.INTER_CUBIC)
-        write_image(dst, rgb, alpha, img.bit_depth, img.grey, overwrite=args.overwrite)
+        write_image(dst, rgb, alpha, img.bit_depth, img.grey, overwrite=args.overwrite, metadata=img.metadata)
         print(f"{src} -> {dst} ({img.rgb.shape[1]}x{img.rgb.shape[0]} -> {rgb.shape[1]}x{rgb.shape[0]})")
     return 0

@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from hatstream.commands.common import positive_int
+from hatstream.commands.common import PRECISION_CHOICES, device_name, positive_int
 from hatstream.errors import HatstreamError
 
 _CLOCK = re.compile(r"(?:(\d+):)?(\d+):(\d+(?:\.\d*)?)")
@@ -64,9 +64,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the preview file (default: <stem>.preview.png beside the input)")
     p.add_argument("--model", help="built-in model name or checkpoint path (default: the bundled default)")
     p.add_argument("--scale", type=positive_int, help="upscale factor (default: the model's; x2 for the default model)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="compute precision (default: auto)")
-    p.add_argument("--device", help="torch device, e.g. cuda or cpu (default: CUDA when present)")
+    # Not add_model_arguments: a preview of a few frames has no use for --compile.
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES, metavar="NAME",
+                   help="compute precision: %(choices)s (default: auto)")
+    p.add_argument("--device", type=device_name,
+                   help="torch device: auto, cpu, cuda or cuda:N (default: CUDA when present)")
     p.add_argument("--codec", help="the video encoder a run would use (decides the output's pixel format)")
     p.add_argument("--pix-fmt", help="the output pixel format a run would use (default: the input's)")
     p.add_argument("--crop", type=crop_size, metavar="WxH",

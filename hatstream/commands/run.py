@@ -16,17 +16,16 @@ import sys
 import time
 from pathlib import Path
 
-from hatstream.commands.common import add_engine_arguments, positive_int, seconds
+from hatstream.commands.common import (ON_ERROR_CHOICES, PROGRESS_SECONDS, Throttle, add_engine_arguments,
+                                        add_model_arguments, positive_int, seconds)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `hatstream run`."""
     p.add_argument("input", type=Path, help="the video file to upscale")
     p.add_argument("-o", "--output", type=Path, help="output file (default: <stem>.x<scale><ext> beside the input)")
-    p.add_argument("--model", help="built-in model name or checkpoint path (default: the bundled default)")
-    p.add_argument("--scale", type=positive_int, help="upscale factor (default: the model's; x2 for the default model)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="compute precision (default: auto)")
+    add_model_arguments(p, device=False,  # --device comes with the engine options
+                        compile="torch.compile the model: a slow first frame, faster frames after (local engine)")
     p.add_argument("--batch", type=positive_int, default=1, help="frames per model call (default: 1)")
     p.add_argument("--codec", help="video encoder (default: libx264, or libx265 above 10-bit, VP9/AV1 for WebM); "
                                    "ffv1 is lossless")
@@ -37,8 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="copy audio packet for packet (default), or re-encode it, e.g. aac")
     p.add_argument("--subtitles", default="copy", metavar="copy|drop|NAME",
                    help="copy subtitles (default), drop them, or convert text subtitles, e.g. mov_text")
-    p.add_argument("--on-error", default="fail", choices=("fail", "conceal"),
-                   help="damaged video: stop naming the timestamp (default), or conceal it and count it")
+    p.add_argument("--on-error", default="fail", choices=ON_ERROR_CHOICES, metavar="MODE",
+                   help="damaged video, one of %(choices)s: stop naming the timestamp (fail, the default), or "
+                        "conceal it and count it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--segment-seconds", type=seconds, default=None, metavar="S",
                    help="inputs longer than this run in keyframe-aligned segments of about S seconds, so an "
@@ -46,8 +46,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-resume", action="store_true",
                    help="start over instead of reusing the segments an interrupted run finished")
     add_engine_arguments(p)
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model: a slow first frame, faster frames after (local engine)")
     p.add_argument("--json", action="store_true", help="print progress as JSON lines instead of a bar")
     p.add_argument("--temporal", choices=("on", "off"), default="off",
                    help="carry detail along the motion from the previous frame, against shimmer (default: off)")
@@ -80,10 +78,14 @@ class _JsonProgress:
 
 
 class _BarProgress:
-    """A tqdm bar on stderr: frames, fps and ETA (the total is an estimate for MKV/WebM)."""
+    """A tqdm bar on stderr: frames, fps and ETA (the total is an estimate for MKV/WebM).
+
+    Where stderr is not a terminal, a plain line at most every PROGRESS_SECONDS instead.
+    """
 
     def __init__(self):
         self.bar = None
+        self.due = Throttle(PROGRESS_SECONDS)
 
     def start(self, total: int, exact: bool) -> None:
         from tqdm import tqdm
@@ -95,6 +97,10 @@ class _BarProgress:
 
     def update(self, p) -> None:
         if self.bar.disable:
+            if self.due():
+                total = f"{p.total}" if p.exact else f"~{p.total}"
+                print(f"hatstream: upscaling: frame {p.frames}/{total}, {p.fps:.2f} fps, {p.elapsed:.0f}s elapsed",
+                      file=sys.stderr, flush=True)
             return
         if p.frames > (self.bar.total or 0) and self.bar.total:
             self.bar.total = p.frames  # the estimate was short; never show more than 100%

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from hatstream.commands.common import PROGRESS_SECONDS, TRAIN_PRESET_CHOICES, Throttle, stderr_is_terminal
 from hatstream.errors import HatstreamError
 
 
@@ -18,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="TOML", help="training preset, e.g. pipelines/train-hat-x2.toml")
     p.add_argument("--data", nargs="+", metavar="DIR|VIDEO", help="HR training images: folders, images, videos")
     p.add_argument("--scale", type=int, help="upscaling factor (2, 3, 4)")
-    p.add_argument("--arch", help="hat-s, hat, hat-l, hat-tiny, hat-micro")
+    p.add_argument("--arch", choices=TRAIN_PRESET_CHOICES, metavar="NAME", help="architecture preset: %(choices)s")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder: checkpoints, log, resume state")
     p.add_argument("--init", metavar="CKPT", help="start from these weights (params_ema first), e.g. to fine-tune")
     p.add_argument("--start", choices=("random", "bilinear"),
@@ -33,19 +34,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-every", type=int, help="checkpoint every N iterations")
     p.add_argument("--seed", type=int, help="random seed (weights and patch sampling)")
     p.add_argument("--threads", type=int, help="torch threads per worker")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out with its saved settings; flags given change them (e.g. --lr), "
+                        "except arch, scale, init, start and seed")
     p.add_argument("--workers", type=int, help="data-parallel workers through Ray Train (DDP)")
     p.add_argument("--address", help="Ray cluster address (e.g. auto or ray://host:10001)")
     p.add_argument("--gpu", action="store_true", help="give each Ray worker a GPU (otherwise CPU with gloo)")
+    p.add_argument("--json", action="store_true", help="print progress as JSON lines on stdout instead of a bar")
 
 
 def config_from_args(args: argparse.Namespace):
-    """The TrainConfig: --config preset (if any) overridden by explicit flags."""
-    from hatstream.train.config import TrainConfig
+    """The TrainConfig: --config preset (if any) overridden by explicit flags.
+
+    With --resume: the run's own saved config.json, with only the flags given applied (a new
+    learning rate, more iterations, ...); changes to what made the saved weights are refused.
+    """
+    from hatstream.train.config import TrainConfig, resumed_config
 
     names = ("data", "scale", "arch", "out", "init", "start", "iters", "lr", "milestones", "batch", "patch", "val",
              "val_every", "save_every", "seed", "threads", "workers", "address")
     flags = {name: getattr(args, name) for name in names}
+    if args.resume:
+        if not args.out:
+            raise HatstreamError("--resume needs --out RUN_DIR: the run to continue")
+        if args.config:
+            raise HatstreamError("--resume continues with RUN_DIR/config.json; pass only the settings to change "
+                                 "as flags, not --config")
+        return resumed_config(flags.pop("out"), **flags)
     cfg = TrainConfig.from_toml(args.config, **flags) if args.config else TrainConfig(
         **{k: v for k, v in flags.items() if v is not None})
     if not cfg.data:
@@ -55,21 +70,57 @@ def config_from_args(args: argparse.Namespace):
     return cfg
 
 
+def _describe(event: dict) -> str:
+    text = f"loss {event['loss']:.4f}, lr {event['lr']:.1e}"
+    if "val_psnr" in event:
+        text += f", val {event['val_psnr']:.2f} dB (bicubic {event['bicubic_psnr']:.2f})"
+    return text
+
+
+def _progress(cfg, as_json: bool):
+    """The progress callback and its closer: a tqdm bar on a terminal; otherwise (a log file,
+    systemd, CI) one line, or one JSON object with --json, per logged iteration (every
+    log_every), at least every PROGRESS_SECONDS, and at the end. Never carriage returns."""
+    import json
+    import sys
+
+    desc = f"train x{cfg.scale} {cfg.arch}"
+    if not as_json and stderr_is_terminal():
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.iters, unit="it", dynamic_ncols=True, desc=desc)
+
+        def draw(event: dict) -> None:
+            bar.n = event["iter"]
+            post = {"loss": f"{event['loss']:.4f}", "lr": f"{event['lr']:.1e}"}
+            if "val_psnr" in event:
+                post["val"] = f"{event['val_psnr']:.2f}dB (bicubic {event['bicubic_psnr']:.2f})"
+            bar.set_postfix(post, refresh=False)
+            bar.refresh()
+
+        return draw, bar.close
+
+    due = Throttle(PROGRESS_SECONDS)
+
+    def line(event: dict) -> None:
+        it, total = event["iter"], event["iters"]
+        if not due(force=it % cfg.log_every == 0 or it >= total):
+            return
+        if as_json:
+            print(json.dumps(dict(event, event="progress")), flush=True)
+        else:
+            print(f"hatstream: {desc}: iteration {it}/{total} ({it / total:.0%}), {_describe(event)}",
+                  file=sys.stderr, flush=True)
+
+    return line, lambda: None
+
+
 def run(args: argparse.Namespace) -> int:
-    """Train, showing a progress bar with the loss and the latest validation PSNR."""
-    from tqdm import tqdm
+    """Train, showing progress with the loss and the latest validation PSNR."""
+    import json
 
     cfg = config_from_args(args)
-    bar = tqdm(total=cfg.iters, unit="it", dynamic_ncols=True, desc=f"train x{cfg.scale} {cfg.arch}")
-
-    def progress(event: dict) -> None:
-        bar.n = event["iter"]
-        post = {"loss": f"{event['loss']:.4f}", "lr": f"{event['lr']:.1e}"}
-        if "val_psnr" in event:
-            post["val"] = f"{event['val_psnr']:.2f}dB (bicubic {event['bicubic_psnr']:.2f})"
-        bar.set_postfix(post, refresh=False)
-        bar.refresh()
-
+    progress, close = _progress(cfg, args.json)
     try:
         if cfg.workers > 1 or cfg.address:
             from hatstream.train.distributed import train_distributed
@@ -80,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
 
             ckpt = train(cfg, resume=args.resume, progress=progress)
     finally:
-        bar.close()
-    print(f"checkpoint: {ckpt}")
+        close()
+    if args.json:
+        print(json.dumps({"event": "done", "checkpoint": str(ckpt)}), flush=True)
+    else:
+        print(f"checkpoint: {ckpt}")
     return 0

@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from hatstream.commands.common import add_engine_arguments, positive_int, seconds
+from hatstream.commands.common import add_engine_arguments, positive_int, positive_seconds, seconds
 from hatstream.errors import HatstreamError
 
 
@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, metavar="OUT_DIR", help="where outputs, the ledger and failed/ go")
     p.add_argument("--preset", default="default", metavar="NAME|FILE",
                    help="run settings: a preset in pipelines/ or a .toml file (default: default)")
-    p.add_argument("--poll", type=seconds, default=5.0, metavar="SECONDS", help="seconds between scans (default: 5)")
+    p.add_argument("--poll", type=positive_seconds, default=5.0, metavar="SECONDS",
+                   help="seconds between scans, more than 0 (default: 5)")
     p.add_argument("--settle", type=seconds, default=5.0, metavar="SECONDS",
                    help="a file must hold still this long before it is taken (default: 5)")
     p.add_argument("--max-attempts", type=positive_int, default=3, metavar="N",
@@ -43,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="wait before retrying a failed file, doubling each time (default: 60)")
     p.add_argument("--jobs", type=positive_int, default=1, metavar="N", help="files processed at a time (default: 1)")
     add_engine_arguments(p)
+    p.add_argument("--model-dir", type=Path, action="append", default=[], metavar="DIR",
+                   help="a folder whose checkpoints a folder's hatstream.toml may name as model (repeatable; "
+                        "IN_DIR is always allowed)")
     p.add_argument("--once", action="store_true", help="process what is ready now, then exit (for cron)")
     p.add_argument("--status", type=Path, metavar="OUT_DIR", help="print the jobs recorded in OUT_DIR and exit")
     p.add_argument("--http", metavar="[HOST:]PORT",
@@ -111,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     config = WatchConfig(in_dir=args.in_dir, out_dir=args.output, preset=args.preset, poll=args.poll,
                          settle=args.settle, max_attempts=args.max_attempts, jobs=args.jobs, once=args.once,
                          retry_delay=args.retry_delay, device=args.device, engine=args.engine,
-                         address=args.address, workers=args.workers)
+                         address=args.address, workers=args.workers, model_dirs=tuple(args.model_dir))
     stop = threading.Event()
 
     def request_stop(signum, frame):  # noqa: ARG001 - signal handler signature

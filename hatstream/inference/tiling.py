@@ -46,7 +46,11 @@ def upscale_tiled(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, 
     `run` maps any (B, C, h, w) to (B, C, s·h, s·w) (it pads internally as needed).
     """
     b, c, h, w = x.shape
-    step = max(tile - overlap, 1)
+    if tile < 2 * overlap:
+        # The step must stay a sensible part of the tile: at tile - overlap -> 1 the tile count
+        # grows with the square of the frame side (a hang, not a fallback).
+        raise ValueError(f"tile {tile} must be at least twice the overlap ({overlap})")
+    step = tile - overlap
     out = torch.zeros(b, c, h * scale, w * scale, dtype=torch.float32, device=x.device)
     weight = torch.zeros(1, 1, h * scale, w * scale, dtype=torch.float32, device=x.device)
     ys, xs = tile_starts(h, tile, step), tile_starts(w, tile, step)

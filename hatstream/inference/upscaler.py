@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hatstream.errors import HatstreamError
 from hatstream.inference.heap import keep_freed_memory
 from hatstream.inference.tiling import upscale_tiled
 from hatstream.models.hat import HAT, keep_sensitive_parts_fp32, pad_heads
@@ -53,12 +54,38 @@ def fused_attention_only():
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION])
 
 
+# How a failed allocation reads once it reaches Python, by where it failed.
+_OUT_OF_MEMORY_MESSAGES = (
+    "out of memory",  # CUDA's caching allocator and CUDA kernels
+    "can't allocate memory",  # torch's DefaultCPUAllocator
+    "cannot allocate memory",  # strerror(ENOMEM), e.g. from a failed mmap
+    "could not create a primitive",  # oneDNN: its scratchpad or workspace allocation failed
+    "std::bad_alloc",  # a C++ new inside an operator
+)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """True for a failed allocation on the GPU or the CPU (both surface as RuntimeError)."""
-    if isinstance(exc, torch.OutOfMemoryError):
+    """True for a failed allocation on the GPU or the CPU.
+
+    On the CPU, under a memory limit (ulimit -v, a container), the failure surfaces as a
+    RuntimeError from torch's allocator or from oneDNN, or as Python's MemoryError.
+    """
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(m in text for m in _OUT_OF_MEMORY_MESSAGES)
+
+
+class TilesTooSmall(HatstreamError, torch.OutOfMemoryError):
+    """Out of memory even at the smallest tile: a one-line error for the CLI, and still an
+    OutOfMemoryError for callers that catch that."""
+
+
+def minimum_tile(window_multiple: int, overlap: int) -> int:
+    """The smallest tile side the fallback uses: twice the overlap, so that the step between
+    tiles stays at least half a tile, rounded up to the model's window multiple. Below it the
+    tile count grows without bound (at a step of 1 pixel, a 1280-wide frame is 860k tiles)."""
+    return -(-2 * overlap // window_multiple) * window_multiple
 
 
 class Upscaler:
@@ -123,22 +150,29 @@ class Upscaler:
         return y[..., : h * self.scale, : w * self.scale]
 
     def _run_fitting(self, x: torch.Tensor) -> torch.Tensor:
-        """Run whole, or tiled once memory has run out, shrinking the tile on every new failure."""
-        minimum = max(2 * self.info.window_multiple, 16)
+        """Run whole, or tiled once memory has run out, shrinking the tile on every new failure.
+
+        The tile halves down to `minimum_tile`, and is tried there once; if that fails too, the
+        run stops with TilesTooSmall instead of crawling through ever more, ever smaller tiles.
+        """
+        minimum = minimum_tile(self.info.window_multiple, self.tile_overlap)
         while True:
             try:
                 if self.tile is None or self.tile >= max(x.shape[-2:]):
                     return self._run(x)
                 return upscale_tiled(self._run, x, self.scale, self.tile, self.tile_overlap)
-            except RuntimeError as exc:
+            except (RuntimeError, MemoryError) as exc:
                 if not is_out_of_memory(exc):
                     raise
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
-                side = self.tile or max(x.shape[-2:])
-                new = (side // 2) // self.info.window_multiple * self.info.window_multiple
-                if new < minimum:
-                    raise
+                side = min(self.tile or max(x.shape[-2:]), max(x.shape[-2:]))
+                if side <= minimum:
+                    raise TilesTooSmall(
+                        f"out of memory on a {x.shape[-1]}x{x.shape[-2]} frame even in {side} px tiles with "
+                        f"{self.tile_overlap} px overlap (the smallest this model's tiles go); free memory on "
+                        f"{self.device}, or use a smaller --batch or a lighter model") from exc
+                new = max((side // 2) // self.info.window_multiple * self.info.window_multiple, minimum)
                 self.tile = new
                 if not self._warned:
                     log.warning("out of memory on a whole %dx%d frame; continuing in %d px tiles with %d px "

@@ -123,7 +123,10 @@ class VideoWriter:
     def __init__(self, path: Path, info: VideoInfo, plan: OutputPlan, encoded=None):
         self.plan = plan
         self.copying = encoded is not None
-        self.out = av.open(str(path), "w", format=plan.container, options=_container_options(plan.container, info))
+        # A `file:` URL, as for inputs (`probe.open_input`): a name with a colon (`x:y.mkv`, or the
+        # work folder `.x:y.mkv.hatstream-work/`) must never be taken for a protocol.
+        options = dict(_container_options(plan.container, info), protocol_whitelist="file")
+        self.out = av.open(f"file:{path}", "w", format=plan.container, options=options)
         try:
             # Every stream is added before the first mux: the header freezes them.
             self.stream = (_add_copied_video(self.out, info, plan, encoded) if self.copying

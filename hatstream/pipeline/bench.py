@@ -29,6 +29,7 @@ from hatstream.models.flops import hat_macs
 from hatstream.models.hat import HATConfig
 
 SIZES = {"360p": (640, 360), "540p": (960, 540), "720p": (1280, 720), "1080p": (1920, 1080)}
+MAX_SIDE = 16384  # libx264 refuses wider or taller frames (avcodec_open2 fails)
 
 # Dense bf16 tensor-core peaks (TFLOP/s) by device-name fragment, for the fraction of peak.
 GPU_PEAK_BF16 = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0,
@@ -45,7 +46,16 @@ def parse_size(text: str) -> tuple[int, int]:
         raise ValueError(f"size {text!r} is neither one of {', '.join(SIZES)} nor WxH") from None
     if w < 16 or h < 16 or w % 2 or h % 2:
         raise ValueError("width and height must be even and at least 16")
+    if w > MAX_SIDE or h > MAX_SIDE:
+        raise ValueError(f"size {w}x{h} is too large: the encoder takes at most {MAX_SIDE} pixels per side")
     return w, h
+
+
+def check_bench_size(width: int, height: int, scale: int) -> None:
+    """Refuse sizes whose upscaled frames the encode stage could not write (ValueError)."""
+    if max(width, height) * scale > MAX_SIDE:
+        raise ValueError(f"{width}x{height} upscaled x{scale} is {width * scale}x{height * scale}: the encoder "
+                         f"takes at most {MAX_SIDE} pixels per side; choose a smaller --size")
 
 
 @dataclass(frozen=True)
@@ -57,8 +67,9 @@ class StageTime:
     frames: int
 
     @property
-    def fps(self) -> float:
-        return self.frames / self.seconds if self.seconds > 0 else float("inf")
+    def fps(self) -> float | None:
+        """Frames per second; None when the clock saw no time pass (JSON has no infinity)."""
+        return self.frames / self.seconds if self.seconds > 0 else None
 
 
 @dataclass(frozen=True)
@@ -125,11 +136,19 @@ def peak_tflops(device: torch.device) -> float | None:
 
 def run_bench(upscaler: Upscaler, width: int, height: int, frames: int = 8, batch: int = 1,
               warmup: int = 1) -> BenchResult:
-    """Time each stage on `frames` synthetic frames of width×height (plus `warmup` untimed ones)."""
+    """Time each stage on `frames` synthetic frames of width×height, after `warmup` untimed batches.
+
+    The model stages run `batch` frames per call. Warm-up is whole batches, so the first timed
+    call already has the timed shape (a compiled model recompiles for each new shape), and each
+    stage's time is divided by the frames that were timed. `frames` must hold at least one batch.
+    """
+    if batch < 1 or warmup < 0 or frames < batch:
+        raise ValueError(f"{frames} frame(s) at batch {batch} would time no full batch; "
+                         f"use at least as many frames as the batch")
     dev = upscaler.device
     with tempfile.TemporaryDirectory(prefix="hatstream-bench-") as tmp:
         clip = Path(tmp) / "bench.mp4"
-        _synthetic_clip(clip, width, height, frames + warmup)
+        _synthetic_clip(clip, width, height, warmup * batch + frames)
         info = probe(clip)
 
         t = time.perf_counter()
@@ -140,10 +159,11 @@ def run_bench(upscaler: Upscaler, width: int, height: int, frames: int = 8, batc
         layout, colour = plan.encoding.layout, plan.encoding.colour
 
         times = {"upload": 0.0, "model": 0.0, "download": 0.0}
+        timed_frames = 0
         outputs = []
         for start in range(0, len(planes), batch):
             chunk = planes[start : start + batch]
-            timed = start >= warmup
+            timed = start >= warmup * batch
             _sync(dev)
             t0 = time.perf_counter()
             tensors = planes_to_tensors(chunk, dev)
@@ -156,6 +176,7 @@ def run_bench(upscaler: Upscaler, width: int, height: int, frames: int = 8, batc
             outputs += tensors_to_planes(rgb_to_planes(up, layout, colour))
             t3 = time.perf_counter()
             if timed:
+                timed_frames += len(chunk)
                 times["upload"] += t1 - t0
                 times["model"] += t2 - t1
                 times["download"] += t3 - t2
@@ -171,9 +192,9 @@ def run_bench(upscaler: Upscaler, width: int, height: int, frames: int = 8, batc
         encode = time.perf_counter() - t
 
     total = len(planes)
-    stages = (StageTime("decode", decode, total), StageTime("upload", times["upload"], frames),
-              StageTime("model", times["model"], frames), StageTime("download", times["download"], frames),
-              StageTime("encode", encode, total))
+    stages = (StageTime("decode", decode, total), StageTime("upload", times["upload"], timed_frames),
+              StageTime("model", times["model"], timed_frames),
+              StageTime("download", times["download"], timed_frames), StageTime("encode", encode, total))
     tflops = None
     if upscaler.info.arch == "HAT":
         cfg = HATConfig(**upscaler.info.hyperparameters)

@@ -21,7 +21,8 @@ loop runs in its decode thread, in place of the decoder, and pulls from the deco
   batches a dead or hung actor held are re-run on the least-loaded other actor (or its restarted
   self). Ray delivers at least once, so a frame that arrives twice is dropped by the collector.
   A batch that fails `max_attempts` times fails the run with the last error; a batch that takes
-  longer than `batch_timeout` counts as failed and its actor is restarted, so nothing hangs.
+  longer than `batch_timeout` counts as failed and its actor is restarted, so nothing hangs. An
+  error of the input itself (missing, damaged, unsupported) fails at once: no retry can fix it.
 - **Segment mode** (`run_ray_segments`, for clusters of several machines): the same actors take
   whole keyframe-aligned segments (`segments.encode_segment` on their node) and send back the
   encoded file, so compressed bytes cross the network, not frames; the driver joins them in
@@ -31,18 +32,21 @@ loop runs in its decode thread, in place of the decoder, and pulls from the deco
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import av
 import numpy as np
 import ray
 import torch
-from ray.exceptions import GetTimeoutError, RayError
+from ray.exceptions import GetTimeoutError, RayError, RayTaskError
 
 from hatstream.errors import HatstreamError
 from hatstream.inference import Upscaler, resolve_device
@@ -59,6 +63,8 @@ from hatstream.raylocal import start_local_ray
 log = logging.getLogger(__name__)
 
 WORKER_NAME = "hatstream-worker-{}"   # actor names, in the driver's own (anonymous) namespace
+HEARTBEAT = "heartbeat"               # the actors' concurrency group that answers progress probes
+SEGMENTS_PREFIX = ".hatstream-segments-"
 _POLL = 0.05                          # seconds the driver waits for a result before looking again
 
 
@@ -81,6 +87,7 @@ class RayOptions:
     max_attempts: int = 3         # tries per batch before the run fails
     max_restarts: int = 3         # restarts per actor
     batch_timeout: float = 600.0  # seconds from submission after which a batch counts as failed
+    stall_timeout: float = 600.0  # segment mode: seconds a segment may go without a new frame
     start_timeout: float = 600.0  # seconds for all actors to start (GPU nodes may be scaling up) and load
 
 
@@ -196,6 +203,7 @@ class UpscaleWorker:
         self.upscaler = payload.build(self.device, precision)
         self.lane = DeviceLane(self.device)
         self.src, self.dst = src, dst
+        self._progress = (-1, 0)  # (segment index, frames written), for `heartbeat`
 
     def describe(self) -> dict:
         """Where this actor runs: pid, node, device, compute dtype (also a readiness probe)."""
@@ -221,9 +229,21 @@ class UpscaleWorker:
         if not Path(job.info.path).is_file():
             raise HatstreamError(f"{job.info.path} cannot be read on node {ray.util.get_node_ip_address()}: "
                                  "segment mode needs the input at the same path on every node")
+        self._progress = (segment.index, 0)
+
+        def progress(p: Progress) -> None:
+            self._progress = (segment.index, p.frames)  # one tuple: `heartbeat` reads it from its thread
+
         with tempfile.TemporaryDirectory(prefix="hatstream-segment-") as folder:
-            encoded = encode_segment(job, segment, self.upscale, segment_path(Path(folder), segment.index))
+            encoded = encode_segment(job, segment, self.upscale, segment_path(Path(folder), segment.index),
+                                     progress)
             return encoded, encoded.path.read_bytes()
+
+    @ray.method(concurrency_group=HEARTBEAT)
+    def heartbeat(self) -> tuple[int, int]:
+        """(segment index, frames written so far) of the segment being encoded; answered from its own
+        thread while `encode_segment` runs, so the driver can tell slow work from a hung actor."""
+        return self._progress
 
     def _convert_and_upscale(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         # The lane has already put the planes on the device.
@@ -244,11 +264,27 @@ class _Job:
     attempts: int = 0
     worker: int = -1
     submitted: float = 0.0
+    progressed: float = 0.0   # when it was submitted, or last seen making progress (segments)
+    frames: int = 0           # frames its actor reported written so far (segments)
+    probe: Any = None         # a heartbeat request in flight
+    probed: float = 0.0
 
 
 def _batch_job(first: int, frames: list[Frame]) -> _Job:
     return _Job(first, ([f.planes for f in frames],), len(frames), f"frames {first}-{first + len(frames) - 1}",
                 frames)
+
+
+# Errors of the input or the setup: another try reads the same file with the same code and fails
+# the same way. Anything else (an actor or node lost, out of memory, a timeout) may pass on retry.
+_DETERMINISTIC = (HatstreamError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+                  av.error.InvalidDataError)
+
+
+def _deterministic(exc: BaseException) -> BaseException | None:
+    """The worker's own exception when `exc` is one that no retry can fix, else None."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(exc, RayTaskError) and isinstance(cause, _DETERMINISTIC) else None
 
 
 def _reason(exc: BaseException) -> str:
@@ -263,13 +299,17 @@ class WorkerPool:
 
     Each job calls the actors' `method` with its `args`. Every job is tried at most
     `max_attempts` times; a retry prefers another actor than the one that failed, and actors that
-    keep failing (dead for good) sink to the end of the choice.
+    keep failing (dead for good) sink to the end of the choice. An error of the input itself
+    (`_DETERMINISTIC`) fails at once. A job counts as failed after `batch_timeout` seconds; with
+    `heartbeat`, only after that long without progress (the actors' `heartbeat` method).
     """
 
     def __init__(self, actors: Sequence, in_flight: int = 2, max_attempts: int = 3, batch_timeout: float = 600.0,
-                 method: str = "upscale"):
+                 method: str = "upscale", heartbeat: bool = False):
         self.actors = list(actors)
         self.method = method
+        self.heartbeat = heartbeat
+        self.probe_every = min(5.0, batch_timeout / 4)
         self.capacity = in_flight * len(self.actors)
         self.max_attempts = max_attempts
         self.batch_timeout = batch_timeout
@@ -297,7 +337,8 @@ class WorkerPool:
         i = min(range(len(self.actors)), key=lambda k: (k == avoid, self.failures[k], self.load[k]))
         job.attempts += 1
         job.worker = i
-        job.submitted = time.monotonic()
+        job.submitted = job.progressed = job.probed = time.monotonic()
+        job.frames, job.probe = 0, None
         ref = getattr(self.actors[i], self.method).remote(*job.args)
         self._jobs[ref] = job
         self.load[i] += 1
@@ -326,6 +367,9 @@ class WorkerPool:
 
     def _retry(self, job: _Job, exc: BaseException) -> None:
         self.failures[job.worker] += 1
+        if (cause := _deterministic(exc)) is not None:
+            text = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            raise HatstreamError(f"{job.label}: {text}") from None
         if job.attempts >= self.max_attempts:
             raise HatstreamError(f"{job.label} failed {job.attempts} times on the Ray workers; "
                                  f"last error: {_reason(exc)}")
@@ -333,15 +377,35 @@ class WorkerPool:
         self.retries += 1
         self.submit(job, avoid=job.worker)
 
+    def _beat(self, job: _Job, now: float) -> None:
+        """Ask the job's actor how far it has got (at most every `probe_every` s), without waiting."""
+        if job.probe is None:
+            if now - job.probed >= self.probe_every:
+                job.probe, job.probed = self.actors[job.worker].heartbeat.remote(), now
+            return
+        ready, _ = ray.wait([job.probe], timeout=0)
+        if not ready:
+            return
+        try:
+            key, frames = ray.get(job.probe)
+        except RayError:  # the actor is gone: the job's own result says so
+            key, frames = None, 0
+        job.probe = None
+        if key == job.key and frames > job.frames:
+            job.frames, job.progressed = frames, now
+
     def _expire(self) -> None:
         now = time.monotonic()
         for ref, job in list(self._jobs.items()):
-            if now - job.submitted > self.batch_timeout:
+            if self.heartbeat:
+                self._beat(job, now)
+            if now - job.progressed > self.batch_timeout:
                 # A hung actor would hold its batches forever: restart it (its other batches then
                 # fail and are re-run too) and count this one as a failed try.
                 self._take(ref)
                 ray.kill(self.actors[job.worker], no_restart=False)
-                self._retry(job, TimeoutError(f"no result within {self.batch_timeout:g} s"))
+                what = "without progress" if self.heartbeat else "without a result"
+                self._retry(job, TimeoutError(f"{self.batch_timeout:g} s {what}"))
 
 
 def _ordered_results(frames: Iterable[Frame], pool: WorkerPool, batch: int, window: int) -> Iterator[Frame]:
@@ -426,7 +490,7 @@ def _start_workers(payload: ModelPayload, options: RayOptions, device: str, coun
                    src: FrameFormat, dst: FrameFormat) -> list:
     """Start `count` actors and wait until each has built its model; clear errors, never a hang."""
     cuda = device == "cuda"
-    remote = ray.remote(UpscaleWorker)
+    remote = ray.remote(concurrency_groups={HEARTBEAT: 1})(UpscaleWorker)
     actors = [remote.options(name=WORKER_NAME.format(i), num_cpus=1, num_gpus=1 if cuda else 0,
                              max_restarts=options.max_restarts, max_task_retries=0,
                              # Across nodes: more decode/encode CPUs and network, less lost with a node.
@@ -489,6 +553,37 @@ def run_ray(frames: Iterable[Frame], model: Upscaler, src: FrameFormat, dst: Fra
         return _stream(frames, pool, write, batch, window, total, exact, on_progress, temporal)
 
 
+def _remove_stale_segment_folders(folder: Path) -> None:
+    """Remove the segment folders that killed runs (SIGKILL, power cut) left in `folder`; live runs hold
+    the lock inside theirs."""
+    for stale in folder.glob(SEGMENTS_PREFIX + "*"):
+        # A folder made in the last minute may belong to a run that does not hold its lock yet.
+        if stale.is_symlink() or not stale.is_dir() or not _older_than(stale, 60.0):
+            continue
+        try:
+            with open(stale / "lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(stale)
+            log.info("removed %s, left by a run that was killed", stale)
+        except (BlockingIOError, FileNotFoundError):
+            continue
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except FileNotFoundError:
+        return False
+
+
+@contextlib.contextmanager
+def _held(folder: Path) -> Iterator[None]:
+    """Hold the lock in a segment folder for as long as the run uses it."""
+    with open(folder / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def run_ray_segments(job, segments: Sequence, model: Upscaler, output: Path, options: RayOptions = RayOptions(),
                      total: int = 0, exact: bool = False, on_progress: Callable[[Progress], None] | None = None,
                      overwrite: bool = True):
@@ -500,7 +595,10 @@ def run_ray_segments(job, segments: Sequence, model: Upscaler, output: Path, opt
     on every node (shared storage). The files land in a temporary folder beside `output`, are
     checked against their SHA-256, and are joined in order into `output` (atomically) without
     re-encoding, with the input's audio, subtitles and chapters (`segments.assemble`). A segment
-    whose actor or node is lost is re-run elsewhere; one that comes back twice is kept once.
+    whose actor or node is lost is re-run elsewhere; one that comes back twice is kept once. A
+    segment fails for time only after `options.stall_timeout` s without a new frame (actors
+    report progress), and one that fails on its input (missing, damaged) fails the run at once.
+    The folder is locked while in use, so a later run removes it when a kill left it behind.
     Not resumable yet: returns a `resume.ResumeOutcome` with nothing resumed.
     """
     from hatstream.atomic import atomic_output
@@ -512,11 +610,14 @@ def run_ray_segments(job, segments: Sequence, model: Upscaler, output: Path, opt
     started = time.perf_counter()
     done: dict[int, Any] = {}
     frames = 0
-    with tempfile.TemporaryDirectory(dir=Path(output).parent, prefix=".hatstream-segments-") as tmp, \
-            _workers(options, model, src, dst) as actors:
+    _remove_stale_segment_folders(Path(output).parent)
+    with tempfile.TemporaryDirectory(dir=Path(output).parent, prefix=SEGMENTS_PREFIX) as tmp, \
+            _held(Path(tmp)), _workers(options, model, src, dst) as actors:
         folder = Path(tmp)
-        # One segment per actor at a time: a lost node then costs at most one segment per actor.
-        pool = WorkerPool(actors, 1, options.max_attempts, options.batch_timeout, method="encode_segment")
+        # One segment per actor at a time: a lost node then costs at most one segment per actor. A
+        # segment may take an hour on a CPU, so it fails for time only when its frames stop coming.
+        pool = WorkerPool(actors, 1, options.max_attempts, options.stall_timeout, method="encode_segment",
+                          heartbeat=True)
         todo = list(segments)
         while todo or pool.busy:
             while todo and pool.has_room():

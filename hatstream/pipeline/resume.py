@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from hatstream import __version__
 from hatstream.atomic import atomic_output, partial_files
 from hatstream.errors import HatstreamError
 from hatstream.pipeline.engine import Progress
@@ -99,16 +98,33 @@ class Manifest:
     def from_json(cls, text: str, folder: Path) -> "Manifest":
         """Parse `to_json`'s output; ValueError/KeyError/TypeError for anything else."""
         data = json.loads(text)
+        if not isinstance(data, dict) or not all(isinstance(d, dict) for d in data.get("done", ())):
+            raise ValueError("not a manifest")
         if data.get("version") != MANIFEST_VERSION:
             raise ValueError(f"manifest version {data.get('version')}")
         return cls(input=InputFingerprint(**data["input"]),
                    settings=tuple(tuple(item) for item in data["settings"]),
                    segments=tuple(Segment(**s) for s in data["segments"]),
-                   done=tuple(EncodedSegment(**dict(d, path=Path(folder) / d["path"])) for d in data["done"]))
+                   done=tuple(EncodedSegment(**dict(d, path=_segment_file(folder, d))) for d in data["done"]))
 
     def frames_done(self) -> int:
         """Frames in the finished segments."""
         return sum(d.frames for d in self.done)
+
+
+def _segment_file(folder: Path, done: dict) -> Path:
+    """The file of a finished segment named in a manifest, which must be the one `segment_path` gives.
+
+    The manifest is data on disk that anyone may have edited, and a damaged segment's file is
+    deleted: a name such as `../x` or `/x` would make that delete reach outside the folder.
+    """
+    index, name = done["index"], done["path"]
+    if type(index) is not int or index < 0:
+        raise ValueError(f"segment index {index!r}")
+    expected = segment_path(folder, index)
+    if name != expected.name:
+        raise ValueError(f"segment {index} is recorded as {name!r}, not {expected.name!r}")
+    return expected
 
 
 def settings_fingerprint(**settings: Any) -> tuple[tuple[str, str], ...]:
@@ -119,17 +135,26 @@ def settings_fingerprint(**settings: Any) -> tuple[tuple[str, str], ...]:
 def model_identity(name_or_path: str | None, upscaler) -> dict[str, Any]:
     """What identifies the model's output: its description, compute dtype, and the weights' hash.
 
-    A checkpoint file is hashed whole; built-in models are named, with the hatstream version
-    that ships them. The device is left out: resuming a CPU run on a GPU is allowed.
+    The weights file is hashed whole, a built-in's as much as a checkpoint's: the bundled
+    weights change between releases and within one, so a name or a version number could join
+    segments of two different models. The name is resolved as `load_model` resolves it (a
+    built-in name wins over a file of that name). The device is left out: resuming a CPU run
+    on a GPU is allowed.
     """
+    from hatstream.models.registry import BUILTINS, WEIGHTS_DIR, default_model_name
+
     info = upscaler.info
     ident: dict[str, Any] = {"name": info.name, "arch": info.arch, "scale": info.scale,
                              "hyperparameters": dict(info.hyperparameters), "dtype": str(upscaler.dtype)}
-    path = Path(name_or_path).expanduser() if name_or_path else None
-    if path is not None and path.is_file():
-        ident["weights_sha256"] = file_sha256(path)
+    name = str(name_or_path) if name_or_path is not None else "default"
+    if name == "default":
+        name = default_model_name(info.scale)
+    if name in BUILTINS:
+        weights = BUILTINS[name].weights
+        ident["builtin"] = name
+        ident["weights_sha256"] = file_sha256(WEIGHTS_DIR / weights) if weights else None
     else:
-        ident["builtin"] = f"{name_or_path or 'default'} (hatstream {__version__})"
+        ident["weights_sha256"] = file_sha256(Path(name).expanduser())
     return ident
 
 
@@ -150,15 +175,62 @@ def _write_atomic(path: Path, text: str) -> None:
     fsync_path(path.parent)
 
 
+def _make_folder(folder: Path) -> None:
+    # Everything in the folder is deleted when a run starts over: never follow a link elsewhere.
+    if not folder.is_symlink():
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir()
+    if folder.is_symlink() or not folder.is_dir():
+        raise HatstreamError(f"{folder} is not a plain folder; remove it and run again")
+
+
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
-    """Hold the folder's lock, so that two runs never write the same segments."""
-    with open(folder / "lock", "w") as f:
+    """Make the folder if need be and hold its lock, so that two runs never write the same segments.
+
+    A run done with the folder removes it, lock file included, while still holding the lock. A
+    run that opened the lock file just before that would then hold the lock of a deleted file in
+    a deleted folder; so once locked, the file must still be the folder's, or all is done again.
+    """
+    for _ in range(10):
+        _make_folder(folder)
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise HatstreamError(f"another hatstream run is working in {folder}") from None
-        yield
+            f = open(folder / "lock", "a")
+        except FileNotFoundError:  # removed between the mkdir and the open
+            continue
+        with f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise HatstreamError(f"another hatstream run is working in {folder}") from None
+            try:
+                now = os.stat(folder / "lock")
+            except FileNotFoundError:
+                continue
+            held = os.fstat(f.fileno())
+            if (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+                continue
+            yield
+            return
+    raise HatstreamError(f"{folder} keeps being removed while this run opens it")
+
+
+def remove_work_folder(output: Path) -> bool:
+    """Remove the work folder of `output` (a job that failed for good, an input that is gone), under its
+    lock; False when there is none or another run is using it."""
+    folder = work_dir(output)
+    if folder.is_symlink():
+        folder.unlink()  # only the link: what it points at is not ours
+        return True
+    if not folder.is_dir():
+        return False
+    try:
+        with _locked(folder):
+            shutil.rmtree(folder)
+    except HatstreamError as exc:
+        log.info("%s is kept: %s", folder, exc)
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -180,9 +252,15 @@ class WorkFolder:
         self.folder = work_dir(output)
         self.manifest = fresh
         self.note: str | None = None
-        self.folder.mkdir(exist_ok=True)
         self._lock = _locked(self.folder)
         self._lock.__enter__()
+        try:
+            self._open(output, fresh, resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, output: Path, fresh: Manifest, resume: bool) -> None:
         old = self._load()
         reason = None if old is None else "--no-resume" if not resume else self._mismatch(old, fresh)
         if old is None or reason is not None:
@@ -201,6 +279,13 @@ class WorkFolder:
     def close(self) -> None:
         """Release the lock (the folder stays for a later run)."""
         self._lock.__exit__(None, None, None)
+
+    def remove(self) -> None:
+        """Remove the folder, then release the lock: a run that comes next finds no folder, or its own."""
+        try:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        finally:
+            self.close()
 
     def _load(self) -> Manifest | None:
         path = self.folder / "manifest.json"
@@ -246,8 +331,12 @@ class WorkFolder:
 
     def _clear(self) -> None:
         for entry in self.folder.iterdir():
-            if entry.name != "lock":
-                entry.unlink()
+            if entry.name == "lock":
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()  # a symlink goes, never what it points at
 
     def _save(self) -> None:
         _write_atomic(self.folder / "manifest.json", self.manifest.to_json())
@@ -294,9 +383,10 @@ def run_resumable(job: SegmentJob, segments: tuple[Segment, ...], upscale: Calla
             frames = assemble(job, [finished[s.index] for s in segments], tmp)
             if frames != resumed + processed:  # every frame exactly once: none lost, none twice
                 raise RuntimeError(f"{resumed} frames resumed and {processed} encoded, but {frames} assembled")
-    finally:
+    except BaseException:
         work.close()
-    shutil.rmtree(work.folder, ignore_errors=True)
+        raise
+    work.remove()
     return ResumeOutcome(frames, resumed, processed, len(segments), work.note)
 
 

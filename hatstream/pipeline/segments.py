@@ -35,7 +35,7 @@ from typing import Callable, Iterator, Sequence
 import av
 
 from hatstream.errors import HatstreamError
-from hatstream.media.decode import Frame, frame_to_planes
+from hatstream.media.decode import DecodeStats, Frame, _check_complete, frame_to_planes
 from hatstream.media.probe import VideoInfo, configure_decoder, open_input, seconds
 from hatstream.media.writer import OutputPlan, VideoWriter
 from hatstream.pipeline.engine import Progress, run_stages
@@ -94,29 +94,41 @@ class KeyframeIndex:
     first_pts: int | None
     last_pts: int | None
     usable: bool  # False when some packet has no pts or keyframes go backwards
+    discarded: int = 0          # packets flagged discard (pre-roll an MP4 edit list hides), not in `packets`
+    end_pts: int | None = None  # latest pts + duration of any packet: where the stream ends
+
+    def stats(self) -> DecodeStats:
+        """What a whole-file decode of these packets would count, one frame for each packet."""
+        return DecodeStats(frames=self.packets, packets=self.packets, discarded=self.discarded,
+                           end_pts=self.end_pts)
 
 
 def index_keyframes(info: VideoInfo) -> KeyframeIndex:
     """Demux the main video stream (no decoding) and list its keyframes' pts.
 
     Reading packets is I/O only: a two-hour film takes seconds, against hours of upscaling.
+    The other streams are demuxed too, as a whole-file decode demuxes them: in a cut MP4 the
+    demuxer stops at the first sample past the end, audio or video, and `packets` must be the
+    count a whole-file run would see (see `plan_segments`).
     """
     keyframes: list[int] = []
-    packets, usable = 0, True
-    first = last = None
+    packets, discarded, usable = 0, 0, True
+    first = last = end = None
     with open_input(info.path) as container:
         stream = container.streams[info.stream_index]
-        for s in container.streams:
-            if s is not stream:
-                s.discard = av.stream.Discard.all
         try:
             for packet in container.demux(stream):
                 if not packet.size:
                     continue  # the demuxer's flush packet
-                packets += 1
+                if packet.is_discard:  # counted as decode.read_frames counts them
+                    discarded += 1
+                else:
+                    packets += 1
                 if packet.pts is None:
                     usable = False
                     continue
+                stop = packet.pts + (packet.duration or 0)
+                end = stop if end is None else max(end, stop)
                 first = packet.pts if first is None else min(first, packet.pts)
                 last = packet.pts if last is None else max(last, packet.pts)
                 if packet.is_keyframe:
@@ -124,8 +136,9 @@ def index_keyframes(info: VideoInfo) -> KeyframeIndex:
                         usable = False
                     keyframes.append(packet.pts)
         except av.error.FFmpegError as exc:
-            raise HatstreamError(f"{info.path.name}: the container is damaged ({exc.strerror or exc})") from None
-    return KeyframeIndex(tuple(keyframes), packets, first, last, usable)
+            where = f" after {seconds(last, info.time_base):.3f}s" if last is not None else ""
+            raise HatstreamError(f"{info.path.name}: the container is damaged{where} ({exc.strerror or exc})") from None
+    return KeyframeIndex(tuple(keyframes), packets, first, last, usable, discarded, end)
 
 
 def plan_segments(info: VideoInfo, segment_seconds: float, index: KeyframeIndex | None = None) -> tuple[Segment, ...]:
@@ -139,9 +152,9 @@ def plan_segments(info: VideoInfo, segment_seconds: float, index: KeyframeIndex 
     if segment_seconds <= 0 or (info.duration is not None and info.duration <= segment_seconds):
         return whole
     index = index or index_keyframes(info)
-    if info.frames_exact and index.packets < info.frames:
-        raise HatstreamError(f"{info.path.name} is truncated: it declares {info.frames} frames but only "
-                             f"{index.packets} could be read")
+    # The verdict of a whole-file run on a file that ends early, given before any work: one
+    # check, the decoder's own, fed with what the packets say (each packet is one frame).
+    _check_complete(info, index.stats(), index.last_pts)
     if not index.usable:
         log.info("%s: video packets without pts or with keyframes out of order; not cut into segments",
                  info.path.name)

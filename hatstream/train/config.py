@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hatstream.errors import HatstreamError
 from hatstream.models.hat import HATConfig
+
+CONFIG_FILE = "config.json"  # in the run folder: the run's settings, and what each resume changed
 
 # Released configurations (notes §1): window 16, overlap 0.5, mlp 2, img_range 1, pixelshuffle.
 _RELEASED = dict(window_size=16, overlap_ratio=0.5, mlp_ratio=2.0, img_range=1.0, upsampler="pixelshuffle",
@@ -34,6 +37,14 @@ ARCHITECTURES: dict[str, dict] = {
     # One more block than hat-tiny-wide: what the x4 frame time affords once the head is folded.
     "hat-tiny-plus": dict(embed_dim=32, depths=(5,), num_heads=(2,), window_size=8, compress_ratio=2,
                           squeeze_factor=16, mlp_ratio=2.0, num_feat=32),
+    # Issue 17: deeper, to spend the peer's (waifu2x's) frame time. Both grow from the bundled
+    # weights without changing their output (train.trainer.load_init: blocks start as the identity,
+    # the 16-wide x2 head widens to 32). x2: ~1.5x hat-tiny-x2's frame; x4: waifu2x's x4 is two x2
+    # passes (~5x its x2 time), so depth 10 leaves room.
+    "hat-tiny-d8": dict(embed_dim=32, depths=(8,), num_heads=(2,), window_size=8, compress_ratio=2,
+                        squeeze_factor=16, mlp_ratio=2.0, num_feat=32),
+    "hat-tiny-d10": dict(embed_dim=32, depths=(10,), num_heads=(2,), window_size=8, compress_ratio=2,
+                         squeeze_factor=16, mlp_ratio=2.0, num_feat=32),
     # For tests and smoke runs only: seconds per hundred iterations.
     "hat-micro": dict(embed_dim=16, depths=(1,), num_heads=(1,), window_size=8, compress_ratio=2,
                       squeeze_factor=8, mlp_ratio=2.0, num_feat=8),
@@ -70,6 +81,9 @@ class TrainConfig:
     lr: float = 2e-4
     milestones: tuple[int, ...] = (250_000, 400_000, 450_000, 475_000)
     gamma: float = 0.5
+    # "step" (milestones and gamma, the paper's) or "cosine" (lr down to lr_min at iters; train.schedule).
+    schedule: str = "step"
+    lr_min: float = 0.0
     betas: tuple[float, float] = (0.9, 0.99)
     batch: int = 32
     patch: int = 64
@@ -100,6 +114,10 @@ class TrainConfig:
             raise HatstreamError(f"batch {self.batch} does not split evenly over {self.workers} workers")
         if not self.lr > 0:
             raise HatstreamError(f"learning rate must be positive, got {self.lr}")
+        if self.schedule not in ("step", "cosine"):
+            raise HatstreamError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}")
+        if not 0 <= self.lr_min <= self.lr:
+            raise HatstreamError(f"lr_min must be between 0 and lr ({self.lr}), got {self.lr_min}")
         if self.start not in ("random", "bilinear"):
             raise HatstreamError(f"start must be 'random' or 'bilinear', got {self.start!r}")
         hat_config(self.arch, self.scale)  # validates the name early
@@ -136,3 +154,44 @@ class TrainConfig:
                 flat[k] = v
         flat.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**flat)
+
+
+# What a resumed run may not change: the network's shape, its starting point and the seed are
+# what the saved weights and optimizer state were made with.
+FIXED_ON_RESUME = ("arch", "scale", "init", "start", "seed")
+
+
+def read_run_config(run_dir: str | Path) -> TrainConfig:
+    """The TrainConfig saved in a run folder's config.json (extra keys there are ignored)."""
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HatstreamError(f"nothing to resume: {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise HatstreamError(f"cannot read {path}: {exc}") from None
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in raw.items() if k in known})
+
+
+def config_changes(old: TrainConfig, new: TrainConfig) -> dict[str, tuple]:
+    """{field: (old, new)} for every setting that differs; `out` is where the run is, not a setting."""
+    return {f.name: (getattr(old, f.name), getattr(new, f.name)) for f in dataclasses.fields(TrainConfig)
+            if f.compare and f.name != "out" and getattr(old, f.name) != getattr(new, f.name)}
+
+
+def check_resume_changes(changes: dict[str, tuple], run_dir: str | Path) -> None:
+    """Refuse, in one line, a resume that changes what the saved run was made with."""
+    fixed = [k for k in FIXED_ON_RESUME if k in changes]
+    if fixed:
+        said = ", ".join(f"{k} {changes[k][0]!r} (asked: {changes[k][1]!r})" for k in fixed)
+        raise HatstreamError(f"{run_dir} was trained with {said}; a resumed run keeps those. Start a new run "
+                             f"(another --out, with --init from this run's checkpoint) to change them")
+
+
+def resumed_config(run_dir: str | Path, **changes) -> TrainConfig:
+    """The run's saved config with `changes` applied (None values ignored), checked for resuming."""
+    saved = read_run_config(run_dir)
+    cfg = saved.replace(**changes).replace(out=str(run_dir))
+    check_resume_changes(config_changes(saved, cfg), run_dir)
+    return cfg

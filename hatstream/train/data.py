@@ -40,13 +40,20 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def read_video_frames(path: Path, count: int) -> list[np.ndarray]:
-    """`count` frames spread evenly across a video, as uint8 RGB, found by seeking (no full decode)."""
+    """`count` frames spread evenly across a video, as uint8 RGB, found by seeking (no full decode).
+
+    The file is opened as `hatstream run` opens its input (a local file, the video demuxers only).
+    """
     import av  # only videos need PyAV
+
+    from hatstream.media.probe import open_input, pick_video_stream
 
     frames: list[np.ndarray] = []
     try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
+        with open_input(path) as container:
+            stream = pick_video_stream(container)
+            if stream is None:
+                raise HatstreamError(f"training data {path} has no video stream (audio only?)")
             duration = (float(stream.duration * stream.time_base) if stream.duration
                         else (container.duration or 0) / 1e6)
             starts = np.linspace(0.0, max(duration, 0.0), num=count, endpoint=False) if duration > 0 else [0.0]

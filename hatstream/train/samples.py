@@ -6,6 +6,11 @@
   heldout/   photos never trained on, for validation and `hatstream eval`
   debian/    with --debs: landscape and close-up photos from Debian's wallpaper packages, added to
              the pretraining pool (scikit-image alone has too few natural colour photos)
+With --debs, also the three splits of issue 17 (nothing is in two of them):
+  extra/     more training photos: KDE Plasma wallpaper photos and OpenCV's sample photos
+  val/       validation, for choosing checkpoints: heldout/ plus two Plasma photos
+  test/      the held-out test: Plasma photos that nothing trains or selects on
+  test-video/ the held-out test on real video: frames of OpenCV's vtest.avi (PETS pedestrians)
 Only files inside installable packages are used (scikit-image's wheel, no download via pooch; the
 .deb files `apt-get download` fetches), so the result is reproducible offline once they are on disk.
 """
@@ -110,28 +115,111 @@ def _deb_members(deb: Path, wanted: set[str]) -> dict[str, bytes]:
     raise ValueError(f"{deb}: no data.tar member")
 
 
+def _member(folder: str, entry) -> tuple[str, str]:
+    """(name, path in the package) of a photo entry: NAME means FOLDER/NAME.jpg, (NAME, PATH) FOLDER/PATH."""
+    return (entry, f"{folder}{entry}.jpg") if isinstance(entry, str) else (entry[0], folder + entry[1])
+
+
+def _checked_deb(debs: Path, deb_name: str, sha256: str) -> Path:
+    deb = debs / deb_name
+    if hashlib.sha256(deb.read_bytes()).hexdigest() != sha256:
+        raise ValueError(f"{deb}: sha256 differs from the version these photos were chosen from")
+    return deb
+
+
 def write_debian_photos(debs: Path, out: Path, photos: dict | None = None) -> list[str]:
     """Write `photos` (default DEBIAN_PHOTOS) from the .deb files in `debs` to `out` as PNG,
-    shrunk to a short side of DEBIAN_SHORT_SIDE; returns the names written."""
+    shrunk to a short side of DEBIAN_SHORT_SIDE (or, where a package's entry has a fourth item,
+    by that factor; never enlarged); returns the names written."""
     import cv2
     import numpy as np
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for deb_name, (sha256, folder, names) in (DEBIAN_PHOTOS if photos is None else photos).items():
-        deb = debs / deb_name
-        if hashlib.sha256(deb.read_bytes()).hexdigest() != sha256:
-            raise ValueError(f"{deb}: sha256 differs from the version these photos were chosen from")
-        members = _deb_members(deb, {f"{folder}{name}.jpg" for name in names})
-        for name in names:
-            data = members[f"{folder}{name}.jpg"]
-            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    for deb_name, (sha256, folder, names, *factor) in (DEBIAN_PHOTOS if photos is None else photos).items():
+        deb = _checked_deb(debs, deb_name, sha256)
+        entries = [_member(folder, e) for e in names]
+        members = _deb_members(deb, {path for _, path in entries})
+        for name, path in entries:
+            img = cv2.imdecode(np.frombuffer(members[path], np.uint8), cv2.IMREAD_COLOR)
             h, w = img.shape[:2]
-            f = DEBIAN_SHORT_SIDE / min(h, w)
-            img = cv2.resize(img, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)
+            f = min(1.0, factor[0] if factor else DEBIAN_SHORT_SIDE / min(h, w))
+            if f < 1.0:
+                img = cv2.resize(img, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)
             cv2.imwrite(str(out / f"{name}.png"), img)
             written.append(name)
     return written
+
+
+def write_video_frames(debs: Path, out: Path, video: tuple | None = None) -> list[str]:
+    """Write the frames named in `video` (default TEST_VIDEO) of a video inside a .deb to `out`
+    as PNG, at the video's own size (shrinking would hide what a real frame looks like)."""
+    import av
+    import cv2
+
+    deb_name, sha256, path, indices = TEST_VIDEO if video is None else video
+    data = _deb_members(_checked_deb(debs, deb_name, sha256), {path})[path]
+    out.mkdir(parents=True, exist_ok=True)
+    stem, wanted, written = Path(path).stem, set(indices), []
+    with av.open(io.BytesIO(data)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i in wanted:
+                name = f"{stem}_{i:04d}"
+                cv2.imwrite(str(out / f"{name}.png"), frame.to_ndarray(format="bgr24"))
+                written.append(name)
+            if i >= max(wanted):
+                break
+    return written
+
+
+# Issue 17's splits, beyond the pool above. Photos only (renders and abstract art left out), fetched with
+# `apt-get download plasma-workspace-wallpapers opencv-doc` (Debian bookworm).
+PLASMA_DEB = ("plasma-workspace-wallpapers_4%3a5.27.5-2_all.deb",
+              "32cd18b71c8c938a18b3b351f217c02ac590e323caa3cf322fbb875ce8892f8b", "./usr/share/wallpapers/")
+OPENCV_DEB = ("opencv-doc_4.6.0+dfsg-12_all.deb",
+              "4b12681df35878207ac7097dc66184b2ae552e4bf4ddd2af04a0f03ed0b8682a",
+              "./usr/share/doc/opencv-doc/examples/data/")
+
+
+def _plasma(*names: str) -> dict:
+    """KDE Plasma 5.27 wallpaper photos (LGPL-3 or CC-BY-SA-4.0, per each one's metadata.json)."""
+    deb, sha, folder = PLASMA_DEB
+    return {deb: (sha, folder, tuple((n, f"{n}/contents/images/2560x1600.jpg") for n in names))}
+
+
+# Training: Plasma photos not in val/test, OpenCV 4.6's sample photos (Apache-2.0 / BSD-3-Clause, per the
+# package's copyright file). OpenCV's are 0.3-1.3k pixel JPEGs, too small for the 720 short side:
+# they are shrunk by 2/3 instead, enough to wash out most JPEG blocking.
+EXTRA_PHOTOS = {
+    **_plasma("Grey", "ColdRipple"),
+    OPENCV_DEB[0]: (OPENCV_DEB[1], OPENCV_DEB[2],
+                    tuple((n, f"{n}.{ext}") for n, ext in (
+                        ("baboon", "jpg"), ("fruits", "jpg"), ("building", "jpg"), ("butterfly", "jpg"),
+                        ("home", "jpg"), ("aero1", "jpg"), ("leuvenA", "jpg"), ("board", "jpg"),
+                        ("orange", "jpg"), ("apple", "jpg"), ("squirrel_cls", "jpg"), ("graf1", "png"),
+                        ("chicky_512", "png"), ("aloeL", "jpg"), ("ela_original", "jpg"), ("messi5", "jpg"))),
+                    2 / 3),
+}
+# Validation adds two Plasma photos to heldout/ (the old validation set), so that the checkpoints are
+# chosen on wallpaper-like photos too; the test photos are never looked at until a model is final.
+VAL_PHOTOS = _plasma("DarkestHour", "summer_1am")
+TEST_PHOTOS = _plasma("FallenLeaf", "Path", "EveningGlow", "Kite", "ColorfulCups", "OneStandsOut", "BytheWater")
+# Real video: OpenCV's vtest.avi (768x576, 10 fps, 795 frames of MPEG-4 part 2), three frames far apart.
+TEST_VIDEO = (OPENCV_DEB[0], OPENCV_DEB[1], OPENCV_DEB[2] + "vtest.avi", (100, 400, 700))
+
+
+def write_issue17_splits(debs: Path, out: Path) -> dict[str, list[str]]:
+    """Write extra/, val/ (heldout/'s photos plus VAL_PHOTOS), test/ and test-video/ under `out`."""
+    import shutil
+
+    splits = {"extra": write_debian_photos(debs, out / "extra", EXTRA_PHOTOS),
+              "val": write_debian_photos(debs, out / "val", VAL_PHOTOS)}
+    for name in HELDOUT:
+        shutil.copyfile(out / "heldout" / f"{name}.png", out / "val" / f"{name}.png")
+        splits["val"].append(name)
+    splits["test"] = write_debian_photos(debs, out / "test", TEST_PHOTOS)
+    splits["test-video"] = write_video_frames(debs, out / "test-video")
+    return splits
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -139,12 +227,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hatstream.train.samples", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", nargs="?", default="samples", help="output folder (default: samples)")
-    parser.add_argument("--debs", type=Path, help="folder holding the .deb files named in DEBIAN_PHOTOS")
+    parser.add_argument("--debs", type=Path, help="folder holding the .deb files named in DEBIAN_PHOTOS "
+                        "(and PLASMA_DEB and OPENCV_DEB for extra/, val/, test/ and test-video/)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     splits = write_splits(out)
     if args.debs:
         splits["debian"] = write_debian_photos(args.debs, out / "debian")
+        if (args.debs / PLASMA_DEB[0]).exists() and (args.debs / OPENCV_DEB[0]).exists():
+            splits.update(write_issue17_splits(args.debs, out))
     for split, names in splits.items():
         print(f"{out / split}: {len(names)} images")
 

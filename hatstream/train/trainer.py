@@ -1,7 +1,8 @@
 """The training loop: L1, Adam, MultiStepLR, EMA, BasicSR-compatible checkpoints, resume, validation.
 
 Run layout (RUN_DIR = `cfg.out`):
-  config.json                  the TrainConfig of the latest start or resume
+  config.json                  the TrainConfig the run continues with; "changes" lists what each
+                               resume changed (iteration, old and new values)
   log.jsonl                    one JSON object per log/validation event
   training_state.pt            everything needed to resume (tensors and plain values only)
   models/net_g_<iter>.pth      {'params': ..., 'params_ema': ...}, as BasicSR saves
@@ -28,10 +29,12 @@ from hatstream.errors import HatstreamError
 from hatstream.inference.upscaler import pad_to_multiple
 from hatstream.models.checkpoint import read_state_dict
 from hatstream.models.hat import HAT
-from hatstream.train.config import TrainConfig, hat_config
+from hatstream.train.config import (CONFIG_FILE, TrainConfig, check_resume_changes, config_changes, hat_config,
+                                    read_run_config)
 from hatstream.train.data import PatchSampler, load_hr_images, make_pairs
 from hatstream.train.evaluate import Score, mean_score, score_image
 from hatstream.train.init import bilinear_init
+from hatstream.train.schedule import make_scheduler, set_resumed_lr
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +126,10 @@ class Trainer:
             raise HatstreamError(f"{self.run_dir} already holds a training run; pass --resume to continue it")
         if resume and not state_path.exists():
             raise HatstreamError(f"nothing to resume: {state_path} does not exist")
+        if resume and (self.run_dir / CONFIG_FILE).exists():
+            # Before any weights are built: a different arch or scale would otherwise surface as
+            # load_state_dict's size-mismatch traceback.
+            check_resume_changes(config_changes(read_run_config(self.run_dir), cfg), self.run_dir)
 
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         self.net = build_network(cfg)
@@ -137,7 +144,7 @@ class Trainer:
             p.requires_grad_(False)
         self.model = wrap(self.net) if wrap else self.net
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=0)
-        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, milestones=list(cfg.milestones), gamma=cfg.gamma)
+        self.sched = make_scheduler(self.opt, cfg)
 
         images = load_hr_images(cfg.data, cfg.frames_per_video)
         self.sampler = PatchSampler(make_pairs(images, cfg.scale, cfg.patch), cfg.scale, cfg.patch,
@@ -149,8 +156,7 @@ class Trainer:
             self._load_state(state_path)
         if rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(
-                dict(cfg.to_dict(), training_images=[n for n, _ in images]), indent=1))
+            self._record_config(resume, [n for n, _ in images])
 
     # ---- data and validation -------------------------------------------------------------
 
@@ -236,8 +242,14 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["optimizer"])
         # Milestones come from the current config, so a resumed run may extend the schedule.
-        sched = dict(state["scheduler"], milestones=self.sched.state_dict()["milestones"])
+        sched = dict(state["scheduler"], **{k: v for k, v in self.sched.state_dict().items() if k == "milestones"})
         self.sched.load_state_dict(sched)
+        # The learning rate comes from the current config too (fine-tuning resumes with a new one):
+        # the saved optimizer and scheduler would bring back the old one.
+        for group in self.opt.param_groups:
+            group["initial_lr"] = self.cfg.lr
+        self.sched.base_lrs = [self.cfg.lr] * len(self.opt.param_groups)
+        set_resumed_lr(self.opt, self.sched, self.cfg)  # the schedule's value at this iteration
         self.sampler.set_state(json.loads(state["sampler"]))
         if self.rank:
             # Each rank continues its own stream; rank r's was seeded differently from rank 0's.
@@ -245,6 +257,24 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"].cpu())
         self.iter, self.elapsed = int(state["iter"]), float(state["elapsed"])
         log.info("resumed %s at iteration %d", self.run_dir, self.iter)
+
+    def _record_config(self, resume: bool, images: list[str]) -> None:
+        """Write config.json; on resume only when something changed, appending what and when."""
+        path = self.run_dir / CONFIG_FILE
+        record = dict(self.cfg.to_dict(), training_images=images)
+        if resume and path.exists():
+            old = json.loads(path.read_text())
+            changes = {k: {"was": a, "now": b} for k, (a, b) in config_changes(read_run_config(self.run_dir),
+                                                                                 self.cfg).items()}
+            if old.get("training_images") != images:
+                changes["training_images"] = {"was": len(old.get("training_images") or []), "now": len(images)}
+            if not changes:
+                return
+            record["changes"] = old.get("changes", []) + [{"iter": self.iter, **changes}]
+            self._log({"iter": self.iter, "resumed": True, "changes": changes})
+            log.info("resumed with changed settings: %s", ", ".join(changes))
+        with atomic_output(path) as tmp:
+            tmp.write_text(json.dumps(record, indent=1))
 
     def _log(self, event: dict) -> None:
         with open(self.run_dir / "log.jsonl", "a") as f:

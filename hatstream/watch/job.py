@@ -233,7 +233,7 @@ def main(argv: list[str]) -> int:
         print(json.dumps({"error": str(exc)}), flush=True)
         return 2
     except KeyboardInterrupt:
-        # Also after the output was renamed into place: the rerun then finds it newer than the input.
+        # Also after the output was renamed into place: the rerun then finds that this job wrote it.
         return INTERRUPTED
     return 0
 

@@ -107,7 +107,7 @@ class Ledger:
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL is safe against process crashes in WAL mode; a power cut may lose the last
-            # update, which only means a finished job is looked at again (its newer output is kept).
+            # update, which only means a finished job is looked at again (the output its job wrote is kept).
             self._db.execute("PRAGMA synchronous=NORMAL")
             if create:
                 self._db.executescript(_SCHEMA)

@@ -18,6 +18,7 @@ any key. Folders are applied from the top of IN_DIR down, so the nearest file wi
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,12 +129,32 @@ def load_preset(name_or_file: str) -> Preset:
     return apply(Preset(name=name), _read_toml(path), str(path))
 
 
-def settings_for(base: Preset, in_dir: Path, rel: str) -> Preset:
+def _folder_model(value, folder: Path, roots: tuple[Path, ...], source: str):
+    """A folder file's `model`: a built-in name, or a checkpoint inside one of `roots` (made absolute).
+
+    Anyone who can drop a file into the watched folder can write a `hatstream.toml`, so it must
+    not make the service load a checkpoint from anywhere else on the machine. A relative path is
+    taken from the folder file's own folder; links are followed before the check.
+    """
+    from hatstream.models.registry import BUILTINS
+
+    if not isinstance(value, str) or value in BUILTINS or value == "default":
+        return value  # a wrong type is refused by `apply`, naming the file
+    real = Path(os.path.realpath(folder / Path(value).expanduser()))
+    if not any(real == root or root in real.parents for root in roots):
+        raise HatstreamError(f"{source}: model must be a built-in ({', '.join(BUILTINS)}) or a checkpoint "
+                             f"inside the watched folder or --model-dir, not {value!r}")
+    return str(real)
+
+
+def settings_for(base: Preset, in_dir: Path, rel: str, model_dirs: tuple[Path, ...] = ()) -> Preset:
     """The settings for the file `rel` under `in_dir`: `base`, then each `hatstream.toml` from the top down.
 
     A folder file may name another preset with `preset = "NAME"` (names only, not paths, so a
-    file dropped into the watched folder cannot point the watcher at arbitrary files).
+    file dropped into the watched folder cannot point the watcher at arbitrary files). For the
+    same reason its `model` is a built-in name or a checkpoint under `in_dir` or `model_dirs`.
     """
+    roots = tuple(Path(os.path.realpath(d)) for d in (in_dir, *model_dirs))
     settings = base
     folder = in_dir
     for part in ("", *Path(rel).parent.parts):
@@ -147,5 +168,7 @@ def settings_for(base: Preset, in_dir: Path, rel: str) -> Preset:
             if not isinstance(name, str) or "/" in name or name.endswith(".toml"):
                 raise HatstreamError(f"{path}: preset must be the name of a preset in pipelines/, not {name!r}")
             settings = load_preset(name)
+        if "model" in table:
+            table["model"] = _folder_model(table["model"], folder, roots, str(path))
         settings = apply(settings, table, str(path))
     return settings

@@ -7,7 +7,8 @@ Restart semantics (all decided from the ledger, keyed by relative path + size + 
   `max_attempts`, then it is quarantined with `OUT_DIR/failed/<rel>.error.txt` explaining why;
 - a job stopped by SIGTERM/SIGINT goes back to `queued` without using up an attempt.
 Outputs mirror the input's relative path under OUT_DIR and are written atomically by `run_file`;
-an existing output that is newer than its input is kept, not overwritten.
+an existing output is kept only when the ledger shows that this job wrote it (an attempt cut off
+after its output was in place); any other file there is replaced.
 
 Everything runs in the calling thread: jobs are child processes (see `hatstream.watch.job`),
 polled every `_TICK` seconds, so there is no locking, and a stop request is just an Event.
@@ -56,6 +57,7 @@ class WatchConfig:
     address: str | None = None
     workers: int | None = None
     stop_timeout: float = 60.0  # how long a stopping job may take before it is killed
+    model_dirs: tuple[Path, ...] = ()  # where a folder's hatstream.toml may take checkpoints from, besides IN_DIR
 
 
 @dataclass
@@ -89,6 +91,14 @@ def remove_partials(output: Path) -> None:
     for path in partial_files(output):
         path.unlink(missing_ok=True)
         log.info("removed partial output %s", path)
+
+
+def _relative(rel: str) -> Path | None:
+    """`rel` (read from the ledger) as a relative path that stays below its root, else None."""
+    path = Path(rel)
+    if not rel or path.is_absolute() or ".." in path.parts:
+        return None
+    return path
 
 
 class Watcher:
@@ -137,9 +147,10 @@ class Watcher:
         self.ledger = Ledger(self.out_dir)
         try:
             for job in self.ledger.recover():
-                if job.output:
-                    remove_partials(Path(job.output))
+                if (output := self._output_of(job)) is not None:
+                    remove_partials(output)
                 self._log(job)
+            self._clean_work_folders()
             log.info("watching %s -> %s (preset %s, %d job(s) at a time)", self.in_dir, self.out_dir,
                      self.base.name, self.config.jobs)
             if self.config.once:
@@ -151,6 +162,37 @@ class Watcher:
             self.ledger.close()
             os.close(lock)
         return self.summary
+
+    def _output_of(self, job: Job) -> Path | None:
+        """The output path a ledger row names, if it is one this watcher writes (a file under OUT_DIR).
+
+        The ledger is a file on disk like any other: a path in it that leads elsewhere is never
+        cleaned up after.
+        """
+        if not job.output:
+            return None
+        output = Path(job.output)
+        rel = _relative(os.path.relpath(output, self.out_dir)) if output.is_absolute() else None
+        if rel is None or not _inside(Path(os.path.realpath(output.parent)), self.out_dir):
+            log.warning("job %d names the output %s, outside %s; ignored", job.id, output, self.out_dir)
+            return None
+        return output
+
+    def _drop_work_folder(self, job: Job) -> None:
+        """Remove what the job's resumable run kept for a retry that will not come."""
+        from hatstream.pipeline.resume import remove_work_folder
+
+        output = self._output_of(job)
+        if output is not None and remove_work_folder(output):
+            log.info("removed the work folder of %s", output)
+
+    def _clean_work_folders(self) -> None:
+        """On start: work folders of jobs that are finished, quarantined, or whose input is gone."""
+        for job in self.ledger.latest():
+            rel = _relative(job.rel)
+            gone = rel is None or not (self.in_dir / rel).exists()
+            if job.state == "done" or job.quarantined or gone:
+                self._drop_work_folder(job)
 
     # ---- loops --------------------------------------------------------------------------------
 
@@ -199,7 +241,8 @@ class Watcher:
             time.sleep(_TICK)
         for rel, r in list(self._running.items()):
             r.process.kill()
-            remove_partials(Path(r.job.output))
+            if (output := self._output_of(r.job)) is not None:
+                remove_partials(output)
             self._log(self.ledger.requeue(r.job.id, "killed while stopping; will be redone"))
             self.summary.interrupted += 1
             del self._running[rel]
@@ -225,6 +268,13 @@ class Watcher:
                 continue
             elif job.state == "failed" and time.time() < job.finished_at + self._retry_delay(job.attempts):
                 continue
+            if job.attempts >= self.config.max_attempts:
+                # Only a job cut off by a crash gets here (a failure is quarantined when it is
+                # recorded): a file that takes the watcher or the host down each time it runs
+                # must not be run again on every restart.
+                self._failed(job, job.last_error or f"the job never finished in {job.attempts} attempt(s): "
+                             "the watcher or the machine went down while it ran")
+                continue
             if len(self._running) >= self.config.jobs:
                 waiting.append(c)
                 continue
@@ -235,7 +285,7 @@ class Watcher:
 
     def _start(self, job: Job, c: Candidate) -> None:
         try:
-            settings = settings_for(self.base, self.in_dir, c.rel)
+            settings = settings_for(self.base, self.in_dir, c.rel, self.config.model_dirs)
         except HatstreamError as exc:  # a broken hatstream.toml fails the job, and says so in its error file
             self._failed(self.ledger.start(job.id, None), str(exc))
             return
@@ -245,8 +295,8 @@ class Watcher:
         if owner is not None:
             self._failed(self.ledger.start(job.id, str(output)), f"{output} is already written from {owner}")
             return
-        if output.exists() and output.stat().st_mtime_ns > c.mtime_ns:
-            job = self.ledger.finish(job.id, None, None, note="kept the existing output, which is newer than the input")
+        if output.exists() and self._written_by(job, output):
+            job = self.ledger.finish(job.id, None, None, note="kept the existing output, which this job wrote")
             self._log(job, output=output)
             self.summary.done += 1
             return
@@ -256,6 +306,19 @@ class Watcher:
         job = self.ledger.start(job.id, str(output))
         self._running[c.rel] = _Running(job, JobProcess(config, report=(self.out_dir, job.id)))
         self._log(job, output=output, preset=settings.name)
+
+    @staticmethod
+    def _written_by(job: Job, output: Path) -> bool:
+        """Whether `output` is what an earlier attempt of this very job left (it was cut off after the
+        rename, before the ledger heard of it).
+
+        Mtimes alone cannot tell: an input replaced by an older file (`cp -p`, `rsync -a`, `mv`)
+        is older than the previous video's output. The ledger can: this job must have started
+        writing to `output` before the file there was last changed.
+        """
+        if job.output != str(output) or job.started_at is None:
+            return False
+        return output.stat().st_mtime_ns > int(job.started_at * 1e9)
 
     def _reap(self) -> bool:
         """Record the outcome of every job that has ended; True when any has."""
@@ -271,7 +334,8 @@ class Watcher:
                           frames=outcome.frames, seconds=outcome.seconds)
                 self.summary.done += 1
             elif outcome.kind == "interrupted":
-                remove_partials(Path(r.job.output))  # normally gone already; the child removes its own
+                if (output := self._output_of(r.job)) is not None:
+                    remove_partials(output)  # normally gone already; the child removes its own
                 self._log(self.ledger.requeue(r.job.id, "interrupted; will be redone"))
                 self.summary.interrupted += 1
             else:
@@ -283,6 +347,7 @@ class Watcher:
         job = self.ledger.fail(job.id, error, quarantine, seconds)
         if quarantine:
             self._write_error_file(job)
+            self._drop_work_folder(job)
             self.summary.quarantined += 1
         else:
             self.summary.failed += 1
@@ -290,7 +355,11 @@ class Watcher:
         self._log(job, error=error, **extra)
 
     def _write_error_file(self, job: Job) -> None:
-        path = self.out_dir / FAILED_DIR / f"{job.rel}.error.txt"
+        rel = _relative(job.rel)
+        if rel is None:
+            log.warning("job %d has the path %r, which leads outside %s; no error file", job.id, job.rel, self.in_dir)
+            return
+        path = self.out_dir / FAILED_DIR / f"{rel}.error.txt"
         text = (f"hatstream watch gave up on {job.rel} after {job.attempts} attempt(s).\n\n"
                 f"input:      {self.in_dir / job.rel}\n"
                 f"size:       {job.size} bytes\n"

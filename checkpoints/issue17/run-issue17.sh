@@ -1,0 +1,16 @@
+#!/bin/sh
+# Issue 17's training chain, one stage after another, each resumable: rerun this script to continue.
+# Run from anywhere; it works in /work/runs/peers (samples/ lives there) with one thread, niced.
+set -e
+WT=${WT:-/work/wt/peers}
+PY=${PY:-/work/main/.venv/bin/python}
+cd /work/runs/peers
+export OMP_NUM_THREADS=1 PYTHONPATH=$WT
+stage() {  # preset, run folder, init checkpoint for a fresh start
+    if [ -f "$2/training_state.pt" ]; then from="--resume"; else from="--init $3"; fi
+    nice -n 19 $PY -m hatstream train --config "$WT/pipelines/$1" $from --out "$2"
+}
+stage train-hat-tiny-d8-x2.toml x2-d8 "$WT/hatstream/models/weights/hat-tiny-x2.safetensors"
+stage train-hat-tiny-d8-x2-large.toml x2-d8-large x2-d8/models/net_g_latest.pth
+stage train-hat-tiny-d10-x4.toml x4-d10 "$WT/hatstream/models/weights/hat-tiny-x4.safetensors"
+stage train-hat-tiny-d10-x4-large.toml x4-d10-large x4-d10/models/net_g_latest.pth

@@ -1,0 +1,70 @@
+"""Issue 17's training additions: the cosine schedule (and resuming onto a changed one), and the
+samples' new package entries (nested paths, a shrink factor, frames of a video inside a .deb)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from mediagen import Clip, make_video
+from test_train import _deb, _tiny_config
+from hatstream.errors import HatstreamError
+from hatstream.train.config import TrainConfig
+from hatstream.train.schedule import lr_factor
+from hatstream.train.trainer import Trainer
+
+
+def test_cosine_schedule_ends_at_lr_min_and_a_resumed_run_takes_the_new_curve(tmp_path):
+    cfg = _tiny_config(tmp_path, schedule="cosine", lr=1e-3, lr_min=1e-4, iters=10, val_every=100, save_every=10)
+    t = Trainer(cfg)
+    seen = []
+    t.fit(lambda e: seen.append(e["lr"]))
+    # The lr logged after step i is the one step i+1 uses: half a cosine from lr to lr_min.
+    assert seen[-1] == pytest.approx(1e-4)
+    assert seen[4] == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 5 / 10)))
+    longer = cfg.replace(iters=20)
+    r = Trainer(longer, resume=True)
+    assert r.iter == 10
+    assert r.opt.param_groups[0]["lr"] == pytest.approx(1e-3 * lr_factor(longer, 10))  # mid-curve, not lr_min
+    after = []
+    r.fit(lambda e: after.append(e["lr"]))
+    assert len(after) == 10 and after[-1] == pytest.approx(1e-4)
+
+
+def test_step_schedule_is_unchanged_and_bad_schedules_are_refused(tmp_path):
+    cfg = TrainConfig(data=("x",), out="y", arch="hat-micro", patch=16, lr=1e-3, milestones=(5, 8))
+    assert [lr_factor(cfg, i) for i in (0, 4, 5, 8, 100)] == [1, 1, 0.5, 0.25, 0.25]
+    with pytest.raises(HatstreamError, match="schedule"):
+        TrainConfig(data=("x",), out="y", arch="hat-micro", patch=16, schedule="linear")
+    with pytest.raises(HatstreamError, match="lr_min"):
+        TrainConfig(data=("x",), out="y", arch="hat-micro", patch=16, lr=1e-3, lr_min=2e-3)
+
+
+def test_photo_entries_with_paths_and_a_factor_and_video_frames_from_a_package(tmp_path):
+    from hatstream.train.samples import write_debian_photos, write_video_frames
+
+    rng = np.random.default_rng(1)
+    photo = cv2.GaussianBlur(rng.integers(0, 256, (300, 450, 3), dtype=np.uint8), (0, 0), 2)
+    png = cv2.imencode(".png", photo)[1].tobytes()
+    video = make_video(tmp_path / "clip.mkv", Clip(frames=6, width=64, height=48))
+    deb = _deb(tmp_path / "data_1.0_all.deb", {"./usr/share/x/Sea/contents/big.png": png,
+                                                "./usr/share/x/clip.mkv": video.read_bytes()})
+    sha = hashlib.sha256(deb.read_bytes()).hexdigest()
+    entry = {deb.name: (sha, "./usr/share/x/", (("Sea", "Sea/contents/big.png"),), 2 / 3)}
+    assert write_debian_photos(tmp_path, tmp_path / "out", entry) == ["Sea"]
+    assert cv2.imread(str(tmp_path / "out" / "Sea.png")).shape == (200, 300, 3)  # shrunk by 2/3, not to 720
+    # A factor above 1 never enlarges: the photo stays as it is, bit for bit.
+    big = {deb.name: (sha, "./usr/share/x/", (("Sea", "Sea/contents/big.png"),), 2.0)}
+    write_debian_photos(tmp_path, tmp_path / "same", big)
+    assert np.array_equal(cv2.imread(str(tmp_path / "same" / "Sea.png")), photo)
+
+    names = write_video_frames(tmp_path, tmp_path / "frames", (deb.name, sha, "./usr/share/x/clip.mkv", (1, 4)))
+    assert names == ["clip_0001", "clip_0004"]
+    frames = [cv2.imread(str(tmp_path / "frames" / f"{n}.png")) for n in names]
+    assert all(f.shape == (48, 64, 3) for f in frames) and not np.array_equal(frames[0], frames[1])
+    with pytest.raises(ValueError, match="sha256"):
+        write_video_frames(tmp_path, tmp_path / "frames", (deb.name, "0" * 64, "./usr/share/x/clip.mkv", (1,)))
