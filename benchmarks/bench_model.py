@@ -15,6 +15,10 @@ the speed-up over the reference, and our output's PSNR against the reference's f
 none (no reference: spandrel not needed, no speed-up or PSNR). The PSNR is always against the
 reference in fp32, run once untimed.
 
+--backends adds the exported graph (`hatstream export`, fp32) run by ONNX Runtime and/or OpenVINO
+beside our torch path, on the same weights: one export per size, with as many threads as torch.
+--model hat-tiny-x2 (or any built-in) benchmarks a bundled model's own weights instead of a layout.
+
 hatstream's upscaler makes glibc keep freed memory (`hatstream/inference/heap.py`). That setting is
 process-wide and would speed up the reference too, so it is off here by default and the speed-up
 is our code's alone; --keep-freed-memory turns it on for both (what a hatstream process does).
@@ -28,7 +32,10 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,6 +51,7 @@ from hatstream.models.registry import build_from_state_dict  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 REFERENCE_MODES = ("fp32", "bf16", "autocast-bf16", "none")
+BACKENDS = ("torch", "onnxruntime", "openvino")
 
 
 def parse_size(text: str) -> int | tuple[int, int]:
@@ -74,19 +82,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def best_of(fn, repeat: int, device: torch.device = torch.device("cpu"), warmup: int = 1) -> float:
-    """Fastest wall time of `repeat` calls, after `warmup` untimed calls, synchronising the device
-    before and after each timed call."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        sync(device)
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return min(times)
+def best_of_alternating(runners: dict, x: torch.Tensor, repeat: int, device: torch.device,
+                        warmup: int = 1) -> dict[str, float]:
+    """Fastest wall time of each runner on `x`, the runners taking turns `repeat` times (after
+    `warmup` untimed turns), so that a busy spell on a shared machine does not favour one."""
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for i in range(warmup + repeat):
+        for key, fn in runners.items():
+            sync(device)
+            t = time.perf_counter()
+            fn(x)
+            sync(device)
+            if i >= warmup:
+                times[key].append(time.perf_counter() - t)
+    return {k: min(v) for k, v in times.items()}
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -150,6 +159,40 @@ def reference_runner(ref, mode: str, device: torch.device):
     raise ValueError(mode)
 
 
+def installed_backends() -> list[str]:
+    """torch, plus the export runtimes whose packages (and the exporter's) import here."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxscript") is None:
+        return ["torch"]
+    return ["torch"] + [b for b in BACKENDS[1:] if importlib.util.find_spec(b) is not None]
+
+
+def export_runner(backend: str, state: dict, source: str, batch: int, w: int, h: int, workdir: Path):
+    """Export our model at (batch, 3, h, w) and return x -> output run by `backend` on the CPU."""
+    from hatstream.models.export import INPUT_NAME, export_onnx
+
+    model, _ = build_from_state_dict({k: v.cpu() for k, v in state.items()}, source)
+    path = workdir / f"{backend}-{w}x{h}.onnx"
+    export_onnx(model, path, w, h, batch=batch)
+    threads = torch.get_num_threads()
+    if backend == "onnxruntime":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return lambda x: torch.from_numpy(session.run(None, {INPUT_NAME: x.cpu().numpy()})[0])
+    import openvino as ov
+
+    # f32 on purpose: OpenVINO would pick bf16 by itself on AVX512-BF16/AMX CPUs, a different
+    # precision from the torch fp32 it is compared with. --backends openvino-bf16 is not offered yet.
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                          "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    return lambda x: torch.from_numpy(request.infer({0: x.cpu().numpy()})[0].copy())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, run the benchmark, print one line per size (and JSON on request)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -160,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="our precisions (default: fp32, plus bf16 on a GPU or a CPU with native bf16)")
     p.add_argument("--reference", choices=REFERENCE_MODES, default="fp32",
                    help="precision the reference is timed in, or none (default: fp32)")
+    p.add_argument("--model", help="a built-in model (hat-tiny-x2, ...): its own weights instead of --arch's layout")
+    p.add_argument("--backends", nargs="+", choices=BACKENDS, default=None,
+                   help="torch (our eager path) and/or the exported graph in onnxruntime / openvino "
+                        "(default: every one installed)")
     p.add_argument("--batch", type=int, default=1, help="images per forward (fps counts images)")
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1)
@@ -176,18 +223,31 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["HATSTREAM_STRICT_ATTENTION"] = "1"  # read by each Upscaler when it is built
     if not args.keep_freed_memory:
         os.environ["HATSTREAM_KEEP_FREED_MEMORY"] = "0"  # read by the first Upscaler
-    cfg = released_config(args.arch)
+    source = args.model or args.arch
+    if args.model:
+        from hatstream.inference import load_network
+
+        builtin, info = load_network(args.model)
+        cfg = dict(info.hyperparameters)
+        builtin_state = builtin.state_dict()
+    else:
+        cfg = released_config(args.arch)
 
     if args.reference == "none":
-        ref, state = None, own_state(cfg)
+        ref, state = None, builtin_state if args.model else own_state(cfg)
         run_ref = None
     else:
         ref, state = build_reference(cfg, dev)
+        if args.model:  # the bundled weights, not noise
+            state = {k: v.to(dev) for k, v in builtin_state.items()}
+            ref.load_state_dict(state)
         run_ref = reference_runner(ref, args.reference, dev)
-    names = args.precisions or default_precisions(dev)
-    ours = {DTYPES[n]: Upscaler(*build_from_state_dict({k: v.cpu() for k, v in state.items()}, args.arch),
+    backends = args.backends or installed_backends()
+    names = (args.precisions or default_precisions(dev)) if "torch" in backends else []
+    ours = {DTYPES[n]: Upscaler(*build_from_state_dict({k: v.cpu() for k, v in state.items()}, source),
                                 dev, DTYPES[n])
             for n in names}
+    workdir = Path(tempfile.mkdtemp(prefix="hatstream-bench-"))
 
     g = torch.Generator().manual_seed(0)
     rows = []
@@ -197,28 +257,41 @@ def main(argv: list[str] | None = None) -> int:
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         row = {"size": size_label(size)}
+        # Every contender at this size, timed in turns (alternating), so that load on a shared
+        # CPU hits them alike; each one's best time counts.
+        runners: dict[str, object] = {}
         y_ref = None
         if ref is not None:
             with torch.inference_mode():
                 y_ref = ref(x)  # fp32: the PSNR baseline, whatever precision is timed
-                t_ref = best_of(lambda: run_ref(x), args.repeat, dev, args.warmup)
             label = args.reference.replace("-", "_")
-            row[f"reference_{label}_s"] = t_ref
-            row[f"reference_{label}_fps"] = args.batch / t_ref
+            runners[f"reference_{label}"] = torch.inference_mode()(run_ref)
         for dt, up in ours.items():
-            name = dtype_name(dt)
-            t = best_of(lambda: up(x), args.repeat, dev, args.warmup)
-            row[f"ours_{name}_s"] = t
-            row[f"ours_{name}_fps"] = args.batch / t
-            if y_ref is not None:
+            runners[f"ours_{dtype_name(dt)}"] = up
+        for backend in (b for b in backends if b != "torch"):
+            runners[f"{backend}_float32"] = export_runner(backend, state, source, args.batch, w, h, workdir)
+        times = best_of_alternating(runners, x, args.repeat, dev, args.warmup)
+        t_ref = times.get(f"reference_{args.reference.replace('-', '_')}")
+        for key, t in times.items():
+            row[f"{key}_s"] = t
+            row[f"{key}_fps"] = args.batch / t
+            if key.startswith("reference"):
+                continue
+            name = key.removeprefix("ours_").removesuffix("_float32")
+            if t_ref is not None:
                 row[f"speedup_{name}"] = t_ref / t
-                row[f"psnr_{name}_db"] = psnr(up(x), y_ref)
+            if y_ref is not None:
+                row[f"psnr_{name}_db"] = psnr(runners[key](x), y_ref)
+        del runners
         if dev.type == "cuda":
             row["max_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
         rows.append(row)
         print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
         del x, y_ref
-    meta = {"arch": args.arch, "device": str(dev), "torch": torch.__version__, "cpu": platform.processor(),
+    shutil.rmtree(workdir, ignore_errors=True)
+    meta = {"arch": source, "backends": backends,
+            "cpu_flags": sorted(set(re.findall(r"\b(avx2|avx512f|avx512_bf16|amx_bf16)\b", _cpuinfo()))),
+            "device": str(dev), "torch": torch.__version__, "cpu": platform.processor(),
             "threads": torch.get_num_threads(), "native_bf16_cpu": cpu_has_native_bf16(),
             "reference": args.reference, "batch": args.batch, "repeat": args.repeat, "warmup": args.warmup,
             "strict_attention": args.strict_attention, "keep_freed_memory": args.keep_freed_memory}
@@ -234,6 +307,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=2))
     return 0
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("eval", "eval", "PSNR/SSIM of a model against bicubic on a folder of images"),
     ("eval-video", "eval_video", "PSNR/SSIM and error flicker of a model on a video clip, per frame and --temporal on"),
     ("train", "train", "train or fine-tune HAT (same-task pretraining, then fine-tuning)"),
+    ("export", "export", "write a HAT model as an ONNX graph for one frame size"),
 ]
 
 

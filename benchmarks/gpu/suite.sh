@@ -97,6 +97,9 @@ STEP_LIST=(
   "stages-hat-s-compile|180|\$PY -m hatstream bench --compile --model \$WORK/HAT-S_SRx4.pth --size \$SIZE --precision \$PREC --device \$DEVICE --frames \$BENCH_FRAMES --json-out \$STEPS/stages-hat-s-compile.json"
   # CPU-written tests whose code paths change where CUDA exists (default device, Ray GPU actors).
   "cpu-gpu-tests|150|\$PY -m pytest -q -p no:cacheprovider --timeout 90 tests/test_bench.py tests/test_run_video.py tests/test_ray_engine.py tests/test_tiling.py tests/test_precision.py --junitxml=\$STEPS/cpu-gpu-tests.xml"
+  # Issue 18: the exported graph (hatstream export, fp16 with the rescaled trunk) in TensorRT:
+  # trtexec if on PATH, ONNX Runtime's TensorRT EP if onnxruntime-gpu is there; exit 3 = not available.
+  "onnx-trt-hat-s|240|\$PY benchmarks/gpu/onnx_trt.py \$WORK/HAT-S_SRx4.pth --size \$SIZE --precision fp16 --json-out \$STEPS/onnx-trt-hat-s.json"
 )
 
 record() {  # name rc seconds timeout [skipped-reason]

@@ -11,7 +11,7 @@ from hatstream.inference.precision import resolve_precision
 from hatstream.inference.upscaler import Upscaler
 from hatstream.models.registry import BUILTINS, default_model_name, load_builtin, load_checkpoint
 
-__all__ = ["Upscaler", "load_model", "resolve_device"]
+__all__ = ["Upscaler", "load_model", "load_network", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -33,6 +33,12 @@ def load_model(name_or_path: str | Path | None = None, device=None, precision: s
     `compile=True` applies `torch.compile` (static shapes; CUDA graphs on a GPU).
     """
     dev = resolve_device(device)
+    model, info = load_network(name_or_path, scale)
+    return Upscaler(model, info, dev, resolve_precision(precision, dev, info), compile=compile)
+
+
+def load_network(name_or_path: str | Path | None = None, scale: int | None = None):
+    """The (module, ModelInfo) that `load_model` wraps: on the CPU, fp32, not yet prepared."""
     name = str(name_or_path) if name_or_path is not None else "default"
     if name == "default":
         name = default_model_name(scale or 2)
@@ -46,4 +52,4 @@ def load_model(name_or_path: str | Path | None = None, device=None, precision: s
         model, info = load_checkpoint(path)
         if scale is not None and scale != info.scale:
             raise HatstreamError(f"model {path} upscales x{info.scale}, but --scale {scale} was asked for")
-    return Upscaler(model, info, dev, resolve_precision(precision, dev, info), compile=compile)
+    return model, info

@@ -261,6 +261,15 @@ class _CachedBias:
     def get(self, table: torch.Tensor, build, dtype: torch.dtype) -> torch.Tensor:
         if torch.is_grad_enabled() and table.requires_grad:
             return build().to(dtype)
+        if torch.compiler.is_exporting():
+            # Exported graphs gather from the table by the constant index: every runtime folds
+            # that when it loads the model, and the file holds the tables, not one (nH, n, n)
+            # bias per block (HAT-S at window 16: 160 MB of them in fp32).
+            return build().to(dtype)
+        if torch.compiler.is_compiling() and self._key is not None and self._key[:2] == (table.device, dtype):
+            # Traced by torch.compile: the warmed value becomes a graph constant (a traced table
+            # has no data_ptr to key the cache on).
+            return self._value
         key = (table.device, dtype, table.data_ptr(), table._version)
         if key != self._key:
             self._value = build().to(dtype).contiguous()
@@ -325,11 +334,13 @@ class WindowAttention(nn.Module):
         qkv = self.qkv(windows).view(nb, n, 3, nh, d)
         q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (nW*B, nH, n, d), d contiguous
         bias = self.bias(rpi, q.dtype, masks)  # (1 or 4, nH, n, n)
-        out = q.new_empty(nb, n, nh, d)
-        for first, end, pattern in groups:
-            mask = bias[pattern : pattern + 1] if masks is not None else bias
-            out[first:end] = _attention(q[first:end], k[first:end], v[first:end], mask, self.scale).transpose(1, 2)
-        return self.proj(out.view(nb, n, nh * d))
+        # The groups are contiguous runs in window order, so concatenating them is the output:
+        # one copy, as writing into slices would be, and a static graph without in-place writes.
+        outs = [_attention(q[first:end], k[first:end], v[first:end],
+                           bias[pattern : pattern + 1] if masks is not None else bias, self.scale).transpose(1, 2)
+                for first, end, pattern in groups]  # each (windows, n, nH, d)
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)  # (nW*B, n, nH, d)
+        return self.proj(out.reshape(nb, n, nh * d))
 
 
 class HAB(nn.Module):
@@ -423,7 +434,9 @@ class OCAB(nn.Module):
         k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # (nW*B, nH, ows², d)
 
         out = _attention(q, k, v, self.bias(rpi_oca, q.dtype), self.scale)  # (nW*B, nH, n, d)
-        out = out.transpose(1, 2).reshape(-1, cq).index_select(0, plan.inverse).view(b, h * w, cq)
+        # reshape, not view: under torch.export the gather's output strides are not known to be
+        # contiguous, and view refuses ("Cannot view a tensor ... as shape").
+        out = out.transpose(1, 2).reshape(-1, cq).index_select(0, plan.inverse).reshape(b, h * w, cq)
 
         x = x + self.proj(out)
         return x + self.mlp(self.norm2(x).to(dt))
