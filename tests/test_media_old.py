@@ -241,3 +241,25 @@ def test_anamorphic_matroska_keeps_its_display_aspect(tmp_path):
     _ok(run_cli(src, "--model", "bicubic"))
     facts = decoded(tmp_path / "wide.x2.mkv")[2]
     assert (facts["width"], facts["height"], facts["sar"]) == (144, 96, Fraction(32, 27))
+
+
+def test_preview_frames_are_deinterlaced_as_run_decodes_them(tmp_path):
+    # `hatstream preview` seeks to a frame; with an interlaced source it must show the frame that
+    # `run`'s decode loop gives (bwdif from its neighbours), not the combed one.
+    from hatstream.media.decode import read_frames
+    from hatstream.media.deinterlace import plan_deinterlace
+    from hatstream.media.probe import probe
+    from hatstream.media.seek import frames_at
+
+    src = write(tmp_path / "i.mpg", "mpeg2video", 5, 176, 120, fmt="dvd", rate=NTSC, tff=True,
+                picture=interlaced_picture, options={"b": "6000000"})
+    info = probe(src)
+    plan = plan_deinterlace(info, "auto")
+    assert plan is not None
+    run_frames = list(read_frames(info, deinterlace="auto"))
+    t = float((run_frames[2].pts - run_frames[0].pts) * info.time_base)
+    seen = frames_at(info, [t], plan)[0]
+    assert seen.pts == run_frames[2].pts
+    assert all(np.array_equal(a, b) for a, b in zip(seen.planes, run_frames[2].planes))
+    combed = frames_at(info, [t])[0]
+    assert combing(combed.planes[0]) > 10 * combing(seen.planes[0])

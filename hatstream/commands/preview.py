@@ -74,6 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop", type=crop_size, metavar="WxH",
                    help="size of each panel of the PNG in output pixels (default: 320x240, placed where "
                         "the picture has the most detail)")
+    p.add_argument("--deinterlace", default="auto", choices=("auto", "on", "off"),
+                   help="deinterlace as `run --deinterlace` does (default auto: when the stream is interlaced)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing preview file")
 
 
@@ -93,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = PreviewConfig(input=args.input, times=args.at or (), count=args.count, model=args.model,
                            scale=args.scale, precision=args.precision, device=args.device, crop=args.crop,
-                           encode=EncodeSettings(codec=args.codec, pix_fmt=args.pix_fmt))
+                           encode=EncodeSettings(codec=args.codec, pix_fmt=args.pix_fmt),
+                           deinterlace=args.deinterlace)
     preview = make_preview(config)
     data = png_bytes(sheet(preview)) if kind == ".png" else page(preview).encode("utf-8")
     with atomic_output(output, args.overwrite) as tmp:

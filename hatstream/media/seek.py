@@ -18,6 +18,7 @@ import numpy as np
 
 from hatstream.errors import HatstreamError
 from hatstream.media.decode import frame_to_planes
+from hatstream.media.deinterlace import DeinterlacePlan, Deinterlacer
 from hatstream.media.probe import VideoInfo, configure_decoder, open_input
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,18 @@ def spread_times(info: VideoInfo, count: int) -> list[float]:
 
 
 def _decode_to(container, stream, info: VideoInfo, target: int, seek: bool):
-    """The last decoded frame with pts <= target, decoding from the keyframe before `target`."""
+    """The last decoded frame with pts <= target, decoding from the keyframe before `target`.
+
+    Returns (pts, frame, before, after) with the frames decoded just before and after it (None at
+    the ends), which a deinterlacer needs to rebuild the frame as `run` would; None when a seek
+    landed past the target.
+    """
     if seek:
         # backward=True lands on the keyframe at or before the target (FFmpeg's AVSEEK_FLAG_BACKWARD);
         # any_frame=False because decoding must start at a keyframe to give correct pictures.
         container.seek(target, stream=stream, backward=True, any_frame=False)
     best = None
+    before = None
     for packet in container.demux(stream):
         try:
             decoded = packet.decode()
@@ -69,20 +76,46 @@ def _decode_to(container, stream, info: VideoInfo, target: int, seek: bool):
             if pts is None:
                 continue
             if pts <= target:
+                before = best[1] if best is not None else None
                 best = (pts, frame)
             elif best is not None:
-                return best
+                return (*best, before, frame)
             elif seek:
                 # The seek landed after the target (some demuxers index keyframes loosely):
                 # start again from the very beginning, which is always before it.
                 return None
             else:
-                return pts, frame  # the target lies before the first frame: that first frame shows
-    return best
+                return pts, frame, None, None  # the target lies before the first frame: that one shows
+    return None if best is None else (*best, before, None)
 
 
-def frames_at(info: VideoInfo, times: list[float]) -> list[SeekFrame]:
+def _deinterlaced(plan: DeinterlacePlan, time_base, pts: int, frames: list) -> av.VideoFrame | None:
+    """The frame at `pts` after bwdif, fed with its neighbours as `run`'s decode loop feeds it."""
+    deinterlacer = Deinterlacer(plan, time_base)
+    out = []
+    for frame in frames:
+        out += deinterlacer.feed(frame)
+    out += deinterlacer.flush()
+    return next((f for f in out if f.pts == pts), None)
+
+
+def _decode_from_start(info: VideoInfo, target: int):
+    """`_decode_to` on a freshly opened input, decoding from its first packet.
+
+    A seek back to the start is not enough everywhere: MPEG program streams seek by a byte
+    position guess and can land past the first keyframe even when asked for the first pts, and
+    then nothing decodes at all. A new demuxer always starts at the first packet.
+    """
+    with open_input(info.path) as container:
+        stream = container.streams[info.stream_index]
+        configure_decoder(stream)
+        return _decode_to(container, stream, info, target, seek=False)
+
+
+def frames_at(info: VideoInfo, times: list[float], deinterlace: DeinterlacePlan | None = None) -> list[SeekFrame]:
     """The frames on screen at each of `times` (seconds from the first frame), in the order asked.
+
+    With `deinterlace`, each frame is deinterlaced as `run` does it (bwdif, from its neighbours).
 
     Raises HatstreamError for a time outside the video or a frame that cannot be decoded.
     """
@@ -100,11 +133,13 @@ def frames_at(info: VideoInfo, times: list[float]) -> list[SeekFrame]:
             target = start_pts + math.floor(t / tb + 1e-6)  # the epsilon keeps 0.04s/(1/25) from flooring to 0
             found = _decode_to(container, stream, info, target, seek=True)
             if found is None:
-                container.seek(start_pts, stream=stream, backward=True, any_frame=False)
-                found = _decode_to(container, stream, info, target, seek=False)
+                found = _decode_from_start(info, target)
             if found is None:
                 raise HatstreamError(f"{info.path.name}: no decodable frame at {t:g}s")
-            pts, frame = found
+            pts, frame, before, after = found
+            if deinterlace is not None:
+                neighbours = [f for f in (before, frame, after) if f is not None]
+                frame = _deinterlaced(deinterlace, info.time_base, pts, neighbours) or frame
             out.append(SeekFrame(t, pts, float((pts - start_pts) * tb), frame_to_planes(frame, info.layout)))
             log.debug("frame at %.3fs: pts %d (%.3fs)", t, pts, out[-1].time)
     return out

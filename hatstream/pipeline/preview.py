@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from hatstream.errors import HatstreamError
+from hatstream.media.deinterlace import plan_deinterlace
 from hatstream.media.encode import EncodeSettings, container_for, resolve_encoding
 from hatstream.media.probe import VideoInfo, probe
 from hatstream.media.seek import frames_at, spread_times, video_length
@@ -42,6 +43,7 @@ class PreviewConfig:
     device: str | None = None
     crop: tuple[int, int] | None = None  # (width, height) in output pixels; None picks DEFAULT_CROP
     encode: EncodeSettings = field(default_factory=EncodeSettings)  # the output format a run would write
+    deinterlace: str = "auto"  # as `run --deinterlace`
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,8 @@ def make_preview(config: PreviewConfig) -> Preview:
     """
     info = probe(config.input)
     times = resolve_times(info, config.times, config.count)
-    frames = frames_at(info, times)  # bad times are refused before the model loads
+    deinterlace = plan_deinterlace(info, config.deinterlace)
+    frames = frames_at(info, times, deinterlace)  # bad times are refused before the model loads
     from hatstream.inference import load_model
     from hatstream.pipeline.stage import FrameFormat, upscale_planes
 
@@ -162,7 +165,8 @@ def make_preview(config: PreviewConfig) -> Preview:
                 ("length", f"{video_length(info):.2f}s, {info.frames}{'' if info.frames_exact else '~'} frames"),
                 ("model", model.info.describe()), ("output", f"{info.width * s}x{info.height * s} "
                                                              f"{encoding.codec} {encoding.layout.pix_fmt}"),
-                ("precision", precision), ("device", str(model.device))]
+                ("precision", precision), ("device", str(model.device)),
+                ("deinterlace", deinterlace.describe() if deinterlace else "no")]
     per_frame = min(f.model_seconds for f in done)  # as Preview.seconds_per_frame
     settings.append(("model time", f"{per_frame:.3f}s per frame (fastest of {len(done)})"))
     if info.frames:
