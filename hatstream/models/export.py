@@ -16,6 +16,7 @@ so one VapourSynth script (RGBS clips) runs every export of a model.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from pathlib import Path
@@ -97,30 +98,61 @@ def warm_caches(model: HAT, batch: int, height: int, width: int) -> None:
     model.window_plans(batch, height, width, device)
 
 
+EXPORTERS = ("dynamo", "torchscript")
+
+
+@contextlib.contextmanager
+def _plans_pinned(model: HAT, batch: int, height: int, width: int):
+    """Make `model.window_plans` return the warmed plans for this size, whatever its arguments.
+
+    The TorchScript tracer hands the model traced sizes, which miss the cache's integer keys, so
+    the plans would be rebuilt inside the trace (argsort and bincount, which it cannot export).
+    The size is fixed for the whole trace, so the pinned plans are the right ones.
+    """
+    plans = model.window_plans(batch, height, width, model.relative_position_index_SA.device)
+    model.window_plans = lambda *args: plans  # an instance attribute hides the method
+    try:
+        yield
+    finally:
+        del model.window_plans
+
+
 def export_onnx(model: HAT, path: str | Path, width: int, height: int, batch: int = 1,
-                dtype: torch.dtype = torch.float32, opset: int = DEFAULT_OPSET) -> StaticHAT:
+                dtype: torch.dtype = torch.float32, opset: int = DEFAULT_OPSET,
+                exporter: str = "dynamo") -> StaticHAT:
     """Write `model` as an ONNX graph for (batch, 3, height, width) float32 inputs to `path`.
 
     The weights are stored inside the one file (no external data), so it can be moved and renamed.
     bf16 graphs use at least opset 22: before it, Conv has no bfloat16 type.
+    `exporter`: "dynamo" (torch.export, what `hatstream export` writes) or "torchscript" (the
+    tracer: the same graph in about a quarter of the CPU time, which is what the runtime
+    backends use, since they export once per frame size while the user waits).
     Returns the traced `StaticHAT` (the eager twin of the graph, e.g. to compare outputs).
     """
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, not {exporter!r}")
     if dtype == torch.bfloat16:
         opset = max(opset, BF16_OPSET)
     static = StaticHAT(model, batch, height, width, dtype)
     x = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(0))
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
+    padded = (batch, height + static.pad[0], width + static.pad[1])
     try:
         with warnings.catch_warnings(), torch.no_grad():
             # The exporter warns about lifted tensor constants (baking them in is the point here)
             # and logs every optional op it cannot register (torchvision's).
             warnings.simplefilter("ignore")
             exporter_log.setLevel(logging.ERROR)
-            program = torch.onnx.export(static, (x,), dynamo=True, opset_version=opset, external_data=False,
-                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False)
-            program.save(str(path), external_data=False)
+            if exporter == "dynamo":
+                program = torch.onnx.export(static, (x,), dynamo=True, opset_version=opset, external_data=False,
+                                            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False)
+                program.save(str(path), external_data=False)
+            else:
+                with _plans_pinned(static.model, *padded):
+                    torch.onnx.export(static, (x,), str(path), dynamo=False, opset_version=opset,
+                                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False)
     finally:
         exporter_log.setLevel(level)
-    log.info("exported %s: %dx%d, batch %d, %s, opset %d", path, width, height, batch, dtype, opset)
+    log.info("exported %s: %dx%d, batch %d, %s, opset %d (%s)", path, width, height, batch, dtype, opset, exporter)
     return static
