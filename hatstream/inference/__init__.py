@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from hatstream.errors import HatstreamError
+from hatstream.inference.backends import resolve_backend
 from hatstream.inference.precision import resolve_precision
 from hatstream.inference.upscaler import Upscaler
 from hatstream.models.registry import BUILTINS, default_model_name, load_builtin, load_checkpoint
@@ -25,16 +26,22 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def load_model(name_or_path: str | Path | None = None, device=None, precision: str = "auto",
-               scale: int | None = None, compile: bool = False) -> Upscaler:
+               scale: int | None = None, compile: bool = False, backend: str | None = None) -> Upscaler:
     """Load a built-in model by name ('bicubic', 'hat-tiny-x2', ...) or a checkpoint by path.
 
     `name_or_path=None` or 'default' picks the bundled model for `scale` (x2 when unset).
     `scale` is checked against a checkpoint's own scale, and chooses the scale of `bicubic`.
     `compile=True` applies `torch.compile` (static shapes; CUDA graphs on a GPU).
+    `backend`: torch, onnxruntime, openvino or auto (None: $HATSTREAM_BACKEND, else auto); see
+    `hatstream.inference.backends`. Where a graph runtime runs the model, precision auto is fp32.
     """
     dev = resolve_device(device)
     model, info = load_network(name_or_path, scale)
-    return Upscaler(model, info, dev, resolve_precision(precision, dev, info), compile=compile)
+    dtype = resolve_precision(precision, dev, info)
+    if precision == "auto" and dtype != torch.float32 and \
+            resolve_backend(backend, model, dev, torch.float32, compile) != "torch":
+        dtype = torch.float32  # the graphs are fp32 (and checked against torch fp32)
+    return Upscaler(model, info, dev, dtype, compile=compile, backend=backend)
 
 
 def load_network(name_or_path: str | Path | None = None, scale: int | None = None):

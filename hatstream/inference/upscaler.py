@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hatstream.errors import HatstreamError
+from hatstream.inference.backends import GraphForward, default_backend, resolve_backend
 from hatstream.inference.heap import keep_freed_memory
 from hatstream.inference.tiling import upscale_tiled
 from hatstream.models.hat import HAT, keep_sensitive_parts_fp32, pad_heads
@@ -93,7 +94,8 @@ class Upscaler:
 
     Attributes: `scale`, `info` (ModelInfo: architecture name and hyperparameters), `device`,
     `dtype` (the compute dtype), `model` (the torch module; `compile=True` runs it through
-    `torch.compile` with static shapes), and `tile`: None to run whole frames
+    `torch.compile` with static shapes), `backend` (torch, onnxruntime or openvino: see
+    `hatstream.inference.backends`), and `tile`: None to run whole frames
     (the default, and the reference), or the tile side in input pixels. When a whole frame runs
     out of memory, the upscaler halves the tile until it fits and warns once.
 
@@ -103,7 +105,8 @@ class Upscaler:
     """
 
     def __init__(self, model: nn.Module, info: ModelInfo, device: torch.device, dtype: torch.dtype,
-                 tile: int | None = None, tile_overlap: int | None = None, compile: bool = False):
+                 tile: int | None = None, tile_overlap: int | None = None, compile: bool = False,
+                 backend: str | None = None):
         keep_freed_memory()  # frame-sized activations would otherwise page-fault on every frame
         self.info = info
         self.scale = info.scale
@@ -133,13 +136,18 @@ class Upscaler:
             # GPU, "reduce-overhead" also captures CUDA graphs, removing per-kernel launch costs.
             mode = "reduce-overhead" if device.type == "cuda" else None
             self.forward = torch.compile(self.model, dynamic=False, mode=mode)
+        # `backend` (None: $HATSTREAM_BACKEND or auto): a graph runtime takes the padded frames
+        # instead of the module (inference/backends.py); the module stays its reference.
+        self.backend = resolve_backend(backend, self.model, device, dtype, compile)
+        if self.backend != "torch":
+            self.forward = GraphForward(self.model, self.backend, strict=(backend or default_backend()) != "auto")
         self.tile = tile
         # At least two windows of context on each side of a seam.
         self.tile_overlap = tile_overlap if tile_overlap is not None else max(2 * info.window_multiple, 16)
         self._warned = False
 
     def __repr__(self) -> str:
-        return f"Upscaler({self.info.describe()}, device={self.device}, dtype={self.dtype})"
+        return f"Upscaler({self.info.describe()}, device={self.device}, dtype={self.dtype}, backend={self.backend})"
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         """Pad, run and crop one piece; unclamped, in the compute dtype."""
