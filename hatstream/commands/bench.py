@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
                              f"timed; pass at least --frames {args.batch}")
     check_output_file(args.json_out, "--json-out")
     upscaler = load_model(args.model, device=args.device, precision=args.precision, scale=args.scale,
-                          compile=args.compile)
+                          compile=args.compile, backend=args.backend)
     try:
         check_bench_size(width, height, upscaler.scale)
     except ValueError as exc:

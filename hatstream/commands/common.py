@@ -115,6 +115,7 @@ class LazyChoices(Sequence):
 PRECISION_CHOICES = LazyChoices("hatstream.inference.precision", "PRECISIONS")
 ON_ERROR_CHOICES = LazyChoices("hatstream.media.decode", "ON_ERROR")
 TRAIN_PRESET_CHOICES = LazyChoices("hatstream.train.config", "ARCHITECTURES")
+BACKEND_CHOICES = LazyChoices("hatstream.inference.backends", "BACKENDS")
 
 _MODEL_HELP = {
     "model": "built-in model name or checkpoint path (default: the bundled model for --scale)",
@@ -122,11 +123,13 @@ _MODEL_HELP = {
     "precision": "compute precision: %(choices)s (default: auto)",
     "device": "torch device: auto, cpu, cuda or cuda:N (default: CUDA when present)",
     "compile": "torch.compile the model (slow start, faster frames)",
+    "backend": "what runs the network: %(choices)s (default: auto, the fastest installed graph runtime for "
+               "a HAT in fp32 on the CPU, else torch; a graph is exported once per frame size and cached)",
 }
 
 
 def add_model_arguments(p: argparse.ArgumentParser, device: bool = True, **help_text: str) -> None:
-    """--model, --scale, --precision, --device, --compile: which model runs, and how.
+    """--model, --scale, --precision, --device, --compile, --backend: which model runs, and how.
 
     One set of types and defaults for run, image, bench and eval; a caller passes only the help
     text that differs (keyword = option name). `device=False` where add_engine_arguments adds
@@ -142,6 +145,8 @@ def add_model_arguments(p: argparse.ArgumentParser, device: bool = True, **help_
     if device:
         p.add_argument("--device", type=device_name, help=h["device"])
     p.add_argument("--compile", action="store_true", help=h["compile"])
+    # Default None: $HATSTREAM_BACKEND, else auto (hatstream.inference.backends.default_backend).
+    p.add_argument("--backend", choices=BACKEND_CHOICES, metavar="NAME", help=h["backend"])
 
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:

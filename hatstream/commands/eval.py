@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         check_output_file(args.json, "--json")
     upscaler = load_model(args.model, device=args.device, precision=args.precision, scale=args.scale,
-                          compile=args.compile)
+                          compile=args.compile, backend=args.backend)
     scale = upscaler.scale
     files = [f for f in list_sources(args.data) if f.suffix.lower() not in VIDEO_EXTS]
     if not files:

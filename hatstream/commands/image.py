@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     for _, dst in pairs:
         check_output_path(dst, all_inputs, overwrite=args.overwrite)
     upscaler = load_model(args.model, device=args.device, precision=args.precision, scale=args.scale,
-                          compile=args.compile)
+                          compile=args.compile, backend=args.backend)
     log.info("model: %s", upscaler)
     s = upscaler.scale
     # Off a terminal the bar would be carriage-return noise; the line per image says as much.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -122,6 +123,12 @@ def run(args: argparse.Namespace) -> int:
     from hatstream.media.encode import EncodeSettings
     from hatstream.pipeline.run import RunConfig, run_file
 
+    if args.backend:
+        # Through the environment: the upscalers are built deep in the pipeline (and in Ray
+        # workers, which inherit it), and RunConfig has no backend field.
+        from hatstream.inference.backends import BACKEND_ENV
+
+        os.environ[BACKEND_ENV] = args.backend
     config = RunConfig(
         input=args.input, output=args.output, model=args.model, scale=args.scale, precision=args.precision,
         device=args.device, batch=args.batch,
