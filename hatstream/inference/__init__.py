@@ -8,7 +8,7 @@ import torch
 
 from hatstream.errors import HatstreamError
 from hatstream.inference.backends import resolve_backend
-from hatstream.inference.precision import resolve_precision
+from hatstream.inference.precision import DTYPES, resolve_precision
 from hatstream.inference.upscaler import Upscaler
 from hatstream.models.registry import BUILTINS, default_model_name, load_builtin, load_checkpoint
 
@@ -37,6 +37,8 @@ def load_model(name_or_path: str | Path | None = None, device=None, precision: s
     """
     dev = resolve_device(device)
     model, info = load_network(name_or_path, scale)
+    # A backend that cannot run this is refused first, before any precision warning.
+    resolve_backend(backend, model, dev, DTYPES.get(precision, torch.float32), compile)
     dtype = resolve_precision(precision, dev, info)
     if precision == "auto" and dtype != torch.float32 and \
             resolve_backend(backend, model, dev, torch.float32, compile) != "torch":

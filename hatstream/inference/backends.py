@@ -42,7 +42,7 @@ GRAPH_BACKENDS = ("openvino", "onnxruntime")
 BACKEND_ENV = "HATSTREAM_BACKEND"  # the backend when none is passed (`hatstream run` sets it for its workers)
 CACHE_ENV = "HATSTREAM_CACHE_DIR"
 MIN_PSNR_DB = 50.0  # a graph's output against torch fp32, on the same input
-_CACHE_FORMAT = 1  # bump when what a cached graph contains changes
+_CACHE_FORMAT = 2  # bump when what a cached graph contains changes (2: unclamped output)
 
 
 def backend_installed(backend: str) -> bool:
@@ -214,7 +214,8 @@ class GraphForward:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_output(path, overwrite=True) as tmp:
-                export_onnx(self.model, tmp, w, h, exporter="torchscript")
+                # Unclamped, as the module's output: tiles are blended before the upscaler clamps.
+                export_onnx(self.model, tmp, w, h, exporter="torchscript", clamp=False)
         except OSError as exc:
             raise HatstreamError(f"cannot write the graph cache {path.parent}: {exc.strerror or exc}; "
                                  f"set {CACHE_ENV} to a writable folder, or use --backend torch") from exc

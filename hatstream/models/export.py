@@ -49,11 +49,14 @@ class StaticHAT(nn.Module):
     Building it converts `model` in place for inference in `dtype` (fp16: the trunk rescaling of
     `--precision fp16`; every precision: the folded reconstruction head) and warms every per-size
     cache, so tracing it sees constants only. bf16 keeps the upscaler's fp32 parts (trunk, LayerNorms,
-    both ends). The output is the upscaler's, (B, 3, sH, sW) in [0, 1].
+    both ends). The output is the upscaler's, (B, 3, sH, sW) in [0, 1]; `clamp=False` leaves it
+    unclamped, as the network's own (the upscaler blends tiles before it clamps).
     """
 
-    def __init__(self, model: HAT, batch: int, height: int, width: int, dtype: torch.dtype = torch.float32):
+    def __init__(self, model: HAT, batch: int, height: int, width: int, dtype: torch.dtype = torch.float32,
+                 clamp: bool = True):
         super().__init__()
+        self.clamp = clamp
         if not isinstance(model, HAT):
             raise TypeError(f"only HAT models export to a static graph, not {type(model).__name__}")
         ws = model.window_size
@@ -82,7 +85,7 @@ class StaticHAT(nn.Module):
         if ph or pw:
             y = F.pad(y, (0, pw, 0, ph), mode=self.pad_mode)  # (B, 3, Hp, Wp)
         y = self.model(y)[..., : h * self.scale, : w * self.scale]  # (B, 3, sH, sW)
-        return y.clamp(0, 1).to(torch.float32)
+        return (y.clamp(0, 1) if self.clamp else y).to(torch.float32)
 
 
 @torch.no_grad()
@@ -111,15 +114,30 @@ def _plans_pinned(model: HAT, batch: int, height: int, width: int):
     """
     plans = model.window_plans(batch, height, width, model.relative_position_index_SA.device)
     model.window_plans = lambda *args: plans  # an instance attribute hides the method
+    # The tracer would also take each block's cached (nH, n, n) bias as a constant: 160 MB for
+    # HAT-S at window 16. Gathered from the table in the graph (as the dynamo export does), the
+    # runtimes fold them at load time and the file keeps the tables.
+    caches = [(m, m._bias) for m in model.modules() if hasattr(m, "_bias")]
+    for m, _ in caches:
+        m._bias = _Uncached()
     try:
         yield
     finally:
         del model.window_plans
+        for m, cache in caches:
+            m._bias = cache
+
+
+class _Uncached:
+    """`_CachedBias`'s interface without the cache: the bias is built inside the trace."""
+
+    def get(self, table: torch.Tensor, build, dtype: torch.dtype) -> torch.Tensor:
+        return build().to(dtype)
 
 
 def export_onnx(model: HAT, path: str | Path, width: int, height: int, batch: int = 1,
                 dtype: torch.dtype = torch.float32, opset: int = DEFAULT_OPSET,
-                exporter: str = "dynamo") -> StaticHAT:
+                exporter: str = "dynamo", clamp: bool = True) -> StaticHAT:
     """Write `model` as an ONNX graph for (batch, 3, height, width) float32 inputs to `path`.
 
     The weights are stored inside the one file (no external data), so it can be moved and renamed.
@@ -127,13 +145,14 @@ def export_onnx(model: HAT, path: str | Path, width: int, height: int, batch: in
     `exporter`: "dynamo" (torch.export, what `hatstream export` writes) or "torchscript" (the
     tracer: the same graph in about a quarter of the CPU time, which is what the runtime
     backends use, since they export once per frame size while the user waits).
+    `clamp=False`: the output is not clamped to [0, 1] (see `StaticHAT`).
     Returns the traced `StaticHAT` (the eager twin of the graph, e.g. to compare outputs).
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, not {exporter!r}")
     if dtype == torch.bfloat16:
         opset = max(opset, BF16_OPSET)
-    static = StaticHAT(model, batch, height, width, dtype)
+    static = StaticHAT(model, batch, height, width, dtype, clamp=clamp)
     x = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(0))
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
@@ -150,8 +169,11 @@ def export_onnx(model: HAT, path: str | Path, width: int, height: int, batch: in
                 program.save(str(path), external_data=False)
             else:
                 with _plans_pinned(static.model, *padded):
+                    # No constant folding: it would bake every block's gathered bias into the file
+                    # (160 MB for HAT-S); the runtimes fold them when they load the graph.
                     torch.onnx.export(static, (x,), str(path), dynamo=False, opset_version=opset,
-                                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False)
+                                      do_constant_folding=False, input_names=[INPUT_NAME],
+                                      output_names=[OUTPUT_NAME], verbose=False)
     finally:
         exporter_log.setLevel(level)
     log.info("exported %s: %dx%d, batch %d, %s, opset %d (%s)", path, width, height, batch, dtype, opset, exporter)
