@@ -3,8 +3,8 @@
 The reference is spandrel's HAT (it reproduces the official code bit for bit), loaded by
 `reference.py`. Both run a released layout (HAT-S x4 by default; `layouts.py`), filled with
 deterministic random weights (no released weights are needed), on 64x64 and 128x128 inputs by
-default. Reports seconds per forward (best of --repeat, after --warmup calls), frames per second,
-the speed-up over the reference, and our output's PSNR against the reference's fp32 output.
+default. Reports seconds per forward (best and median of --repeat, after --warmup calls), frames
+per second, the speed-up over the reference, and our output's PSNR against the reference's fp32 output.
 
     .venv/bin/python benchmarks/bench_model.py [--sizes 64 128] [--arch HAT-S_SRx4] [--json]
     python3 benchmarks/bench_model.py --device cuda --sizes 960x540 --precisions fp32 bf16 fp16 \\
@@ -15,8 +15,11 @@ the speed-up over the reference, and our output's PSNR against the reference's f
 none (no reference: spandrel not needed, no speed-up or PSNR). The PSNR is always against the
 reference in fp32, run once untimed.
 
---backends adds the exported graph (`hatstream export`, fp32) run by ONNX Runtime and/or OpenVINO
-beside our torch path, on the same weights: one export per size, with as many threads as torch.
+--backends adds the exported graph (fp32) run by ONNX Runtime and/or OpenVINO beside our torch
+path, on the same weights, through the Upscaler's `backend=` (hatstream/inference/backends.py):
+one export per size, cached in the user's graph cache, with as many threads as torch; the warm-up
+turn takes the export (its time is reported as `<backend>_first_call_s`). `speedup_default` and
+`psnr_default_db` repeat the row of the backend that hatstream picks by default (`default_backend`).
 --model hat-tiny-x2 (or any built-in) benchmarks a bundled model's own weights instead of a layout.
 
 hatstream's upscaler makes glibc keep freed memory (`hatstream/inference/heap.py`). That setting is
@@ -33,9 +36,8 @@ import json
 import os
 import platform
 import re
-import shutil
+import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -82,20 +84,29 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def best_of_alternating(runners: dict, x: torch.Tensor, repeat: int, device: torch.device,
-                        warmup: int = 1) -> dict[str, float]:
-    """Fastest wall time of each runner on `x`, the runners taking turns `repeat` times (after
-    `warmup` untimed turns), so that a busy spell on a shared machine does not favour one."""
+def alternating_times(runners: dict, x: torch.Tensor, repeat: int, device: torch.device,
+                      warmup: int = 1) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Wall times of each runner on `x`, the runners taking turns `repeat` times (after `warmup`
+    untimed turns), so that a busy spell on a shared machine does not favour one.
+    Returns (timed seconds per runner, seconds of each runner's first call)."""
     times: dict[str, list[float]] = {k: [] for k in runners}
+    first: dict[str, float] = {}
     for i in range(warmup + repeat):
         for key, fn in runners.items():
             sync(device)
             t = time.perf_counter()
             fn(x)
             sync(device)
+            first.setdefault(key, time.perf_counter() - t)
             if i >= warmup:
                 times[key].append(time.perf_counter() - t)
-    return {k: min(v) for k, v in times.items()}
+    return times, first
+
+
+def best_of_alternating(runners: dict, x: torch.Tensor, repeat: int, device: torch.device,
+                        warmup: int = 1) -> dict[str, float]:
+    """Fastest wall time of each runner on `x`, timed in turns (`alternating_times`)."""
+    return {k: min(v) for k, v in alternating_times(runners, x, repeat, device, warmup)[0].items()}
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -159,38 +170,20 @@ def reference_runner(ref, mode: str, device: torch.device):
     raise ValueError(mode)
 
 
-def installed_backends() -> list[str]:
-    """torch, plus the export runtimes whose packages (and the exporter's) import here."""
-    import importlib.util
+def installed_backends(device: torch.device) -> list[str]:
+    """torch, plus the graph runtimes installed here (they run on the CPU only)."""
+    from hatstream.inference.backends import backend_installed
 
-    if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxscript") is None:
+    if device.type != "cpu":
         return ["torch"]
-    return ["torch"] + [b for b in BACKENDS[1:] if importlib.util.find_spec(b) is not None]
+    return ["torch"] + [b for b in BACKENDS[1:] if backend_installed(b)]
 
 
-def export_runner(backend: str, state: dict, source: str, batch: int, w: int, h: int, workdir: Path):
-    """Export our model at (batch, 3, h, w) and return x -> output run by `backend` on the CPU."""
-    from hatstream.models.export import INPUT_NAME, export_onnx
-
-    model, _ = build_from_state_dict({k: v.cpu() for k, v in state.items()}, source)
-    path = workdir / f"{backend}-{w}x{h}.onnx"
-    export_onnx(model, path, w, h, batch=batch)
-    threads = torch.get_num_threads()
-    if backend == "onnxruntime":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return lambda x: torch.from_numpy(session.run(None, {INPUT_NAME: x.cpu().numpy()})[0])
-    import openvino as ov
-
-    # f32 on purpose: OpenVINO would pick bf16 by itself on AVX512-BF16/AMX CPUs, a different
-    # precision from the torch fp32 it is compared with. --backends openvino-bf16 is not offered yet.
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                          "INFERENCE_PRECISION_HINT": "f32"})
-    request = compiled.create_infer_request()
-    return lambda x: torch.from_numpy(request.infer({0: x.cpu().numpy()})[0].copy())
+def backend_runner(backend: str, state: dict, source: str):
+    """hatstream's Upscaler on the CPU in fp32 with `backend` running the network (the graph is
+    exported, or read from the graph cache, on its first call)."""
+    return Upscaler(*build_from_state_dict({k: v.cpu() for k, v in state.items()}, source),
+                    torch.device("cpu"), torch.float32, backend=backend)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,12 +235,16 @@ def main(argv: list[str] | None = None) -> int:
             state = {k: v.to(dev) for k, v in builtin_state.items()}
             ref.load_state_dict(state)
         run_ref = reference_runner(ref, args.reference, dev)
-    backends = args.backends or installed_backends()
+    backends = args.backends or installed_backends(dev)
     names = (args.precisions or default_precisions(dev)) if "torch" in backends else []
     ours = {DTYPES[n]: Upscaler(*build_from_state_dict({k: v.cpu() for k, v in state.items()}, source),
-                                dev, DTYPES[n])
+                                dev, DTYPES[n], backend="torch")
             for n in names}
-    workdir = Path(tempfile.mkdtemp(prefix="hatstream-bench-"))
+    graphs = {b: backend_runner(b, state, source) for b in backends if b != "torch"}
+    from hatstream.inference.backends import resolve_backend
+
+    default = resolve_backend("auto", build_from_state_dict({k: v.cpu() for k, v in state.items()}, source)[0],
+                              dev, torch.float32)
 
     g = torch.Generator().manual_seed(0)
     rows = []
@@ -268,28 +265,39 @@ def main(argv: list[str] | None = None) -> int:
             runners[f"reference_{label}"] = torch.inference_mode()(run_ref)
         for dt, up in ours.items():
             runners[f"ours_{dtype_name(dt)}"] = up
-        for backend in (b for b in backends if b != "torch"):
-            runners[f"{backend}_float32"] = export_runner(backend, state, source, args.batch, w, h, workdir)
-        times = best_of_alternating(runners, x, args.repeat, dev, args.warmup)
-        t_ref = times.get(f"reference_{args.reference.replace('-', '_')}")
+        for backend, up in graphs.items():
+            runners[f"{backend}_float32"] = up
+        all_times, first = alternating_times(runners, x, args.repeat, dev, args.warmup)
+        times = {k: min(v) for k, v in all_times.items()}
+        medians = {k: statistics.median(v) for k, v in all_times.items()}
+        ref_key = f"reference_{args.reference.replace('-', '_')}"
         for key, t in times.items():
             row[f"{key}_s"] = t
+            row[f"{key}_median_s"] = medians[key]
             row[f"{key}_fps"] = args.batch / t
             if key.startswith("reference"):
                 continue
             name = key.removeprefix("ours_").removesuffix("_float32")
-            if t_ref is not None:
-                row[f"speedup_{name}"] = t_ref / t
+            if key.removesuffix("_float32") in graphs:
+                row[f"{key}_first_call_s"] = first[key]
+            if ref_key in times:
+                row[f"speedup_{name}"] = times[ref_key] / t
+                row[f"speedup_{name}_median"] = medians[ref_key] / medians[key]
             if y_ref is not None:
                 row[f"psnr_{name}_db"] = psnr(runners[key](x), y_ref)
+        default_name = "float32" if default == "torch" else default
+        for k in (f"speedup_{default_name}", f"speedup_{default_name}_median", f"psnr_{default_name}_db"):
+            if k in row:
+                row[k.replace(default_name, "default")] = row[k]
         del runners
+        row["load_average_1min"] = os.getloadavg()[0]  # a shared machine: how busy it was
         if dev.type == "cuda":
             row["max_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
         rows.append(row)
         print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
         del x, y_ref
-    shutil.rmtree(workdir, ignore_errors=True)
-    meta = {"arch": source, "backends": backends,
+    meta = {"arch": source, "backends": backends, "default_backend": default,
+            "load_average": os.getloadavg(),
             "cpu_flags": sorted(set(re.findall(r"\b(avx2|avx512f|avx512_bf16|amx_bf16)\b", _cpuinfo()))),
             "device": str(dev), "torch": torch.__version__, "cpu": platform.processor(),
             "threads": torch.get_num_threads(), "native_bf16_cpu": cpu_has_native_bf16(),
