@@ -18,6 +18,10 @@ import torch
 # interface. Tests send traffic to loopback only: this switch (Ray's own, meant for macOS and
 # Windows) makes it keep loopback. Set before anything imports ray; CLI subprocesses inherit it.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# The suite checks the torch path (the reference); `auto` would export a graph per model and frame
+# size (seconds each) wherever a runtime is installed. tests/test_backend.py tests the runtimes and
+# `auto` explicitly. CLI subprocesses inherit it.
+os.environ.setdefault("HATSTREAM_BACKEND", "torch")
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"

@@ -1,0 +1,156 @@
+"""--backend: the exported graph in ONNX Runtime / OpenVINO gives torch's output, per frame size and tile."""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+
+import pytest
+import torch
+
+from conftest import run_cli
+from hatstream.errors import HatstreamError
+from hatstream.inference import Upscaler
+from hatstream.inference.backends import GRAPH_BACKENDS, backend_installed, resolve_backend
+from hatstream.models.hat import HAT, HATConfig
+from hatstream.models.registry import build_from_state_dict
+
+CPU = torch.device("cpu")
+
+
+def _tiny_hat(scale: int = 2, window: int = 8):
+    """A small HAT with every weight perturbed (bias tables included), loaded like a checkpoint."""
+    torch.manual_seed(window + scale)
+    cfg = HATConfig(upscale=scale, window_size=window, embed_dim=16, depths=(2,), num_heads=(2,),
+                    compress_ratio=2, squeeze_factor=4, mlp_ratio=2.0, num_feat=16)
+    state = HAT.from_config(cfg).state_dict()
+    g = torch.Generator().manual_seed(1)
+    state = {k: v if "index" in k else v + 0.1 * torch.randn(v.shape, generator=g) for k, v in state.items()}
+    return build_from_state_dict(state, "tiny")
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = (a.double() - b.double()).pow(2).mean().item()
+    return 10 * math.log10(1 / max(mse, 1e-20))
+
+
+def _runtime_or_skip(backend: str) -> None:
+    pytest.importorskip("onnx", reason="the exporter's onnx package is not installed: pip install -e '.[export]'")
+    pytest.importorskip(backend, reason=f"{backend} is not installed")
+
+
+@pytest.mark.slow  # two exports of a tiny model: ~10 s of CPU
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
+def test_graph_backend_matches_torch_per_size_and_tile(tmp_path, monkeypatch, backend):
+    _runtime_or_skip(backend)
+    monkeypatch.setenv("HATSTREAM_CACHE_DIR", str(tmp_path))
+    model, info = _tiny_hat()
+    want = Upscaler(copy.deepcopy(model), info, CPU, torch.float32, backend="torch")
+    got = Upscaler(copy.deepcopy(model), info, CPU, torch.float32, backend=backend)
+    assert got.backend == backend
+    # Batch 2 (run frame by frame through one graph), a size that pads to 24x32.
+    x = torch.rand(2, 3, 21, 30, generator=torch.Generator().manual_seed(0))
+    assert _psnr(got(x), want(x)) >= 50
+    graphs = sorted(p.name for p in (tmp_path / "graphs").glob("*.onnx"))
+    assert len(graphs) == 1 and "-32x24-" in graphs[0], graphs
+    assert len(list((tmp_path / "graphs").glob("*.checked.json"))) == 1
+
+    # Another size that pads to the same 24x32 takes the same graph; tiles of 16 px add one graph.
+    x2 = torch.rand(1, 3, 24, 27, generator=torch.Generator().manual_seed(1))
+    assert _psnr(got(x2), want(x2)) >= 50
+    assert len(list((tmp_path / "graphs").glob("*.onnx"))) == 1
+    got.tile = want.tile = 16
+    got.tile_overlap = want.tile_overlap = 8
+    assert _psnr(got(x), want(x)) >= 50
+    assert len(list((tmp_path / "graphs").glob("*.onnx"))) == 2
+
+    # A second process (here: a fresh upscaler) reads the cached graph instead of exporting.
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "graphs").iterdir()}
+    want.tile = None
+    again = Upscaler(copy.deepcopy(model), info, CPU, torch.float32, backend=backend)
+    assert _psnr(again(x2), want(x2)) >= 50
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "graphs").iterdir()} == before
+
+
+def test_auto_takes_a_graph_runtime_only_where_one_applies(monkeypatch):
+    model, _ = _tiny_hat()
+    installed = [b for b in GRAPH_BACKENDS if backend_installed(b)]
+    assert resolve_backend("auto", model, CPU, torch.float32) == (installed[0] if installed else "torch")
+    # Everything a graph cannot honour stays in torch: another precision, a GPU, torch.compile, a non-HAT.
+    assert resolve_backend("auto", model, CPU, torch.bfloat16) == "torch"
+    assert resolve_backend("auto", model, torch.device("cuda"), torch.float32) == "torch"
+    assert resolve_backend("auto", model, CPU, torch.float32, compile=True) == "torch"
+    assert resolve_backend("auto", torch.nn.Identity(), CPU, torch.float32) == "torch"
+    # No backend given: the environment's, else auto.
+    monkeypatch.setenv("HATSTREAM_BACKEND", "torch")
+    assert resolve_backend(None, model, CPU, torch.float32) == "torch"
+    monkeypatch.delenv("HATSTREAM_BACKEND")
+    assert resolve_backend(None, model, CPU, torch.float32) == resolve_backend("auto", model, CPU, torch.float32)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"dtype": torch.bfloat16}, "runs fp32 graphs"),
+    ({"device": torch.device("cuda")}, "runs on the CPU"),
+    ({"compile": True}, "--compile is for --backend torch"),
+])
+def test_named_backend_that_cannot_apply_is_an_error(kwargs, message):
+    model, _ = _tiny_hat()
+    args = {"device": CPU, "dtype": torch.float32, **kwargs}
+    with pytest.raises(HatstreamError, match=message):
+        resolve_backend("onnxruntime", model, args["device"], args["dtype"], compile=kwargs.get("compile", False))
+
+
+def _one_line_error(result) -> str:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hatstream: error:"), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_backend_errors_are_one_line(tmp_path):
+    out = tmp_path / "out.png"
+    line = _one_line_error(run_cli("image", "in.png", "-o", out, "--backend", "tensorrt"))
+    assert "--backend" in line and "invalid choice" in line
+    src = tmp_path / "in.png"
+    from PIL import Image
+
+    Image.new("RGB", (12, 10), (120, 30, 200)).save(src)
+    line = _one_line_error(run_cli("image", src, "-o", out, "--model", "bicubic", "--backend", "onnxruntime"))
+    assert "runs HAT models only" in line
+    assert not out.exists()
+
+
+def test_missing_runtime_is_a_one_line_error(tmp_path):
+    """Where the runtime's package is absent (hidden from the import system here), a named backend is
+    refused in one line, and auto still runs (in torch, or the other runtime)."""
+    from PIL import Image
+
+    src, out = tmp_path / "in.png", tmp_path / "out.png"
+    Image.new("RGB", (12, 10), (120, 30, 200)).save(src)
+    hide = ("import sys, importlib.abc\n"
+            "class Hide(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('openvino', 'onnxruntime'):\n"
+            "            raise ModuleNotFoundError(name)\n"
+            "sys.meta_path.insert(0, Hide())\n"
+            "from hatstream.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    base = ["image", src, "-o", out, "--model", "hat-tiny-x2"]
+    import subprocess
+
+    from conftest import ROOT
+
+    def cli(*args):
+        import os
+
+        env = dict(os.environ, PYTHONPATH=str(ROOT), HATSTREAM_CACHE_DIR=str(tmp_path / "cache"))
+        return subprocess.run([sys.executable, "-c", hide, *map(str, args)], capture_output=True, text=True,
+                              env=env, timeout=300, cwd=ROOT)
+
+    line = _one_line_error(cli(*base, "--backend", "openvino"))
+    assert "needs onnx openvino installed" in line
+    result = cli(*base, "--backend", "auto")
+    assert result.returncode == 0, result.stderr
+    assert out.exists() and not (tmp_path / "cache").exists()  # auto fell back to torch: nothing exported
