@@ -39,15 +39,6 @@ TEXT_SUBTITLES = ("subrip", "srt", "ass", "ssa", "mov_text", "webvtt", "text")
 FIX_CONTAINER = {"mp4": ".mkv", "mov": ".mkv", "webm": ".mkv", "matroska": ".mp4"}
 
 
-def _has_alpha(pix_fmt: str) -> bool:
-    try:
-        fmt = av.VideoFormat(pix_fmt)
-    except (ValueError, av.error.FFmpegError):
-        return False
-    # Four components, or two (grey + alpha, "ya8"); palettes are three colours plus an index.
-    return not fmt.has_palette and len(fmt.components) in (2, 4)
-
-
 def carry_tags(tags: dict[str, str]) -> dict[str, str]:
     """The tags worth copying to the output: all but those the muxer writes itself."""
     return {k: v for k, v in tags.items()
@@ -124,19 +115,13 @@ def video_tags(inp: av.container.InputContainer, index: int) -> dict[str, str]:
     """The tags to set on the output video stream: the input video's, plus the timecode of a
     timecode track when the video itself does not name it.
 
-    The output has no alpha channel, so an input's alpha (VP9's in WebM, flagged only by the
-    ALPHA_MODE tag; ProRes 4444, RGBA and the like, in the pixel format) is reported once here,
-    and ALPHA_MODE is not copied: it would promise players an alpha channel that is not there.
+    ALPHA_MODE is never copied: where the output keeps alpha (VP9 yuva420p) the WebM muxer
+    writes its own, and elsewhere it would promise players an alpha channel that is not there.
+    Whether alpha is kept is the encoder's choice (`encode.choose_layout`, which warns).
     """
     stream = inp.streams[index]
     tags = carry_tags(dict(stream.metadata))
-    alpha_mode = [k for k in tags if k.lower() == "alpha_mode"]
-    pix_fmt = stream.codec_context.pix_fmt if stream.codec_context is not None else None
-    has_alpha = pix_fmt is not None and _has_alpha(pix_fmt)
-    if has_alpha or any(tags[k] not in ("", "0") for k in alpha_mode):
-        log.warning("the input's alpha channel is not carried over: only its colour is upscaled "
-                    "(the output is opaque)")
-    for k in alpha_mode:
+    for k in [k for k in tags if k.lower() == "alpha_mode"]:
         del tags[k]
     if "timecode" not in tags:
         for s in inp.streams:

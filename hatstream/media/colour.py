@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from hatstream.media.formats import MATRICES, ColourSpec, PlaneLayout
 
-__all__ = ["ColourSpec", "PlaneLayout", "planes_to_rgb", "planes_to_tensors", "rgb_to_planes", "tensors_to_planes"]
+__all__ = ["ColourSpec", "PlaneLayout", "planes_to_rgb", "planes_to_tensors", "rgb_to_planes", "tensors_to_planes",
+           "unrepresentable"]
 
 
 def _scales(layout: PlaneLayout, spec: ColourSpec) -> tuple[float, float, float, float]:
@@ -34,8 +35,9 @@ def planes_to_rgb(planes: list[torch.Tensor], layout: PlaneLayout, spec: ColourS
     """Integer planes, each (B, h, w), to RGB float32 (B, 3, H, W) in [0, 1] (not clamped).
 
     Subsampled chroma is upsampled bilinearly to the luma size before the matrix is applied.
+    An alpha plane after the three colour planes is ignored.
     """
-    y, u, v = (p.to(torch.float32) for p in planes)
+    y, u, v = (p.to(torch.float32) for p in planes[:3])
     height, width = y.shape[-2:]
     if layout.is_rgb:  # planar GBR: plane 0 is G, 1 is B, 2 is R
         return torch.stack((v, y, u), dim=1) / layout.max_value
@@ -54,33 +56,64 @@ def planes_to_rgb(planes: list[torch.Tensor], layout: PlaneLayout, spec: ColourS
     return torch.stack((r, g, b), dim=1)
 
 
-def rgb_to_planes(rgb: torch.Tensor, layout: PlaneLayout, spec: ColourSpec) -> list[torch.Tensor]:
+def _normalised(rgb: torch.Tensor, layout: PlaneLayout, spec: ColourSpec) -> list[torch.Tensor]:
+    """RGB float (B, 3, H, W) -> the three planes' samples in plane order at full size, before
+    scaling to code values: (G, B, R) for GBR, (Y, Cb, Cr) with Y in [0, 1] and Cb/Cr in
+    [-0.5, 0.5] for YUV. Linear, so a difference of colours converts the same way."""
+    r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+    if layout.is_rgb:
+        return [g, b, r]
+    kr, kb = MATRICES[spec.matrix]
+    yn = kr * r + (1.0 - kr - kb) * g + kb * b
+    return [yn, (b - yn) / (2.0 * (1.0 - kb)), (r - yn) / (2.0 * (1.0 - kr))]
+
+
+def _code_scales(layout: PlaneLayout, spec: ColourSpec) -> list[tuple[float, float]]:
+    """(span, offset) per plane: code value = normalised sample * span + offset."""
+    if layout.is_rgb:
+        return [(float(layout.max_value), 0.0)] * 3
+    y_off, y_span, c_off, c_span = _scales(layout, spec)
+    return [(y_span, y_off), (c_span, c_off), (c_span, c_off)]
+
+
+def rgb_to_planes(rgb: torch.Tensor, layout: PlaneLayout, spec: ColourSpec,
+                  residual: torch.Tensor | None = None) -> list[torch.Tensor]:
     """RGB float (B, 3, H, W) in [0, 1] to integer planes for `layout` (uint8 or uint16 tensors).
 
-    Chroma is subsampled with a box filter (the mean of each 2x2 or 2x1 block). Values are
-    rounded and clamped to the code range of the bit depth; nothing is truncated.
+    Chroma is subsampled with a box filter (the mean of each 2x2 or 2x1 block). `residual`, an
+    RGB difference at a smaller size (what lay outside [0, 1] before a model), is converted to
+    the planes' components at that size and upscaled bicubically to each plane's own size,
+    then added: one full-size plane and two chroma-sized ones for 4:2:0, instead of three
+    full-size RGB channels. Values are rounded and clamped to the code range of the bit depth;
+    nothing is truncated.
     """
     rgb = rgb.to(torch.float32)
     out_dtype = torch.uint8 if layout.bit_depth <= 8 else torch.uint16
     top = layout.max_value
-
-    def quantise(x: torch.Tensor) -> torch.Tensor:
-        return x.round_().clamp_(0, top).to(out_dtype)
-
-    r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
-    if layout.is_rgb:
-        return [quantise(g * top), quantise(b * top), quantise(r * top)]
-    kr, kb = MATRICES[spec.matrix]
-    yn = kr * r + (1.0 - kr - kb) * g + kb * b
-    cb = (b - yn) / (2.0 * (1.0 - kb))
-    cr = (r - yn) / (2.0 * (1.0 - kr))
-    y_off, y_span, c_off, c_span = _scales(layout, spec)
+    comps = _normalised(rgb, layout, spec)
     sx, sy = layout.chroma_shift
-    if sx or sy:
+    if not layout.is_rgb and (sx or sy):
         # ceil_mode keeps the last half block of odd sizes; its mean is over the pixels present.
-        cbcr = F.avg_pool2d(torch.stack((cb, cr), dim=1), kernel_size=(1 << sy, 1 << sx), ceil_mode=True)
-        cb, cr = cbcr[:, 0], cbcr[:, 1]
-    return [quantise(yn * y_span + y_off), quantise(cb * c_span + c_off), quantise(cr * c_span + c_off)]
+        cbcr = F.avg_pool2d(torch.stack(comps[1:], dim=1), kernel_size=(1 << sy, 1 << sx), ceil_mode=True)
+        comps[1:] = [cbcr[:, 0], cbcr[:, 1]]
+    if residual is not None:
+        extra = _normalised(residual.to(torch.float32), layout, spec)
+        comps = [c + F.interpolate(e[:, None], size=c.shape[-2:], mode="bicubic", align_corners=False)[:, 0]
+                 for c, e in zip(comps, extra)]
+    return [(c * span + off).round_().clamp_(0, top).to(out_dtype)
+            for c, (span, off) in zip(comps, _code_scales(layout, spec))]
+
+
+def unrepresentable(rgb: torch.Tensor, layout: PlaneLayout, spec: ColourSpec) -> torch.Tensor:
+    """Per frame of RGB float (B, 3, H, W), unclamped: how many pixels have a sample outside the
+    code range of `layout` (a limited-range super-white in full-range or RGB output); (B,) int64."""
+    codes = [c * span + off for c, (span, off) in
+             zip(_normalised(rgb.to(torch.float32), layout, spec), _code_scales(layout, spec))]
+    top = layout.max_value + 0.5
+    outside = torch.zeros_like(codes[0], dtype=torch.bool)
+    for c in codes:
+        outside |= (c < -0.5) | (c > top)
+    return outside.flatten(1).sum(dim=1)
 
 
 def planes_to_tensors(frames: list[tuple[np.ndarray, ...]], device: torch.device | str = "cpu") -> list[torch.Tensor]:

@@ -212,8 +212,8 @@ def read_frames(info: VideoInfo, on_error: str = "fail", stats: DecodeStats | No
     deint = Deinterlacer(plan, tb) if plan is not None else None
     with open_input(info.path) as container:
         stream = container.streams[info.stream_index]
-        configure_decoder(stream)
-        for packet, frames, error in _decode_packets(container, stream, name, stats):
+        decode = configure_decoder(stream)
+        for packet, frames, error in _decode_packets(container, stream, name, stats, decode):
             slot = clock.add(packet) if clock is not None and packet.size and not packet.is_discard else None
             if error is not None:
                 where = seconds(packet.pts if packet.pts is not None else packet.dts, tb)
@@ -241,7 +241,7 @@ def read_frames(info: VideoInfo, on_error: str = "fail", stats: DecodeStats | No
     _check_complete(info, stats, timeline.last_pts)
 
 
-def _decode_packets(container, stream, name: str, stats: DecodeStats):
+def _decode_packets(container, stream, name: str, stats: DecodeStats, decode=None):
     """Yield (packet, frames, error) for every packet of `stream`, then the decoder's flush.
 
     Decoding errors are returned, not raised, so that the caller can choose to go on; a
@@ -273,7 +273,7 @@ def _decode_packets(container, stream, name: str, stats: DecodeStats):
                 end = packet.pts + (packet.duration or 0)
                 stats.end_pts = end if stats.end_pts is None else max(stats.end_pts, end)
         try:
-            frames = packet.decode()
+            frames = decode(packet) if decode is not None else packet.decode()
         except av.error.FFmpegError as exc:
             if packet.size == 0:
                 raise HatstreamError(f"{name}: the video ends in a damaged frame ({exc.strerror or exc})") from None

@@ -15,6 +15,7 @@ import stat
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import av
 
@@ -339,10 +340,10 @@ def probe(path: Path) -> VideoInfo:
 
 def first_frame(container: av.container.InputContainer, stream, name: str) -> av.VideoFrame:
     """Decode the first frame of `stream`, translating every FFmpeg failure into HatstreamError."""
-    configure_decoder(stream)
+    decode = configure_decoder(stream)
     try:
         for packet in container.demux(stream):
-            for frame in packet.decode():
+            for frame in decode(packet):
                 return frame
     except av.error.DecoderNotFoundError:
         raise HatstreamError(f"{name}: no decoder for its {stream.codec_context.name} video") from None
@@ -351,8 +352,32 @@ def first_frame(container: av.container.InputContainer, stream, name: str) -> av
     raise HatstreamError(f"{name}: its video stream has no decodable frames (truncated or empty?)")
 
 
-def configure_decoder(stream) -> None:
-    """Bounded slice threading for a video decoder.
+# VP8/VP9 in WebM/Matroska keep alpha as a second bitstream in each block's BlockAdditional
+# (which reaches the decoder as packet side data), flagged by the track's AlphaMode. FFmpeg's own
+# vp8/vp9 decoders ignore it and return opaque yuv420p; libvpx's decoders decode it (yuva420p).
+_ALPHA_DECODERS = {"vp8": "libvpx", "vp9": "libvpx-vp9"}
+
+
+def alpha_decoder_name(stream) -> str | None:
+    """The decoder to use instead of FFmpeg's default one so that the stream's alpha is decoded, or None."""
+    name = _ALPHA_DECODERS.get(stream.codec_context.name)
+    flagged = any(k.lower() == "alpha_mode" and v.strip() not in ("", "0") for k, v in stream.metadata.items())
+    if name is None or not flagged:
+        return None
+    try:
+        av.codec.Codec(name, "r")
+    except (av.error.FFmpegError, ValueError):
+        log.warning("this FFmpeg build has no %s decoder: the video's alpha channel cannot be read", name)
+        return None
+    return name
+
+
+def configure_decoder(stream) -> Callable[[av.Packet], list]:
+    """Bounded slice threading for a video decoder; returns the `decode(packet) -> frames` to use.
+
+    That is `packet.decode` (the stream's own decoder) except for VP8/VP9 with alpha, which get
+    a libvpx decoder of their own (`alpha_decoder_name`); every reader of the video must decode
+    through the returned callable, or its frames differ in pixel format from the probe's.
 
     Slice threading reports a damaged packet on the packet itself, so errors can name the
     right timestamp; frame threading reports it frames later. Decoding is not the bottleneck
@@ -360,6 +385,13 @@ def configure_decoder(stream) -> None:
     """
     stream.thread_type = "SLICE"
     stream.thread_count = ffmpeg_threads()
+    name = alpha_decoder_name(stream)
+    if name is None:
+        return lambda packet: packet.decode()
+    cc = av.CodecContext.create(name, "r")
+    cc.thread_count = ffmpeg_threads()
+    # The packets keep their stream's time base; the frames' pts are the packets' own.
+    return cc.decode
 
 
 def seconds(pts: int | None, time_base: Fraction) -> float:
