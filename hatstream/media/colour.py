@@ -12,6 +12,8 @@ This module knows nothing about models or containers; `PlaneLayout` and `ColourS
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -97,11 +99,44 @@ def rgb_to_planes(rgb: torch.Tensor, layout: PlaneLayout, spec: ColourSpec,
         cbcr = F.avg_pool2d(torch.stack(comps[1:], dim=1), kernel_size=(1 << sy, 1 << sx), ceil_mode=True)
         comps[1:] = [cbcr[:, 0], cbcr[:, 1]]
     if residual is not None:
-        extra = _normalised(residual.to(torch.float32), layout, spec)
-        comps = [c + F.interpolate(e[:, None], size=c.shape[-2:], mode="bicubic", align_corners=False)[:, 0]
-                 for c, e in zip(comps, extra)]
+        for c, e in zip(comps, _normalised(residual.to(torch.float32), layout, spec)):
+            _add_upscaled(c, e)
     return [(c * span + off).round_().clamp_(0, top).to(out_dtype)
             for c, (span, off) in zip(comps, _code_scales(layout, spec))]
+
+
+def _add_upscaled(plane: torch.Tensor, residual: torch.Tensor) -> None:
+    """Add `residual` (B, h, w), upscaled bicubically to `plane`'s (B, H, W), into `plane`.
+
+    On the CPU only the box around its non-zero samples is upscaled: super-whites are mostly a
+    highlight or two, and a whole-frame bicubic at the output size costs more than the colour
+    conversion itself. The box starts on a sample that maps to a whole output sample and has
+    two samples of zeros around it (the bicubic kernel's reach), so the result is the same as
+    the whole frame's. On a GPU finding the box would wait for the device; the whole frame is
+    cheap there.
+    """
+    (h, w), (H, W) = residual.shape[-2:], plane.shape[-2:]
+    if plane.device.type != "cpu":
+        plane += F.interpolate(residual[:, None], size=(H, W), mode="bicubic", align_corners=False)[:, 0]
+        return
+    nonzero = residual.abs() > 1e-7
+    rows, cols = nonzero.any(dim=2).any(dim=0), nonzero.any(dim=1).any(dim=0)
+    if not bool(rows.any()):
+        return
+    fy, fx = Fraction(H, h), Fraction(W, w)
+
+    def span(hits: torch.Tensor, n: int, f: Fraction) -> tuple[int, int, int, int]:
+        idx = torch.nonzero(hits)[:, 0]
+        lo, hi = max(0, int(idx[0]) - 2), min(n, int(idx[-1]) + 3)
+        lo -= lo % f.denominator  # lo * f is a whole output sample
+        hi = n if n - hi < f.denominator else hi + (-hi) % f.denominator
+        return lo, hi, int(lo * f), int(hi * f) if hi < n else int(n * f)
+
+    r0, r1, R0, R1 = span(rows, h, fy)
+    c0, c1, C0, C1 = span(cols, w, fx)
+    crop = residual[:, None, r0:r1, c0:c1]
+    plane[:, R0:R1, C0:C1] += F.interpolate(crop, scale_factor=(float(fy), float(fx)), mode="bicubic",
+                                            align_corners=False, recompute_scale_factor=False)[:, 0, :R1 - R0, :C1 - C0]
 
 
 def unrepresentable(rgb: torch.Tensor, layout: PlaneLayout, spec: ColourSpec) -> torch.Tensor:
