@@ -175,11 +175,15 @@ def output_colour(source: ColourSpec, layout: PlaneLayout, tags: tuple[int, int,
 
 
 def resolve_encoding(settings: EncodeSettings, container: str, source: PlaneLayout, colour: ColourSpec,
-                     tags: tuple[int, int, int, int], hdr: HdrMetadata | None = None) -> VideoEncoding:
+                     tags: tuple[int, int, int, int], hdr: HdrMetadata | None = None,
+                     chroma_location: str = "unspecified") -> VideoEncoding:
     """Turn the user's settings and the input's format into a concrete `VideoEncoding`.
 
     HDR input (a PQ or HLG transfer) gets libx265 by default outside WebM: HEVC is what HDR10
     players expect, and x264 cannot write the mastering-display and light-level SEI.
+    A known `chroma_location` of the input is written for subsampled output (the H.264/HEVC
+    VUI, Matroska's ChromaSiting), through the generic `chroma_sample_location` option that
+    every encoder takes.
     """
     codec = settings.codec
     if codec is None and tags[3] in HDR_TRANSFERS and container != "webm" and source.bit_depth <= 12:
@@ -190,6 +194,8 @@ def resolve_encoding(settings: EncodeSettings, container: str, source: PlaneLayo
     options = encoder_options(codec, settings)
     if hdr is not None:
         _add_hdr_options(codec, options, hdr)
+    if chroma_location != "unspecified" and not layout.is_rgb and layout.chroma_shift != (0, 0):
+        options["chroma_sample_location"] = chroma_location
     return VideoEncoding(codec, options, layout, spec, out_tags)
 
 

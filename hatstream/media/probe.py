@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import stat
 from dataclasses import dataclass
 from fractions import Fraction
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 import av
+import av.filter
+import av.logging
 
 from hatstream.errors import HatstreamError
 from hatstream.media.formats import ColourSpec, HdrMetadata, PlaneLayout, canonical_pix_fmt
@@ -189,6 +192,7 @@ class VideoInfo:
     field_order: str = "unknown"
     interlaced_frames: bool = False
     hdr: HdrMetadata | None = None  # mastering display and light levels, from the first frame
+    chroma_location: str = "unspecified"  # where subsampled chroma is sited ("left", "topleft", ...)
 
     @property
     def bit_depth(self) -> int:
@@ -285,6 +289,43 @@ def _hdr_metadata(frame: av.VideoFrame) -> HdrMetadata | None:
     return HdrMetadata.from_side_data(found.get("MASTERING_DISPLAY_METADATA"), found.get("CONTENT_LIGHT_LEVEL"))
 
 
+# AVChromaLocation names as FFmpeg prints them (libavutil/pixfmt.h, in enum order).
+CHROMA_LOCATIONS = ("unspecified", "left", "center", "topleft", "top", "bottomleft", "bottom")
+
+
+def read_chroma_location(frame: av.VideoFrame) -> str:
+    """Where the frame's subsampled chroma samples sit, as FFmpeg names it, or "unspecified".
+
+    The decoder sets AVFrame.chroma_location from the bitstream (H.264/HEVC VUI) or the
+    container (Matroska's ChromaSiting), but PyAV 18.1 exposes it on neither frames nor codec
+    contexts. FFmpeg's own `showinfo` filter prints it ("cl:topleft"), so one frame goes through
+    a showinfo graph with FFmpeg's log captured for that moment only.
+    """
+    if PlaneLayout.from_pix_fmt(canonical_pix_fmt(frame.format.name)).chroma_shift == (0, 0):
+        return "unspecified"  # 4:4:4 and RGB have no siting
+    before = av.logging.get_level()
+    try:
+        graph = av.filter.Graph()
+        src = graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
+                               time_base=Fraction(1, 1000))
+        show, sink = graph.add("showinfo"), graph.add("buffersink")
+        src.link_to(show)
+        show.link_to(sink)
+        graph.configure()
+        with av.logging.Capture() as logs:
+            av.logging.set_level(av.logging.INFO)
+            try:
+                graph.push(frame)
+                graph.pull()
+            finally:
+                av.logging.set_level(before)
+    except (av.error.FFmpegError, ValueError) as exc:
+        log.debug("chroma location not read: %s", exc)
+        return "unspecified"
+    found = re.search(r"\bcl:(\w+)", "".join(text for _, _, text in logs))
+    return found.group(1) if found and found.group(1) in CHROMA_LOCATIONS else "unspecified"
+
+
 def probe(path: Path) -> VideoInfo:
     """Describe the input's main video stream, decoding its first frame to be sure it decodes.
 
@@ -335,6 +376,7 @@ def probe(path: Path) -> VideoInfo:
             field_order=FIELD_ORDERS[order] if 0 <= order < len(FIELD_ORDERS) else "unknown",
             interlaced_frames=bool(frame.interlaced_frame),
             hdr=_hdr_metadata(frame),
+            chroma_location=read_chroma_location(frame),
         )
 
 
