@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hatstream.media.formats import MATRICES, ColourSpec, PlaneLayout
+from hatstream.media.formats import CHROMA_PHASES, MATRICES, ColourSpec, PlaneLayout
 
 __all__ = ["ColourSpec", "PlaneLayout", "planes_to_rgb", "planes_to_tensors", "rgb_to_planes", "tensors_to_planes",
            "unrepresentable"]
@@ -36,16 +36,15 @@ def _scales(layout: PlaneLayout, spec: ColourSpec) -> tuple[float, float, float,
 def planes_to_rgb(planes: list[torch.Tensor], layout: PlaneLayout, spec: ColourSpec) -> torch.Tensor:
     """Integer planes, each (B, h, w), to RGB float32 (B, 3, H, W) in [0, 1] (not clamped).
 
-    Subsampled chroma is upsampled bilinearly to the luma size before the matrix is applied.
-    An alpha plane after the three colour planes is ignored.
+    Subsampled chroma is upsampled linearly to the luma size before the matrix is applied, from
+    where its samples sit (`ColourSpec.chroma`). An alpha plane after the colour planes is ignored.
     """
     y, u, v = (p.to(torch.float32) for p in planes[:3])
     height, width = y.shape[-2:]
     if layout.is_rgb:  # planar GBR: plane 0 is G, 1 is B, 2 is R
         return torch.stack((v, y, u), dim=1) / layout.max_value
     if u.shape[-2:] != (height, width):
-        uv = F.interpolate(torch.stack((u, v), dim=1), size=(height, width), mode="bilinear", align_corners=False)
-        u, v = uv[:, 0], uv[:, 1]
+        u, v = _upsample_chroma(torch.stack((u, v), dim=1), (height, width), layout, spec.chroma).unbind(1)
     y_off, y_span, c_off, c_span = _scales(layout, spec)
     yn = (y - y_off) / y_span
     cb = (u - c_off) / c_span
@@ -56,6 +55,61 @@ def planes_to_rgb(planes: list[torch.Tensor], layout: PlaneLayout, spec: ColourS
     b = yn + 2.0 * (1.0 - kb) * cb
     g = (yn - kr * r - kb * b) / kg
     return torch.stack((r, g, b), dim=1)
+
+
+def _offsets(layout: PlaneLayout, chroma: str) -> tuple[float, float]:
+    """(horizontal, vertical) position of chroma sample 0 in luma samples, from `CHROMA_PHASES`."""
+    px, py = CHROMA_PHASES.get(chroma, CHROMA_PHASES["center"])
+    sx, sy = layout.chroma_shift
+    return px * ((1 << sx) - 1), py * ((1 << sy) - 1)
+
+
+def _upsample_chroma(cbcr: torch.Tensor, size: tuple[int, int], layout: PlaneLayout, chroma: str) -> torch.Tensor:
+    """(B, 2, h, w) chroma -> (B, 2, H, W) by linear interpolation between the chroma samples'
+    own positions (luma x = f * k + offset), edges held. Centred siting gives exactly bilinear
+    with half-pixel centres (align_corners=False)."""
+    out = cbcr
+    for axis, (n, shift, offset) in enumerate(zip(size, layout.chroma_shift[::-1], _offsets(layout, chroma)[::-1])):
+        dim = 2 + axis
+        if out.shape[dim] == n:
+            continue
+        pos = (torch.arange(n, device=cbcr.device, dtype=torch.float32) - offset) / (1 << shift)
+        pos = pos.clamp_(0, out.shape[dim] - 1)
+        lo = pos.floor().long()
+        hi = (lo + 1).clamp_(max=out.shape[dim] - 1)
+        shape = [1, 1, 1, 1]
+        shape[dim] = n
+        w = (pos - lo).view(shape)
+        out = out.index_select(dim, lo) * (1 - w) + out.index_select(dim, hi) * w
+    return out
+
+
+def _subsample_chroma(cbcr: torch.Tensor, layout: PlaneLayout, chroma: str) -> torch.Tensor:
+    """(B, 2, H, W) full-size chroma -> the layout's chroma size, filtered for its siting."""
+    sx, sy = layout.chroma_shift
+    ox, oy = _offsets(layout, chroma)
+    out = cbcr
+    for dim, shift, offset in ((3, sx, ox), (2, sy, oy)):
+        f = 1 << shift
+        if f == 1:
+            continue
+        n = out.shape[dim]
+        count = -(-n // f)
+        if offset == (f - 1) / 2:
+            # Centred: the block's mean; ceil_mode keeps the last half block of odd sizes,
+            # averaged over the samples present.
+            kernel = (1, f) if dim == 3 else (f, 1)
+            out = F.avg_pool2d(out, kernel_size=kernel, ceil_mode=True)
+            continue
+        # Co-sited with luma sample f*k + offset: a triangle (f - |d|) around it, edges held.
+        taps = torch.tensor([f - abs(d) for d in range(1 - f, f)], dtype=out.dtype, device=out.device)
+        centres = torch.arange(count, device=out.device) * f + int(offset)
+        idx = (centres[:, None] + torch.arange(1 - f, f, device=out.device)[None, :]).clamp_(0, n - 1)
+        gathered = out.index_select(dim, idx.flatten())
+        shape = list(out.shape)
+        shape[dim:dim + 1] = [count, 2 * f - 1]
+        out = (gathered.reshape(shape) * taps.view([-1] + [1] * (len(shape) - dim - 2))).sum(dim + 1) / taps.sum()
+    return out
 
 
 def _normalised(rgb: torch.Tensor, layout: PlaneLayout, spec: ColourSpec) -> list[torch.Tensor]:
@@ -82,7 +136,10 @@ def rgb_to_planes(rgb: torch.Tensor, layout: PlaneLayout, spec: ColourSpec,
                   residual: torch.Tensor | None = None) -> list[torch.Tensor]:
     """RGB float (B, 3, H, W) in [0, 1] to integer planes for `layout` (uint8 or uint16 tensors).
 
-    Chroma is subsampled with a box filter (the mean of each 2x2 or 2x1 block). `residual`, an
+    Chroma is subsampled where its samples sit (`ColourSpec.chroma`): a box filter (the mean of
+    each 2x2 or 2x1 block) along an axis where they are centred, a triangle filter centred on
+    the luma sample they share where they are co-sited ("left" 4:2:0: [1 2 1] / 4 across,
+    the pair's mean down). `residual`, an
     RGB difference at a smaller size (what lay outside [0, 1] before a model), is converted to
     the planes' components at that size and upscaled bicubically to each plane's own size,
     then added: one full-size plane and two chroma-sized ones for 4:2:0, instead of three
@@ -95,9 +152,7 @@ def rgb_to_planes(rgb: torch.Tensor, layout: PlaneLayout, spec: ColourSpec,
     comps = _normalised(rgb, layout, spec)
     sx, sy = layout.chroma_shift
     if not layout.is_rgb and (sx or sy):
-        # ceil_mode keeps the last half block of odd sizes; its mean is over the pixels present.
-        cbcr = F.avg_pool2d(torch.stack(comps[1:], dim=1), kernel_size=(1 << sy, 1 << sx), ceil_mode=True)
-        comps[1:] = [cbcr[:, 0], cbcr[:, 1]]
+        comps[1:] = _subsample_chroma(torch.stack(comps[1:], dim=1), layout, spec.chroma).unbind(1)
     if residual is not None:
         for c, e in zip(comps, _normalised(residual.to(torch.float32), layout, spec)):
             _add_upscaled(c, e)

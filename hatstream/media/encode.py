@@ -13,7 +13,7 @@ choice: `--pix-fmt`, `--keep-chroma`, or a lossless codec (which keeps everythin
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -168,22 +168,21 @@ def output_colour(source: ColourSpec, layout: PlaneLayout, tags: tuple[int, int,
     if layout.pix_fmt.startswith("yuvj") and not spec.full_range:
         # The JPEG formats are full range by name: encoders flag them so whatever the tag says,
         # and limited-range codes shown as full range look washed out (white 235 as grey).
-        spec = ColourSpec(spec.matrix, True)
+        spec = replace(spec, full_range=True)
     colorspace = MATRIX_TAG[spec.matrix] if colorspace in (0, 2) or source.matrix == "rgb" else colorspace
     color_range = RANGE_FULL if spec.full_range else RANGE_LIMITED
     return spec, (colorspace, color_range, primaries, trc)
 
 
 def resolve_encoding(settings: EncodeSettings, container: str, source: PlaneLayout, colour: ColourSpec,
-                     tags: tuple[int, int, int, int], hdr: HdrMetadata | None = None,
-                     chroma_location: str = "unspecified") -> VideoEncoding:
+                     tags: tuple[int, int, int, int], hdr: HdrMetadata | None = None) -> VideoEncoding:
     """Turn the user's settings and the input's format into a concrete `VideoEncoding`.
 
     HDR input (a PQ or HLG transfer) gets libx265 by default outside WebM: HEVC is what HDR10
     players expect, and x264 cannot write the mastering-display and light-level SEI.
-    A known `chroma_location` of the input is written for subsampled output (the H.264/HEVC
-    VUI, Matroska's ChromaSiting), through the generic `chroma_sample_location` option that
-    every encoder takes.
+    Subsampled output is tagged with the chroma location it was made with (`ColourSpec.chroma`,
+    the input's): in the H.264/HEVC VUI and Matroska's ChromaSiting, through the generic
+    `chroma_sample_location` option that every encoder takes.
     """
     codec = settings.codec
     if codec is None and tags[3] in HDR_TRANSFERS and container != "webm" and source.bit_depth <= 12:
@@ -194,8 +193,8 @@ def resolve_encoding(settings: EncodeSettings, container: str, source: PlaneLayo
     options = encoder_options(codec, settings)
     if hdr is not None:
         _add_hdr_options(codec, options, hdr)
-    if chroma_location != "unspecified" and not layout.is_rgb and layout.chroma_shift != (0, 0):
-        options["chroma_sample_location"] = chroma_location
+    if not layout.is_rgb and layout.chroma_shift != (0, 0):
+        options["chroma_sample_location"] = spec.chroma
     return VideoEncoding(codec, options, layout, spec, out_tags)
 
 

@@ -146,12 +146,40 @@ def canonical_pix_fmt(name: str) -> str:
     return name if PlaneLayout.from_pix_fmt(name) is not None else "yuva444p16le"
 
 
+# Where each AVChromaLocation puts a subsampled chroma sample, per axis (horizontal, vertical),
+# as a fraction of the luma block it covers: 0 co-sited with the block's first luma sample,
+# 0.5 centred in the block, 1 co-sited with its last. The offset in luma samples is the
+# fraction times (subsampling factor - 1): "left" 4:2:0 chroma sits on the even columns and
+# between each pair of rows.
+CHROMA_PHASES: dict[str, tuple[float, float]] = {
+    "left": (0.0, 0.5), "center": (0.5, 0.5), "topleft": (0.0, 0.0), "top": (0.5, 0.0),
+    "bottomleft": (0.0, 1.0), "bottom": (0.5, 1.0),
+}
+# Codecs whose untagged subsampled chroma is co-sited with the even luma columns ("left"):
+# MPEG-2 and its successors (H.264, HEVC, VVC) for 4:2:0, and every professional 4:2:2/4:1:1
+# format (ProRes, DNxHD, DV), as BT.601/709 sample them. MPEG-1, JPEG/MJPEG, MPEG-4 Part 2,
+# VP8/VP9 and the rest are taken as centred, which is FFmpeg's own default.
+LEFT_SITED_CODECS = ("h264", "hevc", "vvc", "mpeg2video", "prores", "dnxhd", "dvvideo")
+
+
+def chroma_siting(location: str, codec: str) -> str:
+    """The chroma location to convert with: the stream's own, else its codec's convention."""
+    if location in CHROMA_PHASES:
+        return location
+    return "left" if codec in LEFT_SITED_CODECS else "center"
+
+
 @dataclass(frozen=True)
 class ColourSpec:
-    """Which matrix and range turn the planes into RGB: 'bt601' / 'bt709' / 'bt2020' / ... / 'rgb'."""
+    """Which matrix and range turn the planes into RGB: 'bt601' / 'bt709' / 'bt2020' / ... / 'rgb'.
+
+    `chroma` is where subsampled chroma samples sit (a `CHROMA_PHASES` name), which the
+    chroma upsampling and subsampling follow.
+    """
 
     matrix: str
     full_range: bool
+    chroma: str = "center"
 
     @classmethod
     def from_tags(cls, colorspace: int, color_range: int, height: int, layout: PlaneLayout,

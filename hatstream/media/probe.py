@@ -13,7 +13,7 @@ import math
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable
@@ -23,7 +23,7 @@ import av.filter
 import av.logging
 
 from hatstream.errors import HatstreamError
-from hatstream.media.formats import ColourSpec, HdrMetadata, PlaneLayout, canonical_pix_fmt
+from hatstream.media.formats import ColourSpec, HdrMetadata, PlaneLayout, canonical_pix_fmt, chroma_siting
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class VideoInfo:
     field_order: str = "unknown"
     interlaced_frames: bool = False
     hdr: HdrMetadata | None = None  # mastering display and light levels, from the first frame
-    chroma_location: str = "unspecified"  # where subsampled chroma is sited ("left", "topleft", ...)
+    chroma_location: str = "unspecified"  # as the stream says; `colour.chroma` is what conversion uses
 
     @property
     def bit_depth(self) -> int:
@@ -364,10 +364,13 @@ def probe(path: Path) -> VideoInfo:
             log.info("%s: its video packets carry decode times only (pts == dts with B-frames); "
                      "presentation times are rebuilt from them", name)
             rebuilt = True
+        location = read_chroma_location(frame)
+        colour = ColourSpec.from_tags(tags[0], tags[1], frame.height, layout, frame.width)
+        colour = replace(colour, chroma=chroma_siting(location, cc.name))
         return VideoInfo(
             path=Path(path), container=container.format.name, stream_index=stream.index,
             codec=cc.name, width=frame.width, height=frame.height, pix_fmt=pix_fmt, layout=layout,
-            colour=ColourSpec.from_tags(tags[0], tags[1], frame.height, layout, frame.width), colour_tags=tags,
+            colour=colour, colour_tags=tags,
             time_base=Fraction(tb), average_rate=Fraction(stream.average_rate) if stream.average_rate else None,
             frames=frames, frames_exact=exact, duration=duration, start_time=start,
             display_matrix=matrix, rotation=float(frame.rotation or 0) if matrix else 0.0,
@@ -376,7 +379,7 @@ def probe(path: Path) -> VideoInfo:
             field_order=FIELD_ORDERS[order] if 0 <= order < len(FIELD_ORDERS) else "unknown",
             interlaced_frames=bool(frame.interlaced_frame),
             hdr=_hdr_metadata(frame),
-            chroma_location=read_chroma_location(frame),
+            chroma_location=location,
         )
 
 

@@ -90,8 +90,7 @@ def plan_output(info: VideoInfo, output: Path, scale: int, settings: EncodeSetti
     Raises HatstreamError naming the fix when the container cannot hold a stream.
     """
     container = container_for(output)
-    encoding = resolve_encoding(settings, container, info.layout, info.colour, info.colour_tags, info.hdr,
-                                info.chroma_location)
+    encoding = resolve_encoding(settings, container, info.layout, info.colour, info.colour_tags, info.hdr)
     width, height = info.width * scale, info.height * scale
     sx, sy = encoding.layout.chroma_shift
     if width % (1 << sx) or height % (1 << sy):
