@@ -73,6 +73,8 @@ def frame_to_planes(frame: av.VideoFrame, layout: PlaneLayout) -> tuple[np.ndarr
     Frames in another pixel format (nv12, p010, rgb24, ...) are first repacked into `layout`
     by swscale; for the formats decoders actually produce that is lossless.
     """
+    if layout.has_alpha and not any(c.is_alpha for c in frame.format.components):
+        _warn_alpha_lost()
     if frame.format.name != layout.pix_fmt:
         # threads=1: FFmpeg 8.1's threaded swscale (the default, threads=0) gives slightly
         # different rows from run to run (checked with av 18.1.0: ~1-3% of small conversions).
@@ -84,6 +86,18 @@ def frame_to_planes(frame: av.VideoFrame, layout: PlaneLayout) -> tuple[np.ndarr
         arr = np.frombuffer(plane, dtype=layout.dtype, count=row * h).reshape(h, row)
         out.append(np.ascontiguousarray(arr[:, :w]))
     return tuple(out)
+
+
+_alpha_warned = False
+
+
+def _warn_alpha_lost() -> None:
+    # A reader that decodes with the stream's own decoder instead of `configure_decoder`'s gets
+    # VP8/VP9 without its alpha; swscale would then fill the alpha plane with opaque silently.
+    global _alpha_warned
+    if not _alpha_warned:
+        _alpha_warned = True
+        log.warning("frames arrived without the alpha channel the probe found; the output's alpha is opaque")
 
 
 class _Timeline:
