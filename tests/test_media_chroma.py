@@ -103,3 +103,4 @@ def test_untagged_h264_is_taken_as_left_sited_and_tagged_so(tmp_path):
     out = tmp_path / "out.mkv"
     assert run_cli(src, "-o", out, "--model", "bicubic", "--scale", "2").returncode == 0
     assert probe(out).chroma_location == "left"
+
