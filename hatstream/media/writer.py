@@ -111,7 +111,7 @@ def plan_output(info: VideoInfo, output: Path, scale: int, settings: EncodeSetti
         raise HatstreamError(f"{encoding.layout.pix_fmt} needs even sizes, but the output would be "
                              f"{width}x{height}; use --pix-fmt with 4:4:4 (e.g. yuv444p) or another scale")
     with open_input(info.path) as inp:
-        plan = plan_streams(inp, audio_codec, subtitles)
+        plan = plan_streams(inp, audio_codec, subtitles, container)
         tags = tuple(video_tags(inp, info.stream_index).items())
     _warn_if_aspect_lost(container, encoding.codec, info.sample_aspect_ratio)
     draft = OutputPlan(container, encoding, width, height, tuple(plan), tags)
