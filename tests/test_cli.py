@@ -43,7 +43,7 @@ def test_model_option_usage_errors_are_one_line(tmp_path):
 def test_option_lists_come_from_the_code_that_defines_them(monkeypatch):
     from hatstream.inference.precision import PRECISIONS
     from hatstream.media.decode import ON_ERROR
-    from hatstream.train.config import ARCHITECTURES
+    from hatstream.train.config import TRAIN_PRESETS
 
     monkeypatch.setenv("COLUMNS", "1000")  # argparse would wrap hyphenated names at the hyphen
     for command in ("run", "image", "bench", "eval", "preview"):
@@ -54,7 +54,7 @@ def test_option_lists_come_from_the_code_that_defines_them(monkeypatch):
     run_help = " ".join(run_cli("run", "--help").stdout.split())
     assert all(mode in run_help for mode in ON_ERROR)
     train_help = " ".join(run_cli("train", "--help").stdout.split())
-    assert all(arch in train_help for arch in ARCHITECTURES), train_help
+    assert all(arch in train_help for arch in TRAIN_PRESETS), train_help
     res = run_cli("train", "--arch", "hat-huge", "--data", "x", "--out", "y")
     assert res.returncode == 2 and "hat-tiny-plus" in res.stderr and res.stderr.count("\n") == 1
 

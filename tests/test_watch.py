@@ -229,3 +229,13 @@ def test_preset_values_are_checked_against_the_runs_own_lists():
         apply(Preset(), {"precision": "fp64"}, "p.toml")
     with pytest.raises(HatstreamError, match=", ".join(ON_ERROR)):
         apply(Preset(), {"on_error": "skip"}, "p.toml")
+
+
+def test_inside_is_one_rule_for_strings_and_paths():
+    from hatstream.watch.scanner import inside
+
+    for make in (str, Path):
+        assert inside(make("/srv/in"), make("/srv/in")) and inside(make("/srv/in/a/b.mkv"), make("/srv/in"))
+        assert not inside(make("/srv/input/b.mkv"), make("/srv/in"))  # a name prefix is not a parent
+        assert not inside(make("/srv"), make("/srv/in"))
+    assert inside("/srv/in/x", Path("/srv/in")) and inside("/anything", "/")

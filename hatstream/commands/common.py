@@ -25,9 +25,16 @@ def positive_int(text: str) -> int:
     return value
 
 
-def seconds(text: str) -> float:
+def _number_of_seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+
+
+def nonnegative_seconds(text: str) -> float:
     """argparse type: a duration in seconds, 0 or more."""
-    value = float(text)
+    value = _number_of_seconds(text)
     if not value >= 0:  # also refuses NaN
         raise argparse.ArgumentTypeError("must be 0 or more")
     return value
@@ -35,7 +42,7 @@ def seconds(text: str) -> float:
 
 def positive_seconds(text: str) -> float:
     """argparse type: a duration in seconds, more than 0 (an interval between polls)."""
-    value = float(text)
+    value = _number_of_seconds(text)
     if not 0 < value < float("inf"):  # also refuses NaN
         raise argparse.ArgumentTypeError("must be more than 0 seconds")
     return value
@@ -115,7 +122,7 @@ class LazyChoices(Sequence):
 PRECISION_CHOICES = LazyChoices("hatstream.inference.precision", "PRECISIONS")
 DTYPE_CHOICES = LazyChoices("hatstream.inference.precision", "DTYPES")  # the precisions but auto
 ON_ERROR_CHOICES = LazyChoices("hatstream.media.decode", "ON_ERROR")
-TRAIN_PRESET_CHOICES = LazyChoices("hatstream.train.config", "ARCHITECTURES")
+TRAIN_PRESET_CHOICES = LazyChoices("hatstream.train.config", "TRAIN_PRESETS")
 
 _MODEL_HELP = {
     "model": "built-in model name or checkpoint path (default: the bundled model for --scale)",

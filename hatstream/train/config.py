@@ -17,8 +17,8 @@ CONFIG_FILE = "config.json"  # in the run folder: the run's settings, and what e
 _RELEASED = dict(window_size=16, overlap_ratio=0.5, mlp_ratio=2.0, img_range=1.0, upsampler="pixelshuffle",
                  resi_connection="1conv")
 
-# Architecture presets by name; `upscale` is added from the training scale.
-ARCHITECTURES: dict[str, dict] = {
+# Training presets: HAT architectures by name; `upscale` is added from the training scale.
+TRAIN_PRESETS: dict[str, dict] = {
     "hat-s": dict(_RELEASED, embed_dim=144, depths=(6,) * 6, num_heads=(6,) * 6, compress_ratio=24,
                   squeeze_factor=24),
     "hat": dict(_RELEASED, embed_dim=180, depths=(6,) * 6, num_heads=(6,) * 6, compress_ratio=3,
@@ -53,10 +53,10 @@ ARCHITECTURES: dict[str, dict] = {
 
 def hat_config(arch: str, scale: int) -> HATConfig:
     """The HATConfig of architecture preset `arch` at `scale`."""
-    if arch not in ARCHITECTURES:
-        raise HatstreamError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    if arch not in TRAIN_PRESETS:
+        raise HatstreamError(f"unknown architecture {arch!r}; choose one of {', '.join(TRAIN_PRESETS)}")
     try:
-        return HATConfig(upscale=scale, **ARCHITECTURES[arch])
+        return HATConfig(upscale=scale, **TRAIN_PRESETS[arch])
     except ValueError as exc:
         raise HatstreamError(f"architecture {arch} at x{scale}: {exc}") from None
 
@@ -121,7 +121,7 @@ class TrainConfig:
         if self.start not in ("random", "bilinear"):
             raise HatstreamError(f"start must be 'random' or 'bilinear', got {self.start!r}")
         hat_config(self.arch, self.scale)  # validates the name early
-        window = ARCHITECTURES[self.arch]["window_size"]
+        window = TRAIN_PRESETS[self.arch]["window_size"]
         if self.patch % window:
             raise HatstreamError(f"patch {self.patch} must be a multiple of {self.arch}'s window ({window})")
 

@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hatstream.errors import HatstreamError
-from hatstream.media.encode import CONTAINERS, EncodeSettings
-from hatstream.pipeline.options import ON_ERROR, PRECISIONS
+from hatstream.pipeline.options import CONTAINERS, ON_ERROR, PRECISIONS, EncodeSettings
 from hatstream.pipeline.run import RunConfig
 
 # Presets shipped beside the package in a source checkout (the systemd unit runs from one).
