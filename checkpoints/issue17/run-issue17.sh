@@ -2,8 +2,8 @@
 # Issue 17's training chain, one stage after another, each resumable: rerun this script to continue.
 # Run from anywhere; it works in /work/runs/peers (samples/ lives there) with one thread, niced.
 set -e
-WT=${WT:-/work/main}
-PY=${PY:-/work/main/.venv/bin/python}
+WT=${WT:-$(cd "$(dirname "$0")/../.." && pwd)}  # the checkout this script lives in
+PY=${PY:-$WT/.venv/bin/python}
 cd /work/runs/peers
 export OMP_NUM_THREADS=1 PYTHONPATH=$WT
 stage() {  # preset, run folder, init checkpoint for a fresh start
