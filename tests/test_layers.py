@@ -13,6 +13,10 @@ FORBIDDEN = {
                "hatstream.commands", "hatstream.cli"),
     "media": ("hatstream.models", "hatstream.inference", "hatstream.pipeline", "hatstream.watch",
               "hatstream.commands", "hatstream.cli"),
+    "inference": ("av", "hatstream.media", "hatstream.pipeline", "hatstream.watch", "hatstream.commands",
+                  "hatstream.cli"),
+    "pipeline": ("hatstream.watch", "hatstream.commands", "hatstream.cli"),
+    "train": ("hatstream.watch", "hatstream.commands", "hatstream.cli"),
     # The watcher hands its settings to the pipeline (hatstream.pipeline.options), not to media/.
     "watch": ("hatstream.media", "hatstream.commands", "hatstream.cli"),
 }
