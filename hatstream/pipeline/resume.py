@@ -36,12 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from hatstream.atomic import atomic_output, partial_files
+from hatstream.atomic import atomic_output, file_sha256, partial_files, write_durably
 from hatstream.errors import HatstreamError
 from hatstream.media.deinterlace import plan_deinterlace
 from hatstream.pipeline.engine import Progress
 from hatstream.pipeline.segments import (EncodedSegment, Segment, SegmentJob, assemble, count_packets,
-                                         encode_segment, file_sha256, fsync_path, segment_path)
+                                         encode_segment, segment_path)
 
 log = logging.getLogger(__name__)
 
@@ -163,17 +163,6 @@ def work_dir(output: Path) -> Path:
     """The work folder of an output: `.<output name>.hatstream-work` beside it."""
     output = Path(output)
     return output.with_name(f".{output.name}.hatstream-work")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` durably: write beside it, fsync, rename, fsync the folder."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_path(path.parent)
 
 
 def _make_folder(folder: Path) -> None:
@@ -340,7 +329,7 @@ class WorkFolder:
                 entry.unlink()  # a symlink goes, never what it points at
 
     def _save(self) -> None:
-        _write_atomic(self.folder / "manifest.json", self.manifest.to_json())
+        write_durably(self.folder / "manifest.json", self.manifest.to_json())
 
     def record(self, segment: EncodedSegment) -> None:
         """Add a finished (already fsynced) segment to the manifest, durably."""

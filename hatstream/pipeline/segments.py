@@ -23,7 +23,6 @@ timestamp to 1 ms, which is not exact for 1001-based or 90 kHz time bases; MPEG-
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 import os
@@ -34,6 +33,7 @@ from typing import Callable, Iterator, Sequence
 
 import av
 
+from hatstream.atomic import durable_replace, file_sha256
 from hatstream.errors import HatstreamError
 from hatstream.media.decode import DecodeStats, Frame, _check_complete, frame_to_planes
 from hatstream.media.deinterlace import Deinterlacer, plan_deinterlace
@@ -242,24 +242,6 @@ def segment_path(folder: Path, index: int) -> Path:
     return Path(folder) / f"seg-{index:05d}{SEGMENT_SUFFIX}"
 
 
-def fsync_path(path: Path) -> None:
-    """fsync a file or a folder (a folder's entry list makes a rename durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a whole file, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def encode_segment(job: SegmentJob, segment: Segment, upscale: Callable[[list[tuple]], list[tuple]],
                    dest: Path, on_progress: Callable[[Progress], None] | None = None) -> EncodedSegment:
     """Decode, upscale and encode one segment into the NUT file `dest`, durably; returns what was written.
@@ -295,10 +277,8 @@ def encode_segment(job: SegmentJob, segment: Segment, upscale: Callable[[list[tu
     if frames == 0:
         tmp.unlink(missing_ok=True)
         raise HatstreamError(f"{job.info.path.name}: segment {segment.index} has no frames")
-    fsync_path(tmp)
     digest, size = file_sha256(tmp), tmp.stat().st_size
-    os.replace(tmp, dest)
-    fsync_path(dest.parent)
+    durable_replace(tmp, dest)
     log.debug("segment %d: %d frames, %d bytes -> %s", segment.index, frames, size, dest)
     return EncodedSegment(segment.index, dest, frames, first[0], size, digest)
 
