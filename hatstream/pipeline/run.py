@@ -119,25 +119,27 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
     check_output_path(output, [Path(config.input)], config.overwrite)
     plan = plan_output(info, output, model.scale, config.encode, config.audio_codec, config.subtitles)
     log.info("%s -> %s: %s, model %s", info.path.name, output, plan.describe(), model.info.name)
-    # Inputs longer than one segment run in keyframe-aligned segments: resumable on the local engine,
-    # whole on the nodes of a Ray cluster (--address). Concealing damage needs the frame before,
-    # which may lie in another segment.
+    # Inputs longer than one segment run in keyframe-aligned segments, resumable, computed in this
+    # process or, on the nodes of a Ray cluster (--address), by its actors. Concealing damage needs
+    # the frame before, which may lie in another segment.
     segmented = (not on_ray or config.address is not None) and config.on_error == "fail"
     segments = plan_segments(info, config.segment_seconds) if segmented else ()
     if len(segments) > 1:
-        from hatstream.pipeline.resume import run_resumable, run_settings
+        from hatstream.pipeline.resume import InProcess, run_resumable, run_settings
 
         job = SegmentJob(info, plan, config.batch, config.temporal, config.deinterlace)
+        if on_ray:
+            from hatstream.pipeline.ray_engine import RaySegments
+            executor = RaySegments(model, _ray_options(config))
+            # The driver's model is a CPU fp32 copy; the precision asked for is what the actors use.
+            settings = run_settings(config.model, model, job, config.segment_seconds, ray_precision=config.precision)
+        else:
+            executor = InProcess(upscaler_for(job, model))
+            settings = run_settings(config.model, model, job, config.segment_seconds)
         if on_start is not None:
             on_start(info.frames, info.frames_exact)
-        if on_ray:
-            from hatstream.pipeline.ray_engine import run_ray_segments
-            done = run_ray_segments(job, segments, model, output, _ray_options(config), info.frames,
-                                    info.frames_exact, on_progress, overwrite=config.overwrite)
-        else:
-            done = run_resumable(job, segments, upscaler_for(job, model), output,
-                                 run_settings(config.model, model, job, config.segment_seconds), config.resume,
-                                 info.frames, info.frames_exact, on_progress, overwrite=config.overwrite)
+        done = run_resumable(job, segments, executor, output, settings, config.resume, info.frames,
+                             info.frames_exact, on_progress, overwrite=config.overwrite)
         return RunResult(output=output, frames=done.frames, seconds=time.perf_counter() - started, repaired=0,
                          dropped=0, model=model.info.name, resumed=done.resumed, note=done.note,
                          encoding=f"{plan.encoding.codec} {plan.encoding.layout.pix_fmt}",
