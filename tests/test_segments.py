@@ -83,3 +83,13 @@ def test_a_segment_that_comes_back_twice_is_kept_once(tmp_path):
         assert done.frames == done.processed == 20 and done.segments == len(segments) == 4
     assert all(all((x == y).all() for x, y in zip(a, b)) for a, b in zip(read_planes(out), read_planes(ref)))
     assert len(read_planes(out)) == 20
+
+
+def test_encoder_threads_follow_the_machine_and_the_device():
+    from hatstream.media.probe import encoder_threads, ffmpeg_threads
+
+    # A CPU run leaves the cores to the model; a GPU run gives them to the encoder, shared per GPU.
+    assert encoder_threads(True, cores=16) == 4 and encoder_threads(True, cores=2) == 1
+    assert encoder_threads(True) == ffmpeg_threads()
+    assert encoder_threads(False, cores=16) == 14 and encoder_threads(False, cores=64, streams=8) == 7
+    assert encoder_threads(False, cores=2) == 1 and encoder_threads(False, cores=256) == 64

@@ -39,7 +39,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -54,6 +54,7 @@ from hatstream.inference import Upscaler, resolve_device
 from hatstream.inference.precision import resolve_precision
 from hatstream.media.colour import planes_to_tensors, tensors_to_planes
 from hatstream.media.decode import Frame
+from hatstream.media.probe import encoder_threads
 from hatstream.models.registry import build_from_state_dict, load_builtin
 from hatstream.models.spec import ModelInfo
 from hatstream.pipeline.engine import Progress, batches, run_stages
@@ -230,6 +231,10 @@ class UpscaleWorker:
         from hatstream.pipeline.segments import encode_segment, segment_path
 
         self._progress = (segment.index, 0)
+        # The driver's machine is not this one: the encoder's threads follow this node's cores,
+        # shared with the other GPU actors it holds.
+        threads = encoder_threads(self.device.type == "cpu", streams=self._node_gpus())
+        job = replace(job, plan=replace(job.plan, encoding=replace(job.plan.encoding, threads=threads)))
 
         def progress(p: Progress) -> None:
             self._progress = (segment.index, p.frames)  # one tuple: `heartbeat` reads it from its thread
@@ -238,6 +243,11 @@ class UpscaleWorker:
             encoded = encode_segment(job, segment, self.upscale, segment_path(Path(folder), segment.index),
                                      progress, source=payload)
             return encoded, encoded.path.read_bytes()
+
+    @staticmethod
+    def _node_gpus() -> int:
+        node = ray.get_runtime_context().get_node_id()
+        return next((int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n["NodeID"] == node), 1) or 1
 
     @ray.method(concurrency_group=HEARTBEAT)
     def heartbeat(self) -> tuple[int, int]:

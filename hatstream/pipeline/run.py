@@ -8,6 +8,7 @@ written. Any exception, Ctrl-C included, removes it (see `hatstream.atomic`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from hatstream.errors import HatstreamError
 from hatstream.media.decode import DecodeStats, Frame, read_frames
 from hatstream.media.deinterlace import plan_deinterlace
 from hatstream.media.encode import EncodeSettings, container_for
-from hatstream.media.probe import probe
+from hatstream.media.probe import encoder_threads, probe
 from hatstream.media.writer import VideoWriter, default_output_note, default_output_path, plan_output
 from hatstream.pipeline.engine import Progress, run_stages
 from hatstream.pipeline.segments import DEFAULT_SEGMENT_SECONDS, SegmentJob, plan_segments, upscaler_for
@@ -118,6 +119,13 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
         log.info("%s", container_note)
     check_output_path(output, [Path(config.input)], config.overwrite)
     plan = plan_output(info, output, model.scale, config.encode, config.audio_codec, config.subtitles)
+    # The encoder gets the cores the model leaves free: here all but a few when the model runs
+    # elsewhere (a GPU, or Ray actors on other machines; segment actors size their own).
+    import torch
+    model_on_cpu = (model.device.type == "cpu" if not on_ray else
+                    config.address is None and (config.device == "cpu" or not torch.cuda.is_available()))
+    plan = dataclasses.replace(plan, encoding=dataclasses.replace(plan.encoding,
+                                                                  threads=encoder_threads(model_on_cpu)))
     log.info("%s -> %s: %s, model %s", info.path.name, output, plan.describe(), model.info.name)
     # Inputs longer than one segment run in keyframe-aligned segments, resumable, computed in this
     # process or, on the nodes of a Ray cluster (--address), by its actors. Concealing damage needs
