@@ -24,10 +24,12 @@ loop runs in its decode thread, in place of the decoder, and pulls from the deco
   longer than `batch_timeout` counts as failed and its actor is restarted, so nothing hangs. An
   error of the input itself (missing, damaged, unsupported) fails at once: no retry can fix it.
 - **Segment mode** (`RaySegments`, for clusters of several machines): the executor of the one
-  segment runner (`resume.run_resumable`). The same actors take whole keyframe-aligned segments
-  (`segments.encode_segment` on their node) and send back the encoded file, so compressed bytes
-  cross the network, not frames; the runner records them in its work folder (so farm runs
-  resume) and joins them in order without re-encoding (`segments.assemble`).
+  segment runner (`resume.run_resumable`). The same actors take whole keyframe-aligned segments,
+  as the segment's video packets remuxed in memory by the driver (`segments.segment_payload`), run
+  `segments.encode_segment` on their node and send back the encoded file: compressed bytes cross
+  the network both ways, never frames, and no worker opens the input. The runner records them
+  in its work folder (so farm runs resume) and joins them in order without re-encoding
+  (`segments.assemble`).
 """
 
 from __future__ import annotations
