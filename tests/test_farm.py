@@ -127,10 +127,11 @@ def test_farm_without_the_input_resumes_after_the_driver_is_killed(farm, tmp_pat
 
     out = tmp_path / "out" / "farm.mkv"
     out.parent.mkdir()
-    manifest = _kill_after(src, out, 2, *_ray_args(address))
+    # Generous limits: a driver starts Ray actors that import torch, slow on a loaded CI machine.
+    manifest = _kill_after(src, out, 2, *_ray_args(address), wait=400)
     already = {d["index"] for d in manifest["done"]}
     frames_before = sum(d["frames"] for d in manifest["done"])
-    done = _done(run_cli(src, "-o", out, *SEGMENTED, *_ray_args(address)))
+    done = _done(run_cli(src, "-o", out, *SEGMENTED, *_ray_args(address), timeout=400))
     # The finished segments were kept and only the rest computed: counted in frames, and in
     # segments by the files the killed run had left (the rerun recomputes none of them).
     assert done["frames"] == FRAMES and done["note"] is None
