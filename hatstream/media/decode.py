@@ -92,6 +92,8 @@ def frame_to_planes(frame: av.VideoFrame, layout: PlaneLayout) -> tuple[np.ndarr
     Frames in another pixel format (nv12, p010, rgb24, ...) are first repacked into `layout`
     by swscale; for the formats decoders actually produce that is lossless.
     """
+    if layout.has_alpha and not any(c.is_alpha for c in frame.format.components):
+        _warn_alpha_lost()
     if frame.format.name != layout.pix_fmt:
         # threads=1: FFmpeg 8.1's threaded swscale (the default, threads=0) gives slightly
         # different rows from run to run (checked with av 18.1.0: ~1-3% of small conversions).
@@ -103,6 +105,18 @@ def frame_to_planes(frame: av.VideoFrame, layout: PlaneLayout) -> tuple[np.ndarr
         arr = np.frombuffer(plane, dtype=layout.dtype, count=row * h).reshape(h, row)
         out.append(np.ascontiguousarray(arr[:, :w]))
     return tuple(out)
+
+
+_alpha_warned = False
+
+
+def _warn_alpha_lost() -> None:
+    # A reader that decodes with the stream's own decoder instead of `configure_decoder`'s gets
+    # VP8/VP9 without its alpha; swscale would then fill the alpha plane with opaque silently.
+    global _alpha_warned
+    if not _alpha_warned:
+        _alpha_warned = True
+        log.warning("frames arrived without the alpha channel the probe found; the output's alpha is opaque")
 
 
 class _Timeline:
@@ -256,14 +270,14 @@ def read_frames(info: VideoInfo, on_error: str = "fail", stats: DecodeStats | No
         return end is not None and frame.pts is not None and frame.pts >= end
 
     with _open_video(info, source) as (container, stream):
-        configure_decoder(stream)
+        decode = configure_decoder(stream)
         if start is not None and source is None:
             # backward=True lands on the keyframe at or before `start`; the packets before our
             # keyframe are then skipped without being decoded (`_decode_packets`).
             container.seek(start, backward=True, any_frame=False, stream=stream)
         retime = _Retime(Fraction(stream.time_base) / tb, source.first_pts) if source is not None else None
         ended = False
-        for packet, frames, error in _decode_packets(container, stream, name, stats, start, retime, tb):
+        for packet, frames, error in _decode_packets(container, stream, name, stats, decode, start, retime, tb):
             slot = clock.add(packet) if clock is not None and packet.size and not packet.is_discard else None
             if error is not None:
                 where = seconds(packet.pts if packet.pts is not None else packet.dts, tb)
@@ -340,7 +354,7 @@ class _Retime:
         packet.pts, packet.dts = self._exact(packet.pts), self._exact(packet.dts)
 
 
-def _decode_packets(container, stream, name: str, stats: DecodeStats, from_pts: int | None = None,
+def _decode_packets(container, stream, name: str, stats: DecodeStats, decode=None, from_pts: int | None = None,
                     retime: _Retime | None = None, time_base: Fraction | None = None):
     """Yield (packet, frames, error) for every packet of `stream`, then the decoder's flush.
 
@@ -386,7 +400,7 @@ def _decode_packets(container, stream, name: str, stats: DecodeStats, from_pts: 
                 end = packet.pts + (packet.duration or 0)
                 stats.end_pts = end if stats.end_pts is None else max(stats.end_pts, end)
         try:
-            frames = packet.decode()
+            frames = decode(packet) if decode is not None else packet.decode()
         except av.error.FFmpegError as exc:
             if packet.size == 0:
                 raise HatstreamError(f"{name}: the video ends in a damaged frame ({exc.strerror or exc})") from None
