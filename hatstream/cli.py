@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import signal
 import sys
 
 from hatstream import __version__
-from hatstream.errors import HatstreamError
+from hatstream.errors import HatstreamError, interrupt_on_sigterm
 
 # (command name, module under hatstream.commands, one-line help)
 COMMANDS: list[tuple[str, str, str]] = [
@@ -53,12 +52,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     return parser, modules
 
 
-def _raise_on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
-    # Turn SIGTERM into KeyboardInterrupt, so the same clean-up paths (atomic outputs, worker
-    # threads) run for `kill` as for Ctrl-C.
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `hatstream` console script; returns the exit status."""
     parser, modules = build_parser()
@@ -68,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="hatstream: %(levelname)s: %(message)s", stream=sys.stderr)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    interrupt_on_sigterm()
     try:
         return int(modules[args.command].run(args) or 0)
     except HatstreamError as exc:

@@ -43,7 +43,7 @@ def test_model_option_usage_errors_are_one_line(tmp_path):
 def test_option_lists_come_from_the_code_that_defines_them(monkeypatch):
     from hatstream.inference.precision import PRECISIONS
     from hatstream.media.decode import ON_ERROR
-    from hatstream.train.config import ARCHITECTURES
+    from hatstream.train.config import TRAIN_PRESETS
 
     monkeypatch.setenv("COLUMNS", "1000")  # argparse would wrap hyphenated names at the hyphen
     for command in ("run", "image", "bench", "eval", "preview"):
@@ -54,7 +54,7 @@ def test_option_lists_come_from_the_code_that_defines_them(monkeypatch):
     run_help = " ".join(run_cli("run", "--help").stdout.split())
     assert all(mode in run_help for mode in ON_ERROR)
     train_help = " ".join(run_cli("train", "--help").stdout.split())
-    assert all(arch in train_help for arch in ARCHITECTURES), train_help
+    assert all(arch in train_help for arch in TRAIN_PRESETS), train_help
     res = run_cli("train", "--arch", "hat-huge", "--data", "x", "--out", "y")
     assert res.returncode == 2 and "hat-tiny-plus" in res.stderr and res.stderr.count("\n") == 1
 
@@ -67,3 +67,36 @@ def test_building_the_parser_imports_neither_torch_nor_av():
             "print(sorted(m for m in ('torch', 'av', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_every_model_loading_command_validates_the_model_options_alike(tmp_path, monkeypatch):
+    # eval-video took any --device and --precision (and offered no fp16), export and preview had
+    # their own copies: each now refuses the same bad values as a one-line usage error.
+    from hatstream.inference.precision import DTYPES, PRECISIONS
+
+    monkeypatch.setenv("COLUMNS", "1000")
+    img = tmp_path / "x.png"
+    img.write_bytes(b"not read: the usage error comes first")
+    commands = {"run": ["run", "x.mp4"], "image": ["image", img, "-o", tmp_path / "o.png"], "bench": ["bench"],
+                "eval": ["eval", "--data", tmp_path], "eval-video": ["eval-video", "x.mp4"],
+                "preview": ["preview", "x.mp4"], "export": ["export", "bicubic", "-o", tmp_path / "m.onnx",
+                                                             "--size", "64x64"]}
+    for name, command in commands.items():
+        bad = [["--scale", "0"], ["--scale", "-1"], ["--precision", "fp64"]]
+        if name != "export":  # an export is for another machine: it has no --device
+            bad.append(["--device", "foo"])
+        for extra in bad:
+            res = run_cli(*command, *extra)
+            assert res.returncode == 2, (name, extra, res.stderr)
+            assert res.stderr.startswith("hatstream: error: ") and res.stderr.count("\n") == 1, (name, res.stderr)
+            assert f"argument {extra[0]}:" in res.stderr, (name, res.stderr)  # refused by the parser
+        help_text = " ".join(run_cli(name, "--help").stdout.split())
+        wanted = DTYPES if name == "export" else PRECISIONS
+        assert all(p in help_text for p in wanted), (name, help_text)
+    assert not list(tmp_path.glob("o.png")) and not list(tmp_path.glob("m.onnx"))
+
+
+def test_export_checks_scale_against_the_model(tmp_path):
+    res = run_cli("export", "hat-tiny-x2", "-o", tmp_path / "m.onnx", "--size", "32x32", "--scale", "4")
+    assert res.returncode != 0 and res.stderr.count("\n") == 1 and "x2" in res.stderr, res.stderr
+    assert not (tmp_path / "m.onnx").exists()

@@ -106,36 +106,3 @@ def test_picture_subtitles_into_mp4_suggest_only_what_works(tmp_path):
     assert proc.returncode == 2 and "dvbsub" in proc.stderr
     assert "--subtitles drop" in proc.stderr and ".mkv" in proc.stderr and "mov_text" not in proc.stderr
     assert not (tmp_path / "out.mp4").exists()
-
-
-def _alpha_video(path, codec, pix_fmt):
-    with av.open(str(path), "w") as out:
-        s = out.add_stream(codec, rate=25)
-        s.width, s.height, s.pix_fmt = 64, 48, pix_fmt
-        for i in range(3):
-            rgba = np.zeros((48, 64, 4), np.uint8)
-            rgba[..., 0], rgba[..., 3] = 200, np.arange(64) * 4  # red, fading in from transparent
-            frame = av.VideoFrame.from_ndarray(rgba, format="rgba").reformat(format=pix_fmt)
-            frame.pts = i
-            out.mux(s.encode(frame))
-        out.mux(s.encode())
-    return path
-
-
-def test_vp9_alpha_is_reported_once_and_its_stale_tag_dropped(tmp_path):
-    src = _alpha_video(tmp_path / "alpha.webm", "libvpx-vp9", "yuva420p")
-    with av.open(str(src)) as c:
-        assert c.streams.video[0].metadata.get("alpha_mode") == "1"
-    proc = run_cli(src, "-o", tmp_path / "out.webm", "--model", "bicubic")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.count("alpha channel is not carried") == 1
-    with av.open(str(tmp_path / "out.webm")) as c:
-        assert not any(k.lower() == "alpha_mode" for k in c.streams.video[0].metadata)
-
-
-def test_prores_4444_alpha_is_reported(tmp_path, caplog):
-    from hatstream.media.carry import video_tags
-    src = _alpha_video(tmp_path / "alpha.mov", "prores_ks", "yuva444p10le")
-    with open_input(src) as inp, caplog.at_level("WARNING"):
-        video_tags(inp, 0)
-    assert "alpha channel is not carried" in caplog.text

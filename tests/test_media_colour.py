@@ -103,7 +103,9 @@ def test_gbr_planes_are_rgb():
     ("p010le", None, None, "yuv420p10le"),
     ("rgb24", None, None, "gbrp"),
     ("gray10le", None, None, "yuv444p10le"),
-    ("yuva420p", None, None, "yuv420p"),
+    ("yuva420p", 8, (1, 1), "yuva420p"),  # alpha is a plane of its own (tests/test_media_alpha.py)
+    ("rgba", None, None, "gbrap"),
+    ("ya8", None, None, "yuva444p"),
 ])
 def test_layouts(name, depth, shift, canonical):
     layout = PlaneLayout.from_pix_fmt(name)

@@ -170,13 +170,28 @@ def test_mp4_with_real_pts_is_not_rebuilt(tmp_path):
     assert not probe(src).rebuilt_pts
 
 
-def test_adpcm_that_no_output_container_takes_gets_a_fix_before_any_work(tmp_path):
-    src = write(tmp_path / "cam.avi", "mjpeg", 3, 64, 48, pix_fmt="yuvj422p", audio=("adpcm_ms",), audio_rate=22050)
-    proc = run_cli(src, "--model", "bicubic")
-    assert proc.returncode != 0 and "adpcm_ms" in proc.stderr and "--audio-codec flac" in proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cam.avi"]
-    _ok(run_cli(src, "--model", "bicubic", "--audio-codec", "flac"))
-    assert codecs(tmp_path / "cam.x2.mkv", "audio") == ["flac"]
+def test_adpcm_alone_becomes_flac_while_the_other_tracks_are_copied(tmp_path):
+    src = write(tmp_path / "cam.avi", "mjpeg", 3, 64, 48, pix_fmt="yuvj422p", audio=("adpcm_ms", "pcm_s16le"),
+                audio_rate=22050)
+    proc = _ok(run_cli(src, "--model", "bicubic"))
+    assert proc.stderr.count("adpcm_ms") == 1 and "FLAC (lossless)" in proc.stderr
+    out = tmp_path / "cam.x2.mkv"
+    assert codecs(out, "audio") == ["flac", "pcm_s16le"]
+    assert _audio(out)[1] == _audio(src)[1]  # the PCM track is still copied bit-exact
+
+    def samples(path, index):
+        with av.open(str(path)) as c:
+            # (samples, channels) whether the decoder's format is planar (ADPCM, ALAC) or packed (FLAC).
+            return np.concatenate([f.to_ndarray().T if f.format.is_planar else
+                                   f.to_ndarray().reshape(-1, f.layout.nb_channels)
+                                   for f in c.decode(c.streams.audio[index])])
+    # FLAC holds exactly the samples the ADPCM decodes to.
+    a, b = samples(src, 0), samples(out, 0)
+    assert a.size > 0 and np.array_equal(a, b[:len(a)])
+    # MOV takes no FLAC: ALAC there, as lossless; WebM only Opus (resampled to 48 kHz).
+    _ok(run_cli(src, "-o", tmp_path / "cam.mov", "--model", "bicubic"))
+    assert codecs(tmp_path / "cam.mov", "audio") == ["alac", "pcm_s16le"]
+    assert np.array_equal(a, samples(tmp_path / "cam.mov", 0)[:len(a)])
 
 
 def test_explicit_avi_output_is_refused_naming_the_choices(tmp_path):

@@ -127,3 +127,28 @@ def test_auto_precision_follows_the_cpu(monkeypatch):
     assert precision.resolve_precision("auto", CPU, info) == torch.float32
     monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: frozenset({"avx512_bf16"}))
     assert precision.resolve_precision("auto", CPU, info) == torch.bfloat16
+
+
+def test_each_architecture_entry_backs_its_fp16_claim_with_its_own_prepare(fixture_model):
+    # The registry entry, not the upscaler, makes `supports_fp16` true: its prepare alone turns a
+    # checkpoint whose trunk overflows fp16 into a finite fp16 model.
+    from hatstream.models.bicubic import Bicubic
+    from hatstream.models.registry import ARCHITECTURES, load_builtin
+
+    model, info, x = fixture_model
+    inflated = copy.deepcopy(model)
+    rescale_trunk(inflated, 2.0**14)
+    bicubic, bicubic_info = load_builtin("bicubic", 2)
+    built = {"HAT": (inflated, info), "bicubic": (bicubic, bicubic_info)}
+    assert {a.name for a in ARCHITECTURES} == set(built)
+    for arch in ARCHITECTURES:
+        net, net_info = built[arch.name]
+        assert net_info.supports_fp16
+        ref = copy.deepcopy(net).float()(x) if isinstance(net, Bicubic) else Upscaler(
+            copy.deepcopy(model), info, CPU, torch.float32)(x)
+        prepared = arch.prepare(copy.deepcopy(net), CPU, torch.float16)
+        assert prepared.input_dtype == torch.float16
+        with torch.no_grad():
+            out = prepared.model(x.to(prepared.input_dtype))
+        assert torch.isfinite(out).all(), arch.name
+        assert psnr(out.clamp(0, 1), ref.clamp(0, 1)) > 50, arch.name

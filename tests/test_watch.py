@@ -210,3 +210,32 @@ def test_ignores_escapes_and_out_dir_and_a_second_run_does_nothing(tmp_path):
     third = _watch_once(inp, out, preset)
     assert [r for r in _jobs(out) if r[0] == "a.mkv"] == [("a.mkv", "done", 1, 0)] * 2, third.stderr
     assert video_stream_info(out / "a.mkv")["frames"] == 8
+
+
+def test_preset_values_are_checked_against_the_runs_own_lists():
+    # The watcher's presets accept exactly what `hatstream run` accepts, read from the same lists.
+    import pytest
+
+    from hatstream.errors import HatstreamError
+    from hatstream.inference.precision import PRECISIONS
+    from hatstream.media.decode import ON_ERROR
+    from hatstream.watch.presets import Preset, apply
+
+    for name in PRECISIONS:
+        assert apply(Preset(), {"precision": name}, "p.toml").precision == name
+    for mode in ON_ERROR:
+        assert apply(Preset(), {"on_error": mode}, "p.toml").on_error == mode
+    with pytest.raises(HatstreamError, match=", ".join(PRECISIONS)):
+        apply(Preset(), {"precision": "fp64"}, "p.toml")
+    with pytest.raises(HatstreamError, match=", ".join(ON_ERROR)):
+        apply(Preset(), {"on_error": "skip"}, "p.toml")
+
+
+def test_inside_is_one_rule_for_strings_and_paths():
+    from hatstream.watch.scanner import inside
+
+    for make in (str, Path):
+        assert inside(make("/srv/in"), make("/srv/in")) and inside(make("/srv/in/a/b.mkv"), make("/srv/in"))
+        assert not inside(make("/srv/input/b.mkv"), make("/srv/in"))  # a name prefix is not a parent
+        assert not inside(make("/srv"), make("/srv/in"))
+    assert inside("/srv/in/x", Path("/srv/in")) and inside("/anything", "/")

@@ -2,13 +2,17 @@
 # Issue 17's training chain, one stage after another, each resumable: rerun this script to continue.
 # Run from anywhere; it works in /work/runs/peers (samples/ lives there) with one thread, niced.
 set -e
-WT=${WT:-/work/wt/peers}
-PY=${PY:-/work/main/.venv/bin/python}
+WT=${WT:-$(cd "$(dirname "$0")/../.." && pwd)}  # the checkout this script lives in
+PY=${PY:-$WT/.venv/bin/python}
 cd /work/runs/peers
 export OMP_NUM_THREADS=1 PYTHONPATH=$WT
 stage() {  # preset, run folder, init checkpoint for a fresh start
-    if [ -f "$2/training_state.pt" ]; then from="--resume"; else from="--init $3"; fi
-    nice -n 19 $PY -m hatstream train --config "$WT/pipelines/$1" $from --out "$2"
+    # --resume reads the run's own config.json; --config is only for a fresh start.
+    if [ -f "$2/training_state.pt" ]; then
+        nice -n 19 $PY -m hatstream train --resume --out "$2"
+    else
+        nice -n 19 $PY -m hatstream train --config "$WT/pipelines/$1" --init "$3" --out "$2"
+    fi
 }
 stage train-hat-tiny-d8-x2.toml x2-d8 "$WT/hatstream/models/weights/hat-tiny-x2.safetensors"
 stage train-hat-tiny-d8-x2-large.toml x2-d8-large x2-d8/models/net_g_latest.pth

@@ -25,9 +25,16 @@ def positive_int(text: str) -> int:
     return value
 
 
-def seconds(text: str) -> float:
+def _number_of_seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+
+
+def nonnegative_seconds(text: str) -> float:
     """argparse type: a duration in seconds, 0 or more."""
-    value = float(text)
+    value = _number_of_seconds(text)
     if not value >= 0:  # also refuses NaN
         raise argparse.ArgumentTypeError("must be 0 or more")
     return value
@@ -35,7 +42,7 @@ def seconds(text: str) -> float:
 
 def positive_seconds(text: str) -> float:
     """argparse type: a duration in seconds, more than 0 (an interval between polls)."""
-    value = float(text)
+    value = _number_of_seconds(text)
     if not 0 < value < float("inf"):  # also refuses NaN
         raise argparse.ArgumentTypeError("must be more than 0 seconds")
     return value
@@ -113,35 +120,45 @@ class LazyChoices(Sequence):
 
 
 PRECISION_CHOICES = LazyChoices("hatstream.inference.precision", "PRECISIONS")
+DTYPE_CHOICES = LazyChoices("hatstream.inference.precision", "DTYPES")  # the precisions but auto
 ON_ERROR_CHOICES = LazyChoices("hatstream.media.decode", "ON_ERROR")
-TRAIN_PRESET_CHOICES = LazyChoices("hatstream.train.config", "ARCHITECTURES")
+TRAIN_PRESET_CHOICES = LazyChoices("hatstream.train.config", "TRAIN_PRESETS")
 
 _MODEL_HELP = {
     "model": "built-in model name or checkpoint path (default: the bundled model for --scale)",
     "scale": "upscale factor (default: the model's; x2 for the default model)",
-    "precision": "compute precision: %(choices)s (default: auto)",
+    "precision": "compute precision: %(choices)s (default: %(default)s)",
     "device": "torch device: auto, cpu, cuda or cuda:N (default: CUDA when present)",
     "compile": "torch.compile the model (slow start, faster frames)",
 }
 
 
-def add_model_arguments(p: argparse.ArgumentParser, device: bool = True, **help_text: str) -> None:
+def add_model_arguments(p: argparse.ArgumentParser, device: bool = True, compile: bool = True,
+                        model_positional: bool = False, precisions: Sequence[str] = PRECISION_CHOICES,
+                        precision_default: str = "auto", **help_text: str) -> None:
     """--model, --scale, --precision, --device, --compile: which model runs, and how.
 
-    One set of types and defaults for run, image, bench and eval; a caller passes only the help
-    text that differs (keyword = option name). `device=False` where add_engine_arguments adds
-    --device already.
+    One set of types, checks and defaults for every command that loads a model; a caller passes
+    only what differs: help text (keyword = option name), `device=False` where
+    add_engine_arguments adds --device already, `compile=False` where the model runs too little
+    for compiling to pay, `model_positional` for a required MODEL argument (export), and a
+    narrower precision list with its default.
     """
     unknown = set(help_text) - set(_MODEL_HELP)
     if unknown:
         raise TypeError(f"no model option named {', '.join(sorted(unknown))}")
     h = dict(_MODEL_HELP, **help_text)
-    p.add_argument("--model", help=h["model"])
+    if model_positional:
+        p.add_argument("model", metavar="MODEL", help=h["model"])
+    else:
+        p.add_argument("--model", help=h["model"])
     p.add_argument("--scale", type=positive_int, help=h["scale"])
-    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES, metavar="NAME", help=h["precision"])
+    p.add_argument("--precision", default=precision_default, choices=precisions, metavar="NAME",
+                   help=h["precision"])
     if device:
         p.add_argument("--device", type=device_name, help=h["device"])
-    p.add_argument("--compile", action="store_true", help=h["compile"])
+    if compile:
+        p.add_argument("--compile", action="store_true", help=h["compile"])
 
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:

@@ -23,20 +23,17 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hatstream.commands.common import positive_int
+from hatstream.commands.common import add_model_arguments, positive_int
 from hatstream.errors import HatstreamError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of `hatstream eval-video`."""
     p.add_argument("clip", type=Path, help="a video file; its frames are the ground truth")
-    p.add_argument("--model", default="default",
-                   help="built-in name (hat-tiny-x2, bicubic, ...) or checkpoint path; default: bundled for --scale")
-    p.add_argument("--scale", type=positive_int, help="upscaling factor (default: the model's, else 2)")
+    add_model_arguments(p, model="built-in name (hat-tiny-x2, bicubic, ...) or checkpoint path; "
+                                 "default: bundled for --scale")
     p.add_argument("--frames", type=positive_int, default=40, help="consecutive frames to score (default: 40)")
     p.add_argument("--start", type=int, default=0, help="index of the first frame to score (default: 0)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto")
-    p.add_argument("--precision", default="auto", help="auto, fp32, bf16")
     p.add_argument("--json", metavar="PATH", help="also write the scores, per frame too, as JSON")
 
 
@@ -126,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
     frames = read_clip(args.clip, args.start, args.frames)
     from hatstream.inference import load_model
 
-    upscaler = load_model(args.model, device=args.device, precision=args.precision, scale=args.scale)
+    upscaler = load_model(args.model, device=args.device, precision=args.precision, scale=args.scale,
+                          compile=args.compile)
     scale = upscaler.scale
     if min(frames[0].shape[:2]) < scale * 12:
         h, w = frames[0].shape[:2]
@@ -136,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
              f"({upscaler.dtype}, {upscaler.device}); Y channel, crop border {scale}")
     print(format_table(title, scores))
     if args.json:
-        out = {"clip": str(args.clip), "start": args.start, "frames": len(frames), "model": str(args.model),
+        out = {"clip": str(args.clip), "start": args.start, "frames": len(frames), "model": args.model or "default",
                "name": upscaler.info.name, "scale": scale, "scores": [asdict(s) for s in scores]}
         Path(args.json).write_text(json.dumps(out, indent=1))
     sys.stdout.flush()

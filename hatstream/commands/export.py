@@ -12,13 +12,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from hatstream.commands.common import positive_int
+from hatstream.commands.common import DTYPE_CHOICES, add_model_arguments, positive_int
 from hatstream.errors import HatstreamError
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("fp32", "fp16", "bf16")  # no "auto": an exported file is for the runtime, not this CPU
-
 
 def parse_wxh(text: str) -> tuple[int, int]:
     """argparse type: 'WxH' -> (width, height), both at least 1."""
@@ -32,12 +29,16 @@ def parse_wxh(text: str) -> tuple[int, int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="built-in model name (hat-tiny-x2, ...) or checkpoint path")
+    # No "auto" precision, --device or --compile: an exported file is for another runtime, not this machine.
+    add_model_arguments(p, device=False, compile=False, model_positional=True, precisions=DTYPE_CHOICES,
+                        precision_default="fp32",
+                        model="built-in model name (hat-tiny-x2, ...) or checkpoint path",
+                        scale="the upscale factor MODEL must have (default: its own)",
+                        precision="compute precision inside the graph, %(choices)s; input and output stay "
+                                  "float32 (default: %(default)s)")
     p.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
     p.add_argument("--size", type=parse_wxh, required=True, metavar="WxH",
                    help="input frame size the graph is built for, e.g. 640x360 (any size; padded inside)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="compute precision inside the graph; input and output stay float32 (default: fp32)")
     p.add_argument("--batch", type=positive_int, default=1, help="frames per call (default: 1)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from hatstream.models.export import export_onnx
     from hatstream.models.hat import HAT
 
-    model, info = load_network(args.model)
+    model, info = load_network(args.model, args.scale)
     if not isinstance(model, HAT):
         raise HatstreamError(f"only HAT models can be exported; {args.model} is {info.arch}")
     width, height = args.size

@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from hatstream.commands.common import PRECISION_CHOICES, device_name, positive_int
+from hatstream.commands.common import add_model_arguments, positive_int
 from hatstream.errors import HatstreamError
 
 _CLOCK = re.compile(r"(?:(\d+):)?(\d+):(\d+(?:\.\d*)?)")
@@ -62,13 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="or N frames spread evenly over the video (default: 3)")
     p.add_argument("-o", "--output", type=Path, metavar="OUT.png|OUT.html",
                    help="the preview file (default: <stem>.preview.png beside the input)")
-    p.add_argument("--model", help="built-in model name or checkpoint path (default: the bundled default)")
-    p.add_argument("--scale", type=positive_int, help="upscale factor (default: the model's; x2 for the default model)")
-    # Not add_model_arguments: a preview of a few frames has no use for --compile.
-    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES, metavar="NAME",
-                   help="compute precision: %(choices)s (default: auto)")
-    p.add_argument("--device", type=device_name,
-                   help="torch device: auto, cpu, cuda or cuda:N (default: CUDA when present)")
+    # No --compile: a preview of a few frames does not win back the compile time.
+    add_model_arguments(p, compile=False,
+                        model="built-in model name or checkpoint path (default: the bundled default)")
     p.add_argument("--codec", help="the video encoder a run would use (decides the output's pixel format)")
     p.add_argument("--pix-fmt", help="the output pixel format a run would use (default: the input's)")
     p.add_argument("--crop", type=crop_size, metavar="WxH",

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from hatstream.commands.common import (ON_ERROR_CHOICES, PROGRESS_SECONDS, Throttle, add_engine_arguments,
-                                        add_model_arguments, positive_int, seconds)
+                                        add_model_arguments, nonnegative_seconds, positive_int)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="damaged video, one of %(choices)s: stop naming the timestamp (fail, the default), or "
                         "conceal it and count it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.add_argument("--segment-seconds", type=seconds, default=None, metavar="S",
+    p.add_argument("--segment-seconds", type=nonnegative_seconds, default=None, metavar="S",
                    help="inputs longer than this run in keyframe-aligned segments of about S seconds, so an "
                         "interrupted run resumes where it stopped (default: 60; 0 turns segments off)")
     p.add_argument("--no-resume", action="store_true",

@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from hatstream.commands.common import add_engine_arguments, positive_int, positive_seconds, seconds
+from hatstream.commands.common import add_engine_arguments, nonnegative_seconds, positive_int, positive_seconds
 from hatstream.errors import HatstreamError
 
 
@@ -36,11 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run settings: a preset in pipelines/ or a .toml file (default: default)")
     p.add_argument("--poll", type=positive_seconds, default=5.0, metavar="SECONDS",
                    help="seconds between scans, more than 0 (default: 5)")
-    p.add_argument("--settle", type=seconds, default=5.0, metavar="SECONDS",
+    p.add_argument("--settle", type=nonnegative_seconds, default=5.0, metavar="SECONDS",
                    help="a file must hold still this long before it is taken (default: 5)")
     p.add_argument("--max-attempts", type=positive_int, default=3, metavar="N",
                    help="tries before a failing file is quarantined (default: 3)")
-    p.add_argument("--retry-delay", type=seconds, default=60.0, metavar="SECONDS",
+    p.add_argument("--retry-delay", type=nonnegative_seconds, default=60.0, metavar="SECONDS",
                    help="wait before retrying a failed file, doubling each time (default: 60)")
     p.add_argument("--jobs", type=positive_int, default=1, metavar="N", help="files processed at a time (default: 1)")
     add_engine_arguments(p)

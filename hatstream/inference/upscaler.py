@@ -13,9 +13,7 @@ from torch import nn
 from hatstream.errors import HatstreamError
 from hatstream.inference.heap import keep_freed_memory
 from hatstream.inference.tiling import upscale_tiled
-from hatstream.models.hat import HAT, keep_sensitive_parts_fp32, pad_heads
-from hatstream.models.hat_head import fold_head
-from hatstream.models.hat_rescale import make_fp16_safe
+from hatstream.models.registry import prepare_for_inference
 from hatstream.models.spec import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -97,9 +95,9 @@ class Upscaler:
     (the default, and the reference), or the tile side in input pixels. When a whole frame runs
     out of memory, the upscaler halves the tile until it fits and warns once.
 
-    The upscaler takes the module over: it is converted in place (device, dtype, memory format,
-    and for HAT the fp16 trunk rescaling, GPU head padding and the folded reconstruction head), so
-    pass a copy to keep the original.
+    The upscaler takes the module over: its architecture's entry in `models.registry` converts it
+    in place (device and dtype, and for HAT the fp16 trunk rescaling, GPU head padding, folded
+    head and channels-last weights), so pass a copy to keep the original.
     """
 
     def __init__(self, model: nn.Module, info: ModelInfo, device: torch.device, dtype: torch.dtype,
@@ -109,21 +107,9 @@ class Upscaler:
         self.scale = info.scale
         self.device = device
         self.dtype = dtype
-        if isinstance(model, HAT):
-            if dtype == torch.float16:
-                make_fp16_safe(model)
-            if device.type == "cuda":
-                pad_heads(model, 8)  # head dim 30 would silently take the math kernel
-            fold_head(model)  # the 2x/4x-resolution head convs become one LR conv (x4: ~10x fewer MACs)
-            # HAT's convs read (B, H, W, C) token tensors permuted to NCHW: that is already the
-            # channels-last layout, so channels-last weights spare a copy per conv.
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model.to(device=device, dtype=dtype).eval()
-        # What the model is fed: the compute dtype, except where the model takes the image wider.
-        self.input_dtype = dtype
-        if isinstance(model, HAT) and dtype == torch.bfloat16:
-            keep_sensitive_parts_fp32(self.model)  # trunk, LayerNorms, both ends: >= 50 dB from fp32
-            self.input_dtype = torch.float32
+        prepared = prepare_for_inference(model, info, device, dtype)
+        self.model = prepared.model
+        self.input_dtype = prepared.input_dtype  # what the model is fed
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.strict_attention = strict_attention_requested()

@@ -39,15 +39,6 @@ TEXT_SUBTITLES = ("subrip", "srt", "ass", "ssa", "mov_text", "webvtt", "text")
 FIX_CONTAINER = {"mp4": ".mkv", "mov": ".mkv", "webm": ".mkv", "matroska": ".mp4"}
 
 
-def _has_alpha(pix_fmt: str) -> bool:
-    try:
-        fmt = av.VideoFormat(pix_fmt)
-    except (ValueError, av.error.FFmpegError):
-        return False
-    # Four components, or two (grey + alpha, "ya8"); palettes are three colours plus an index.
-    return not fmt.has_palette and len(fmt.components) in (2, 4)
-
-
 def carry_tags(tags: dict[str, str]) -> dict[str, str]:
     """The tags worth copying to the output: all but those the muxer writes itself."""
     return {k: v for k, v in tags.items()
@@ -69,9 +60,14 @@ class CarriedStream:
         return f"{self.kind} stream #{self.index} ({self.codec})"
 
 
+# The lossless audio each output container takes, for tracks that cannot be copied (ADPCM);
+# WebM holds only Opus and Vorbis.
+LOSSLESS_AUDIO = {"matroska": "flac", "mp4": "flac", "mov": "alac", "webm": "libopus"}
+
+
 def plan_streams(inp: av.container.InputContainer, audio_codec: str = "copy",
-                 subtitles: str = "copy") -> list[CarriedStream]:
-    """Decide what happens to each stream other than the main video.
+                 subtitles: str = "copy", container: str = "matroska") -> list[CarriedStream]:
+    """Decide what happens to each stream other than the main video, for the `container` muxer.
 
     Cover art (an attached picture) is copied unchanged; other extra video streams (a second
     angle) are not carried: they are logged.
@@ -91,7 +87,17 @@ def plan_streams(inp: av.container.InputContainer, audio_codec: str = "copy",
         elif s.type == "video":
             log.warning("video stream #%d (%s) is not carried over: only the main video is upscaled", s.index, codec)
         elif s.type == "audio":
-            if audio_codec in ("copy", codec):
+            if audio_codec == "copy" and codec.startswith("adpcm_"):
+                # No container PyAV writes takes ADPCM packets (Matroska only through ACM, which
+                # FFmpeg allows below normal strictness, and PyAV checks at normal). Its decoded
+                # samples are encoded instead, this track alone, losslessly where the container
+                # has a lossless codec; the other tracks are still copied.
+                target = LOSSLESS_AUDIO.get(container, "flac")
+                log.warning("audio stream #%d (%s) cannot be copied into any container hatstream writes; "
+                            "its decoded samples are encoded as %s", s.index, codec,
+                            {"flac": "FLAC (lossless)", "alac": "ALAC (lossless)"}.get(target, "Opus"))
+                plan.append(CarriedStream(s.index, "audio", codec, "encode", target))
+            elif audio_codec in ("copy", codec):
                 plan.append(CarriedStream(s.index, "audio", codec))
             else:
                 plan.append(CarriedStream(s.index, "audio", codec, "encode", audio_codec))
@@ -124,19 +130,13 @@ def video_tags(inp: av.container.InputContainer, index: int) -> dict[str, str]:
     """The tags to set on the output video stream: the input video's, plus the timecode of a
     timecode track when the video itself does not name it.
 
-    The output has no alpha channel, so an input's alpha (VP9's in WebM, flagged only by the
-    ALPHA_MODE tag; ProRes 4444, RGBA and the like, in the pixel format) is reported once here,
-    and ALPHA_MODE is not copied: it would promise players an alpha channel that is not there.
+    ALPHA_MODE is never copied: where the output keeps alpha (VP9 yuva420p) the WebM muxer
+    writes its own, and elsewhere it would promise players an alpha channel that is not there.
+    Whether alpha is kept is the encoder's choice (`encode.choose_layout`, which warns).
     """
     stream = inp.streams[index]
     tags = carry_tags(dict(stream.metadata))
-    alpha_mode = [k for k in tags if k.lower() == "alpha_mode"]
-    pix_fmt = stream.codec_context.pix_fmt if stream.codec_context is not None else None
-    has_alpha = pix_fmt is not None and _has_alpha(pix_fmt)
-    if has_alpha or any(tags[k] not in ("", "0") for k in alpha_mode):
-        log.warning("the input's alpha channel is not carried over: only its colour is upscaled "
-                    "(the output is opaque)")
-    for k in alpha_mode:
+    for k in [k for k in tags if k.lower() == "alpha_mode"]:
         del tags[k]
     if "timecode" not in tags:
         for s in inp.streams:
@@ -144,6 +144,23 @@ def video_tags(inp: av.container.InputContainer, index: int) -> dict[str, str]:
                 tags["timecode"] = s.metadata["timecode"]
                 break
     return tags
+
+
+# FFmpeg's default channel order per channel count (av_channel_layout_default).
+_DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+
+
+def _sample_format(codec, source: str) -> str:
+    """The encoder's sample format nearest the source's: the same one, or its packed/planar twin
+    (s16p -> s16), else the encoder's first (ALAC's first is s32p, which would store 16-bit audio
+    as 32-bit)."""
+    names = [f.name for f in codec.audio_formats or []]
+    if not names:
+        return source
+    for name in (source, source.rstrip("p"), source + "p"):
+        if name in names:
+            return name
+    return names[0]
 
 
 class _Transcoder:
@@ -154,10 +171,19 @@ class _Transcoder:
         self.kind = src.type
         if self.kind == "audio":
             rate = src.codec_context.sample_rate
+            rates = av.codec.Codec(target, "w").audio_rates
+            if rates and rate not in rates:
+                # Opus runs at 48/24/16/12/8 kHz only: the nearest rate above (the resampler converts).
+                rate = min((r for r in rates if r >= rate), default=max(rates))
             self.stream = out.add_stream(target, rate=rate)
             codec = self.stream.codec_context.codec
             layout = src.codec_context.layout
-            fmt = codec.audio_formats[0].name if codec.audio_formats else src.codec_context.format.name
+            if layout.name.endswith("channels"):
+                # An unordered layout ("2 channels": AVI/WAV without a channel mask, as ADPCM
+                # camcorders write) is refused by AAC, ALAC and Opus; FFmpeg's default order for
+                # that count is what a player assumes.
+                layout = av.AudioLayout(_DEFAULT_LAYOUTS.get(layout.nb_channels, layout.name))
+            fmt = _sample_format(codec, src.codec_context.format.name)
             self.stream.codec_context.layout = layout
             self.stream.codec_context.format = fmt
             # Encoders such as AAC take fixed-size frames; the resampler rebuffers to that size.

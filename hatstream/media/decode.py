@@ -73,6 +73,8 @@ def frame_to_planes(frame: av.VideoFrame, layout: PlaneLayout) -> tuple[np.ndarr
     Frames in another pixel format (nv12, p010, rgb24, ...) are first repacked into `layout`
     by swscale; for the formats decoders actually produce that is lossless.
     """
+    if layout.has_alpha and not any(c.is_alpha for c in frame.format.components):
+        _warn_alpha_lost()
     if frame.format.name != layout.pix_fmt:
         # threads=1: FFmpeg 8.1's threaded swscale (the default, threads=0) gives slightly
         # different rows from run to run (checked with av 18.1.0: ~1-3% of small conversions).
@@ -84,6 +86,18 @@ def frame_to_planes(frame: av.VideoFrame, layout: PlaneLayout) -> tuple[np.ndarr
         arr = np.frombuffer(plane, dtype=layout.dtype, count=row * h).reshape(h, row)
         out.append(np.ascontiguousarray(arr[:, :w]))
     return tuple(out)
+
+
+_alpha_warned = False
+
+
+def _warn_alpha_lost() -> None:
+    # A reader that decodes with the stream's own decoder instead of `configure_decoder`'s gets
+    # VP8/VP9 without its alpha; swscale would then fill the alpha plane with opaque silently.
+    global _alpha_warned
+    if not _alpha_warned:
+        _alpha_warned = True
+        log.warning("frames arrived without the alpha channel the probe found; the output's alpha is opaque")
 
 
 class _Timeline:
@@ -212,8 +226,8 @@ def read_frames(info: VideoInfo, on_error: str = "fail", stats: DecodeStats | No
     deint = Deinterlacer(plan, tb) if plan is not None else None
     with open_input(info.path) as container:
         stream = container.streams[info.stream_index]
-        configure_decoder(stream)
-        for packet, frames, error in _decode_packets(container, stream, name, stats):
+        decode = configure_decoder(stream)
+        for packet, frames, error in _decode_packets(container, stream, name, stats, decode):
             slot = clock.add(packet) if clock is not None and packet.size and not packet.is_discard else None
             if error is not None:
                 where = seconds(packet.pts if packet.pts is not None else packet.dts, tb)
@@ -241,7 +255,7 @@ def read_frames(info: VideoInfo, on_error: str = "fail", stats: DecodeStats | No
     _check_complete(info, stats, timeline.last_pts)
 
 
-def _decode_packets(container, stream, name: str, stats: DecodeStats):
+def _decode_packets(container, stream, name: str, stats: DecodeStats, decode=None):
     """Yield (packet, frames, error) for every packet of `stream`, then the decoder's flush.
 
     Decoding errors are returned, not raised, so that the caller can choose to go on; a
@@ -273,7 +287,7 @@ def _decode_packets(container, stream, name: str, stats: DecodeStats):
                 end = packet.pts + (packet.duration or 0)
                 stats.end_pts = end if stats.end_pts is None else max(stats.end_pts, end)
         try:
-            frames = packet.decode()
+            frames = decode(packet) if decode is not None else packet.decode()
         except av.error.FFmpegError as exc:
             if packet.size == 0:
                 raise HatstreamError(f"{name}: the video ends in a damaged frame ({exc.strerror or exc})") from None

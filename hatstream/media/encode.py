@@ -13,7 +13,7 @@ choice: `--pix-fmt`, `--keep-chroma`, or a lossless codec (which keeps everythin
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -85,10 +85,12 @@ def default_codec(container: str, bit_depth: int) -> str:
 
 
 def playable_layout(source: PlaneLayout) -> PlaneLayout:
-    """4:2:0 YUV at the source's bit depth: what every player can decode (yuv420p, yuv420p10le, ...)."""
+    """4:2:0 YUV at the source's bit depth: what every player can decode (yuv420p, yuv420p10le, ...),
+    with an alpha plane where the source has one (yuva420p: VP9's alpha in WebM plays in browsers)."""
     depth = source.bit_depth
     name = "yuv420p" if depth <= 8 else f"yuv420p{min((d for d in (10, 12) if d >= depth), default=16)}le"
-    return PlaneLayout(name, depth, (1, 1))
+    layout = PlaneLayout(name, depth, (1, 1))
+    return (layout.with_alpha() or layout) if source.has_alpha else layout
 
 
 def choose_layout(codec: str, source: PlaneLayout, requested: str | None, keep_chroma: bool = False) -> PlaneLayout:
@@ -108,10 +110,19 @@ def choose_layout(codec: str, source: PlaneLayout, requested: str | None, keep_c
         if chosen.pix_fmt not in {lay.pix_fmt for lay in layouts}:
             raise HatstreamError(f"{codec} cannot encode {requested}; it takes "
                                  f"{', '.join(lay.pix_fmt for lay in layouts)}")
+        _warn_if_alpha_lost(codec, source, chosen)
         return chosen
     if not layouts:
         raise HatstreamError(f"{codec} takes no planar pixel format hatstream can write")
     target = source if keep_chroma or codec in LOSSLESS else playable_layout(source)
+    chosen = _closest_layout(layouts, target, source.has_alpha)
+    if chosen.bit_depth < source.bit_depth:
+        log.warning("%s cannot keep %d-bit video; writing %s", codec, source.bit_depth, chosen.pix_fmt)
+    _warn_if_alpha_lost(codec, source, chosen)
+    return chosen
+
+
+def _closest_layout(layouts: list[PlaneLayout], target: PlaneLayout, alpha: bool) -> PlaneLayout:
     for lay in layouts:
         if lay.pix_fmt == target.pix_fmt:
             return lay
@@ -126,13 +137,18 @@ def choose_layout(codec: str, source: PlaneLayout, requested: str | None, keep_c
         deep_enough = lay.bit_depth >= target.bit_depth
         (sx, sy), (tx, ty) = lay.chroma_shift, target.chroma_shift
         loses_chroma = sx > tx or sy > ty
-        return (not deep_enough, not same_kind, loses_chroma, abs(sx - tx) + abs(sy - ty),
-                abs(lay.bit_depth - target.bit_depth), lay.pix_fmt.startswith("yuvj"))
+        # Alpha is kept wherever the encoder can keep it, and never added where there is none.
+        return (not deep_enough, lay.has_alpha != alpha, not same_kind, loses_chroma,
+                abs(sx - tx) + abs(sy - ty), abs(lay.bit_depth - target.bit_depth), lay.pix_fmt.startswith("yuvj"))
 
-    chosen = min(layouts, key=rank)
-    if chosen.bit_depth < source.bit_depth:
-        log.warning("%s cannot keep %d-bit video; writing %s", codec, source.bit_depth, chosen.pix_fmt)
-    return chosen
+    return min(layouts, key=rank)
+
+
+def _warn_if_alpha_lost(codec: str, source: PlaneLayout, chosen: PlaneLayout) -> None:
+    if source.has_alpha and not chosen.has_alpha:
+        log.warning("the input's alpha channel is not carried over: %s %s has none, so the output is opaque "
+                    "(alpha is kept by .webm (VP9), --codec ffv1 in .mkv, or --codec prores_ks in .mov)",
+                    codec, chosen.pix_fmt)
 
 
 def output_colour(source: ColourSpec, layout: PlaneLayout, tags: tuple[int, int, int, int]
@@ -152,7 +168,7 @@ def output_colour(source: ColourSpec, layout: PlaneLayout, tags: tuple[int, int,
     if layout.pix_fmt.startswith("yuvj") and not spec.full_range:
         # The JPEG formats are full range by name: encoders flag them so whatever the tag says,
         # and limited-range codes shown as full range look washed out (white 235 as grey).
-        spec = ColourSpec(spec.matrix, True)
+        spec = replace(spec, full_range=True)
     colorspace = MATRIX_TAG[spec.matrix] if colorspace in (0, 2) or source.matrix == "rgb" else colorspace
     color_range = RANGE_FULL if spec.full_range else RANGE_LIMITED
     return spec, (colorspace, color_range, primaries, trc)
@@ -164,6 +180,9 @@ def resolve_encoding(settings: EncodeSettings, container: str, source: PlaneLayo
 
     HDR input (a PQ or HLG transfer) gets libx265 by default outside WebM: HEVC is what HDR10
     players expect, and x264 cannot write the mastering-display and light-level SEI.
+    Subsampled output is tagged with the chroma location it was made with (`ColourSpec.chroma`,
+    the input's): in the H.264/HEVC VUI and Matroska's ChromaSiting, through the generic
+    `chroma_sample_location` option that every encoder takes.
     """
     codec = settings.codec
     if codec is None and tags[3] in HDR_TRANSFERS and container != "webm" and source.bit_depth <= 12:
@@ -174,6 +193,8 @@ def resolve_encoding(settings: EncodeSettings, container: str, source: PlaneLayo
     options = encoder_options(codec, settings)
     if hdr is not None:
         _add_hdr_options(codec, options, hdr)
+    if not layout.is_rgb and layout.chroma_shift != (0, 0):
+        options["chroma_sample_location"] = spec.chroma
     return VideoEncoding(codec, options, layout, spec, out_tags)
 
 

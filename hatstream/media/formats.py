@@ -40,12 +40,15 @@ class PlaneLayout:
     """How one frame's samples are laid out: planar YUV (or planar GBR) at some bit depth.
 
     `chroma_shift` is (log2 horizontal, log2 vertical) subsampling, e.g. (1, 1) for 4:2:0.
+    `has_alpha`: a fourth, full-size plane of opacity follows (yuva420p, gbrap, ...); it is
+    never part of the colour maths.
     """
 
     pix_fmt: str
     bit_depth: int
     chroma_shift: tuple[int, int]
     is_rgb: bool = False
+    has_alpha: bool = False
 
     @property
     def dtype(self) -> np.dtype:
@@ -59,38 +62,57 @@ class PlaneLayout:
 
     def plane_shapes(self, width: int, height: int) -> list[tuple[int, int]]:
         """(height, width) of each plane; chroma sizes round up, as FFmpeg's do for odd sizes."""
+        alpha = [(height, width)] if self.has_alpha else []
         if self.is_rgb:
-            return [(height, width)] * 3
+            return [(height, width)] * 3 + alpha
         sx, sy = self.chroma_shift
         chroma = (-((-height) >> sy), -((-width) >> sx))
-        return [(height, width), chroma, chroma]
+        return [(height, width), chroma, chroma] + alpha
+
+    def without_alpha(self) -> "PlaneLayout":
+        """The same layout with no alpha plane (yuva420p -> yuv420p, gbrap10le -> gbrp10le)."""
+        if not self.has_alpha:
+            return self
+        name = self.pix_fmt.replace("yuva", "yuv", 1).replace("gbrap", "gbrp", 1)
+        return PlaneLayout(name, self.bit_depth, self.chroma_shift, self.is_rgb)
+
+    def with_alpha(self) -> "PlaneLayout | None":
+        """The same layout with an alpha plane, or None where FFmpeg has no such format (yuva440p)."""
+        if self.has_alpha:
+            return self
+        name = self.pix_fmt.replace("yuvj", "yuv", 1)
+        name = name.replace("yuv", "yuva", 1) if not self.is_rgb else name.replace("gbrp", "gbrap", 1)
+        found = PlaneLayout.from_pix_fmt(name)
+        return found if found is not None and found.has_alpha else None
 
     @classmethod
     def from_pix_fmt(cls, name: str) -> "PlaneLayout | None":
         """The layout of a pixel format we can work on directly, or None (use `canonical_pix_fmt`).
 
         Accepted: three-plane little-endian YUV (yuv420p, yuv422p10le, yuvj444p, ...) and GBR
-        (gbrp, gbrp12le, ...), 8 to 16 bits. Anything packed, paletted, with alpha, or
-        semi-planar (nv12, p010) is not accepted here; the decoder converts it first.
+        (gbrp, gbrp12le, ...), 8 to 16 bits, each optionally with a fourth plane of alpha
+        (yuva420p, yuva444p10le, gbrap, ...). Anything packed, paletted or semi-planar (nv12,
+        p010, rgba) is not accepted here; the decoder converts it first.
         """
         try:
             fmt = av.VideoFormat(name)
         except (ValueError, av.error.FFmpegError):
             return None
         comps = fmt.components
-        if (len(comps) != 3 or not fmt.is_planar or fmt.is_big_endian or fmt.has_palette
+        alpha = len(comps) == 4 and comps[3].is_alpha and comps[3].plane == 3
+        if (len(comps) != 3 + alpha or not fmt.is_planar or fmt.is_big_endian or fmt.has_palette
                 or fmt.is_bayer or re.search(r"f\d", name)):
             return None
-        if sorted(c.plane for c in comps) != [0, 1, 2]:
+        if sorted(c.plane for c in comps) != [0, 1, 2] + [3] * alpha:
             return None
         bits = {c.bits for c in comps}
         if len(bits) != 1 or not 8 <= next(iter(bits)) <= 16:
             return None
         if fmt.is_rgb:
-            return cls(name, bits.pop(), (0, 0), is_rgb=True)
+            return cls(name, bits.pop(), (0, 0), is_rgb=True, has_alpha=alpha)
         if not name.startswith("yuv"):
             return None
-        return cls(name, bits.pop(), _chroma_shift(fmt))
+        return cls(name, bits.pop(), _chroma_shift(fmt), has_alpha=alpha)
 
 
 def _chroma_shift(fmt: av.VideoFormat) -> tuple[int, int]:
@@ -103,29 +125,61 @@ def canonical_pix_fmt(name: str) -> str:
     """A pixel format `PlaneLayout` accepts that holds `name`'s samples without loss.
 
     Semi-planar and packed formats are repacked (nv12 -> yuv420p, p010le -> yuv420p10le,
-    rgb24 -> gbrp); alpha is dropped, since the models see three channels only.
+    rgb24 -> gbrp, rgba -> gbrap, ya8 -> yuva444p); alpha is kept as a plane of its own,
+    which the colour maths never sees. A palette's transparency is not (pal8 -> gbrp).
     """
     if PlaneLayout.from_pix_fmt(name) is not None:
         return name
     fmt = av.VideoFormat(name)
     depth = max(c.bits for c in fmt.components)
     suffix = "" if depth <= 8 else f"{min((d for d in (10, 12) if d >= depth), default=16)}le"
+    alpha = not fmt.has_palette and any(c.is_alpha for c in fmt.components)
     if fmt.is_rgb or fmt.has_palette:
-        return "gbrp" + suffix
-    if len(fmt.components) <= 2:  # gray, gray10le, ya8: luma only -> 4:4:4 with neutral chroma
-        return "yuv444p" + suffix
+        return ("gbrap" if alpha else "gbrp") + suffix
+    if len(fmt.components) - alpha <= 1:  # gray, gray10le, ya8: luma only -> 4:4:4 with neutral chroma
+        return ("yuva444p" if alpha else "yuv444p") + suffix
     base = {(1, 1): "yuv420p", (1, 0): "yuv422p", (0, 0): "yuv444p", (0, 1): "yuv440p"}.get(_chroma_shift(fmt), "yuv444p")
-    if base == "yuv440p" and suffix not in ("", "10le", "12le"):
+    if base == "yuv440p" and (alpha or suffix not in ("", "10le", "12le")):
         base = "yuv444p"
-    return base + suffix
+    name = (base.replace("yuv", "yuva", 1) if alpha else base) + suffix
+    # FFmpeg has yuva formats at 8, 9, 10, 12 (4:2:2/4:4:4 only) and 16 bits.
+    return name if PlaneLayout.from_pix_fmt(name) is not None else "yuva444p16le"
+
+
+# Where each AVChromaLocation puts a subsampled chroma sample, per axis (horizontal, vertical),
+# as a fraction of the luma block it covers: 0 co-sited with the block's first luma sample,
+# 0.5 centred in the block, 1 co-sited with its last. The offset in luma samples is the
+# fraction times (subsampling factor - 1): "left" 4:2:0 chroma sits on the even columns and
+# between each pair of rows.
+CHROMA_PHASES: dict[str, tuple[float, float]] = {
+    "left": (0.0, 0.5), "center": (0.5, 0.5), "topleft": (0.0, 0.0), "top": (0.5, 0.0),
+    "bottomleft": (0.0, 1.0), "bottom": (0.5, 1.0),
+}
+# Codecs whose untagged subsampled chroma is co-sited with the even luma columns ("left"):
+# MPEG-2 and its successors (H.264, HEVC, VVC) for 4:2:0, and every professional 4:2:2/4:1:1
+# format (ProRes, DNxHD, DV), as BT.601/709 sample them. MPEG-1, JPEG/MJPEG, MPEG-4 Part 2,
+# VP8/VP9 and the rest are taken as centred, which is FFmpeg's own default.
+LEFT_SITED_CODECS = ("h264", "hevc", "vvc", "mpeg2video", "prores", "dnxhd", "dvvideo")
+
+
+def chroma_siting(location: str, codec: str) -> str:
+    """The chroma location to convert with: the stream's own, else its codec's convention."""
+    if location in CHROMA_PHASES:
+        return location
+    return "left" if codec in LEFT_SITED_CODECS else "center"
 
 
 @dataclass(frozen=True)
 class ColourSpec:
-    """Which matrix and range turn the planes into RGB: 'bt601' / 'bt709' / 'bt2020' / ... / 'rgb'."""
+    """Which matrix and range turn the planes into RGB: 'bt601' / 'bt709' / 'bt2020' / ... / 'rgb'.
+
+    `chroma` is where subsampled chroma samples sit (a `CHROMA_PHASES` name), which the
+    chroma upsampling and subsampling follow.
+    """
 
     matrix: str
     full_range: bool
+    chroma: str = "center"
 
     @classmethod
     def from_tags(cls, colorspace: int, color_range: int, height: int, layout: PlaneLayout,

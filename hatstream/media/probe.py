@@ -11,15 +11,19 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import av
+import av.filter
+import av.logging
 
 from hatstream.errors import HatstreamError
-from hatstream.media.formats import ColourSpec, HdrMetadata, PlaneLayout, canonical_pix_fmt
+from hatstream.media.formats import ColourSpec, HdrMetadata, PlaneLayout, canonical_pix_fmt, chroma_siting
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +192,7 @@ class VideoInfo:
     field_order: str = "unknown"
     interlaced_frames: bool = False
     hdr: HdrMetadata | None = None  # mastering display and light levels, from the first frame
+    chroma_location: str = "unspecified"  # as the stream says; `colour.chroma` is what conversion uses
 
     @property
     def bit_depth(self) -> int:
@@ -284,6 +289,43 @@ def _hdr_metadata(frame: av.VideoFrame) -> HdrMetadata | None:
     return HdrMetadata.from_side_data(found.get("MASTERING_DISPLAY_METADATA"), found.get("CONTENT_LIGHT_LEVEL"))
 
 
+# AVChromaLocation names as FFmpeg prints them (libavutil/pixfmt.h, in enum order).
+CHROMA_LOCATIONS = ("unspecified", "left", "center", "topleft", "top", "bottomleft", "bottom")
+
+
+def read_chroma_location(frame: av.VideoFrame) -> str:
+    """Where the frame's subsampled chroma samples sit, as FFmpeg names it, or "unspecified".
+
+    The decoder sets AVFrame.chroma_location from the bitstream (H.264/HEVC VUI) or the
+    container (Matroska's ChromaSiting), but PyAV 18.1 exposes it on neither frames nor codec
+    contexts. FFmpeg's own `showinfo` filter prints it ("cl:topleft"), so one frame goes through
+    a showinfo graph with FFmpeg's log captured for that moment only.
+    """
+    if PlaneLayout.from_pix_fmt(canonical_pix_fmt(frame.format.name)).chroma_shift == (0, 0):
+        return "unspecified"  # 4:4:4 and RGB have no siting
+    before = av.logging.get_level()
+    try:
+        graph = av.filter.Graph()
+        src = graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
+                               time_base=Fraction(1, 1000))
+        show, sink = graph.add("showinfo"), graph.add("buffersink")
+        src.link_to(show)
+        show.link_to(sink)
+        graph.configure()
+        with av.logging.Capture() as logs:
+            av.logging.set_level(av.logging.INFO)
+            try:
+                graph.push(frame)
+                graph.pull()
+            finally:
+                av.logging.set_level(before)
+    except (av.error.FFmpegError, ValueError) as exc:
+        log.debug("chroma location not read: %s", exc)
+        return "unspecified"
+    found = re.search(r"\bcl:(\w+)", "".join(text for _, _, text in logs))
+    return found.group(1) if found and found.group(1) in CHROMA_LOCATIONS else "unspecified"
+
+
 def probe(path: Path) -> VideoInfo:
     """Describe the input's main video stream, decoding its first frame to be sure it decodes.
 
@@ -322,10 +364,13 @@ def probe(path: Path) -> VideoInfo:
             log.info("%s: its video packets carry decode times only (pts == dts with B-frames); "
                      "presentation times are rebuilt from them", name)
             rebuilt = True
+        location = read_chroma_location(frame)
+        colour = ColourSpec.from_tags(tags[0], tags[1], frame.height, layout, frame.width)
+        colour = replace(colour, chroma=chroma_siting(location, cc.name))
         return VideoInfo(
             path=Path(path), container=container.format.name, stream_index=stream.index,
             codec=cc.name, width=frame.width, height=frame.height, pix_fmt=pix_fmt, layout=layout,
-            colour=ColourSpec.from_tags(tags[0], tags[1], frame.height, layout, frame.width), colour_tags=tags,
+            colour=colour, colour_tags=tags,
             time_base=Fraction(tb), average_rate=Fraction(stream.average_rate) if stream.average_rate else None,
             frames=frames, frames_exact=exact, duration=duration, start_time=start,
             display_matrix=matrix, rotation=float(frame.rotation or 0) if matrix else 0.0,
@@ -334,15 +379,16 @@ def probe(path: Path) -> VideoInfo:
             field_order=FIELD_ORDERS[order] if 0 <= order < len(FIELD_ORDERS) else "unknown",
             interlaced_frames=bool(frame.interlaced_frame),
             hdr=_hdr_metadata(frame),
+            chroma_location=location,
         )
 
 
 def first_frame(container: av.container.InputContainer, stream, name: str) -> av.VideoFrame:
     """Decode the first frame of `stream`, translating every FFmpeg failure into HatstreamError."""
-    configure_decoder(stream)
+    decode = configure_decoder(stream)
     try:
         for packet in container.demux(stream):
-            for frame in packet.decode():
+            for frame in decode(packet):
                 return frame
     except av.error.DecoderNotFoundError:
         raise HatstreamError(f"{name}: no decoder for its {stream.codec_context.name} video") from None
@@ -351,8 +397,32 @@ def first_frame(container: av.container.InputContainer, stream, name: str) -> av
     raise HatstreamError(f"{name}: its video stream has no decodable frames (truncated or empty?)")
 
 
-def configure_decoder(stream) -> None:
-    """Bounded slice threading for a video decoder.
+# VP8/VP9 in WebM/Matroska keep alpha as a second bitstream in each block's BlockAdditional
+# (which reaches the decoder as packet side data), flagged by the track's AlphaMode. FFmpeg's own
+# vp8/vp9 decoders ignore it and return opaque yuv420p; libvpx's decoders decode it (yuva420p).
+_ALPHA_DECODERS = {"vp8": "libvpx", "vp9": "libvpx-vp9"}
+
+
+def alpha_decoder_name(stream) -> str | None:
+    """The decoder to use instead of FFmpeg's default one so that the stream's alpha is decoded, or None."""
+    name = _ALPHA_DECODERS.get(stream.codec_context.name)
+    flagged = any(k.lower() == "alpha_mode" and v.strip() not in ("", "0") for k, v in stream.metadata.items())
+    if name is None or not flagged:
+        return None
+    try:
+        av.codec.Codec(name, "r")
+    except (av.error.FFmpegError, ValueError):
+        log.warning("this FFmpeg build has no %s decoder: the video's alpha channel cannot be read", name)
+        return None
+    return name
+
+
+def configure_decoder(stream) -> Callable[[av.Packet], list]:
+    """Bounded slice threading for a video decoder; returns the `decode(packet) -> frames` to use.
+
+    That is `packet.decode` (the stream's own decoder) except for VP8/VP9 with alpha, which get
+    a libvpx decoder of their own (`alpha_decoder_name`); every reader of the video must decode
+    through the returned callable, or its frames differ in pixel format from the probe's.
 
     Slice threading reports a damaged packet on the packet itself, so errors can name the
     right timestamp; frame threading reports it frames later. Decoding is not the bottleneck
@@ -360,6 +430,13 @@ def configure_decoder(stream) -> None:
     """
     stream.thread_type = "SLICE"
     stream.thread_count = ffmpeg_threads()
+    name = alpha_decoder_name(stream)
+    if name is None:
+        return lambda packet: packet.decode()
+    cc = av.CodecContext.create(name, "r")
+    cc.thread_count = ffmpeg_threads()
+    # The packets keep their stream's time base; the frames' pts are the packets' own.
+    return cc.decode
 
 
 def seconds(pts: int | None, time_base: Fraction) -> float:

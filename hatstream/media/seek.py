@@ -50,7 +50,7 @@ def spread_times(info: VideoInfo, count: int) -> list[float]:
     return [length * (i + 0.5) / count for i in range(count)]
 
 
-def _decode_to(container, stream, info: VideoInfo, target: int, seek: bool):
+def _decode_to(container, stream, info: VideoInfo, target: int, seek: bool, decode=None):
     """The last decoded frame with pts <= target, decoding from the keyframe before `target`.
 
     Returns (pts, frame, before, after) with the frames decoded just before and after it (None at
@@ -65,7 +65,7 @@ def _decode_to(container, stream, info: VideoInfo, target: int, seek: bool):
     before = None
     for packet in container.demux(stream):
         try:
-            decoded = packet.decode()
+            decoded = decode(packet) if decode is not None else packet.decode()
         except av.error.FFmpegError as exc:
             where = float((packet.pts or 0) * info.time_base) - info.start_time
             raise HatstreamError(f"{info.path.name}: damaged video packet at {where:.3f}s "
@@ -108,8 +108,8 @@ def _decode_from_start(info: VideoInfo, target: int):
     """
     with open_input(info.path) as container:
         stream = container.streams[info.stream_index]
-        configure_decoder(stream)
-        return _decode_to(container, stream, info, target, seek=False)
+        decode = configure_decoder(stream)
+        return _decode_to(container, stream, info, target, seek=False, decode=decode)
 
 
 def frames_at(info: VideoInfo, times: list[float], deinterlace: DeinterlacePlan | None = None) -> list[SeekFrame]:
@@ -126,12 +126,12 @@ def frames_at(info: VideoInfo, times: list[float], deinterlace: DeinterlacePlan 
     out = []
     with open_input(info.path) as container:
         stream = container.streams[info.stream_index]
-        configure_decoder(stream)
+        decode = configure_decoder(stream)
         tb = info.time_base
         start_pts = stream.start_time if stream.start_time is not None else 0
         for t in times:
             target = start_pts + math.floor(t / tb + 1e-6)  # the epsilon keeps 0.04s/(1/25) from flooring to 0
-            found = _decode_to(container, stream, info, target, seek=True)
+            found = _decode_to(container, stream, info, target, seek=True, decode=decode)
             if found is None:
                 found = _decode_from_start(info, target)
             if found is None:

@@ -83,6 +83,20 @@ def _container_options(container: str, info: VideoInfo) -> dict[str, str]:
     return {}
 
 
+# Encoders whose bitstream holds the sample aspect ratio (the H.264/HEVC VUI).
+_SAR_IN_BITSTREAM = ("libx264", "libx265")
+
+
+def _warn_if_aspect_lost(container: str, codec: str, sar) -> None:
+    # Matroska stores the display size from the AVStream's own aspect ratio, which PyAV 18.1
+    # cannot set (only the codec context's); MP4/MOV write their `pasp` box from the codec's.
+    # So in MKV/WebM only a bitstream that carries it keeps it: VP9, AV1 and FFV1 come out square.
+    if container in ("matroska", "webm") and codec not in _SAR_IN_BITSTREAM and sar and sar != 1:
+        fix = "use .mp4 or .mov" if container == "webm" else "use --codec libx264 or libx265, or .mp4/.mov"
+        log.warning("%s in %s cannot keep the input's sample aspect ratio %s: the output shows square pixels "
+                    "(%s)", codec, "WebM" if container == "webm" else "Matroska", sar, fix)
+
+
 def plan_output(info: VideoInfo, output: Path, scale: int, settings: EncodeSettings,
                 audio_codec: str = "copy", subtitles: str = "copy") -> OutputPlan:
     """Resolve the encoder and the carried streams for `output`, refusing what cannot work.
@@ -97,8 +111,9 @@ def plan_output(info: VideoInfo, output: Path, scale: int, settings: EncodeSetti
         raise HatstreamError(f"{encoding.layout.pix_fmt} needs even sizes, but the output would be "
                              f"{width}x{height}; use --pix-fmt with 4:4:4 (e.g. yuv444p) or another scale")
     with open_input(info.path) as inp:
-        plan = plan_streams(inp, audio_codec, subtitles)
+        plan = plan_streams(inp, audio_codec, subtitles, container)
         tags = tuple(video_tags(inp, info.stream_index).items())
+    _warn_if_aspect_lost(container, encoding.codec, info.sample_aspect_ratio)
     draft = OutputPlan(container, encoding, width, height, tuple(plan), tags)
     kept = check_streams(info.path, container, plan, lambda out: _add_video(out, info, draft))
     return OutputPlan(container, encoding, width, height, tuple(kept), tags)

@@ -1,6 +1,8 @@
-"""Explicit registries: the architectures a checkpoint can be, and the built-in models by name.
+"""Explicit registries: the architectures a model can be, and the built-in models by name.
 
-Both are plain lists/dicts written out here; nothing registers itself at import time.
+Both are plain lists/dicts written out here; nothing registers itself at import time. Each
+architecture entry carries its builder and its `prepare`, so that what its ModelInfo claims
+(fp16, bf16) is done by the entry itself, and the upscaler stays generic.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from hatstream.errors import HatstreamError
 from hatstream.models import detect
 from hatstream.models.bicubic import Bicubic
 from hatstream.models.checkpoint import read_state_dict
-from hatstream.models.hat import HAT, relative_position_index_oca, relative_position_index_sa
+from hatstream.models.hat import (HAT, keep_sensitive_parts_fp32, pad_heads, relative_position_index_oca,
+                                  relative_position_index_sa)
+from hatstream.models.hat_head import fold_head
+from hatstream.models.hat_rescale import make_fp16_safe
 from hatstream.models.spec import ModelInfo
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -69,26 +74,78 @@ def _check_keys(cls, cfg, state: dict, source: str) -> None:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """A module converted for inference, and the dtype its input is fed in."""
+
+    model: nn.Module
+    input_dtype: torch.dtype  # the compute dtype, except where the model takes the image wider
+
+
+def prepare_plain(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Prepared:
+    """Any module: on `device`, in `dtype`, in eval mode."""
+    return Prepared(model.to(device=device, dtype=dtype).eval(), dtype)
+
+
+def prepare_hat(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Prepared:
+    """HAT for inference, in place: what makes `supports_fp16` and `supports_bf16` true.
+
+    fp16: the trunk is rescaled first, while still fp32 (it overflows plain fp16). On a GPU the
+    heads are padded to 8 dims (head dim 30 would silently take the math attention kernel). Every
+    precision gets the folded reconstruction head (x4: ~10x fewer MACs) and channels-last weights:
+    HAT's convs read (B, H, W, C) token tensors permuted to NCHW, which is already the channels-last
+    layout, so this spares a copy per conv. bf16 keeps the trunk, the LayerNorms and both ends in
+    fp32 (>= 50 dB from fp32), so the image is fed in fp32.
+    """
+    if not isinstance(model, HAT):
+        raise TypeError(f"prepare_hat needs a HAT, not {type(model).__name__}")
+    if dtype == torch.float16:
+        make_fp16_safe(model)
+    if device.type == "cuda":
+        pad_heads(model, 8)
+    fold_head(model)
+    model = model.to(memory_format=torch.channels_last).to(device=device, dtype=dtype).eval()
+    if dtype == torch.bfloat16:
+        keep_sensitive_parts_fp32(model)
+        return Prepared(model, torch.float32)
+    return Prepared(model, dtype)
+
+
+@dataclass(frozen=True)
 class Architecture:
-    """A network family a checkpoint can be recognised as."""
+    """A network family: how to prepare it for inference and, for checkpoint families, how to
+    recognise and build one from a state dict."""
 
-    name: str
-    recognise: Callable[[dict], bool]
-    build: Callable[[dict, str], tuple[nn.Module, ModelInfo]]
+    name: str  # ModelInfo.arch of the models it builds
+    prepare: Callable[[nn.Module, torch.device, torch.dtype], Prepared]
+    recognise: Callable[[dict], bool] | None = None  # None: not read from checkpoints
+    build: Callable[[dict, str], tuple[nn.Module, ModelInfo]] | None = None
 
 
+# Checkpoints are recognised in this order; the first entry whose `recognise` accepts wins.
 ARCHITECTURES: list[Architecture] = [
-    Architecture("HAT", detect.is_hat, build_hat),
+    Architecture("HAT", prepare_hat, detect.is_hat, build_hat),
+    Architecture("bicubic", prepare_plain),  # built by load_builtin, from a scale
 ]
+
+
+def prepare_for_inference(model: nn.Module, info: ModelInfo, device: torch.device,
+                          dtype: torch.dtype) -> Prepared:
+    """Convert `model` (in place) as the entry for `info.arch` says; any other module is only
+    moved and cast."""
+    for arch in ARCHITECTURES:
+        if arch.name == info.arch:
+            return arch.prepare(model, device, dtype)
+    return prepare_plain(model, device, dtype)
 
 
 def build_from_state_dict(state: dict[str, torch.Tensor], source: str) -> tuple[nn.Module, ModelInfo]:
     """Recognise the architecture of `state` and build the loaded network."""
-    for arch in ARCHITECTURES:
+    families = [a for a in ARCHITECTURES if a.recognise is not None]
+    for arch in families:
         if arch.recognise(state):
             return arch.build(state, source)
     sample = ", ".join(list(state)[:3])
-    expected = " or ".join(a.name for a in ARCHITECTURES)
+    expected = " or ".join(a.name for a in families)
     raise HatstreamError(
         f"{source} is not a {expected} checkpoint: expected keys such as {detect.REQUIRED_KEYS[2]}, "
         f"found {sample}{', ...' if len(state) > 3 else ''}"

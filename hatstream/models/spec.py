@@ -16,8 +16,8 @@ class ModelInfo:
     scale: int
     window_multiple: int = 1  # inputs are padded to a multiple of this
     supports_bf16: bool = True
-    # Whether hatstream can run the model in fp16. For HAT only through trunk rescaling
-    # (`hatstream.models.hat_rescale`): its unnormalised trunk overflows plain fp16.
+    # Whether hatstream can run the model in fp16. For HAT only because its registry entry's
+    # `prepare` rescales the trunk (`hatstream.models.hat_rescale`): it overflows plain fp16.
     supports_fp16: bool = False
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
     source: str = "built-in"

@@ -17,8 +17,11 @@ CONFIG_FILE = "config.json"  # in the run folder: the run's settings, and what e
 _RELEASED = dict(window_size=16, overlap_ratio=0.5, mlp_ratio=2.0, img_range=1.0, upsampler="pixelshuffle",
                  resi_connection="1conv")
 
-# Architecture presets by name; `upscale` is added from the training scale.
-ARCHITECTURES: dict[str, dict] = {
+# The bundled models' family: one group, two heads, window 8 (see "hat-tiny" below for why).
+_TINY = dict(embed_dim=32, num_heads=(2,), window_size=8, compress_ratio=2, squeeze_factor=16, mlp_ratio=2.0)
+
+# Training presets: HAT architectures by name; `upscale` is added from the training scale.
+TRAIN_PRESETS: dict[str, dict] = {
     "hat-s": dict(_RELEASED, embed_dim=144, depths=(6,) * 6, num_heads=(6,) * 6, compress_ratio=24,
                   squeeze_factor=24),
     "hat": dict(_RELEASED, embed_dim=180, depths=(6,) * 6, num_heads=(6,) * 6, compress_ratio=3,
@@ -28,23 +31,18 @@ ARCHITECTURES: dict[str, dict] = {
     # The bundled models: chosen for CPU speed. One group (OCAB per group is the costliest block
     # at this width), window 8, and a 16-wide reconstruction head, because at x4 the head's
     # convolutions run at 2x and 4x resolution and would otherwise outweigh the whole trunk.
-    "hat-tiny": dict(embed_dim=32, depths=(4,), num_heads=(2,), window_size=8, compress_ratio=2,
-                     squeeze_factor=16, mlp_ratio=2.0, num_feat=16),
+    "hat-tiny": dict(_TINY, depths=(4,), num_feat=16),
     # hat-tiny with a 32-wide head, for x4: the head's linear upsampling chain folds into one
     # LR-resolution convolution at inference (models.hat_head), so its width costs little there.
-    "hat-tiny-wide": dict(embed_dim=32, depths=(4,), num_heads=(2,), window_size=8, compress_ratio=2,
-                          squeeze_factor=16, mlp_ratio=2.0, num_feat=32),
+    "hat-tiny-wide": dict(_TINY, depths=(4,), num_feat=32),
     # One more block than hat-tiny-wide: what the x4 frame time affords once the head is folded.
-    "hat-tiny-plus": dict(embed_dim=32, depths=(5,), num_heads=(2,), window_size=8, compress_ratio=2,
-                          squeeze_factor=16, mlp_ratio=2.0, num_feat=32),
+    "hat-tiny-plus": dict(_TINY, depths=(5,), num_feat=32),
     # Issue 17: deeper, to spend the peer's (waifu2x's) frame time. Both grow from the bundled
     # weights without changing their output (train.trainer.load_init: blocks start as the identity,
     # the 16-wide x2 head widens to 32). x2: ~1.5x hat-tiny-x2's frame; x4: waifu2x's x4 is two x2
     # passes (~5x its x2 time), so depth 10 leaves room.
-    "hat-tiny-d8": dict(embed_dim=32, depths=(8,), num_heads=(2,), window_size=8, compress_ratio=2,
-                        squeeze_factor=16, mlp_ratio=2.0, num_feat=32),
-    "hat-tiny-d10": dict(embed_dim=32, depths=(10,), num_heads=(2,), window_size=8, compress_ratio=2,
-                         squeeze_factor=16, mlp_ratio=2.0, num_feat=32),
+    "hat-tiny-d8": dict(_TINY, depths=(8,), num_feat=32),
+    "hat-tiny-d10": dict(_TINY, depths=(10,), num_feat=32),
     # For tests and smoke runs only: seconds per hundred iterations.
     "hat-micro": dict(embed_dim=16, depths=(1,), num_heads=(1,), window_size=8, compress_ratio=2,
                       squeeze_factor=8, mlp_ratio=2.0, num_feat=8),
@@ -53,10 +51,10 @@ ARCHITECTURES: dict[str, dict] = {
 
 def hat_config(arch: str, scale: int) -> HATConfig:
     """The HATConfig of architecture preset `arch` at `scale`."""
-    if arch not in ARCHITECTURES:
-        raise HatstreamError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    if arch not in TRAIN_PRESETS:
+        raise HatstreamError(f"unknown architecture {arch!r}; choose one of {', '.join(TRAIN_PRESETS)}")
     try:
-        return HATConfig(upscale=scale, **ARCHITECTURES[arch])
+        return HATConfig(upscale=scale, **TRAIN_PRESETS[arch])
     except ValueError as exc:
         raise HatstreamError(f"architecture {arch} at x{scale}: {exc}") from None
 
@@ -121,7 +119,7 @@ class TrainConfig:
         if self.start not in ("random", "bilinear"):
             raise HatstreamError(f"start must be 'random' or 'bilinear', got {self.start!r}")
         hat_config(self.arch, self.scale)  # validates the name early
-        window = ARCHITECTURES[self.arch]["window_size"]
+        window = TRAIN_PRESETS[self.arch]["window_size"]
         if self.patch % window:
             raise HatstreamError(f"patch {self.patch} must be a multiple of {self.arch}'s window ({window})")
 

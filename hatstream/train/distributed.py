@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hatstream.errors import HatstreamError
 from hatstream.train.config import TrainConfig
-from hatstream.train.trainer import LATEST, Progress, Trainer
+from hatstream.train.trainer import LATEST, ProgressCallback, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def _worker_loop(config: dict) -> None:
 class _LogFollower(threading.Thread):
     """Reads new lines of log.jsonl and passes training events to `progress`."""
 
-    def __init__(self, path: Path, progress: Progress):
+    def __init__(self, path: Path, progress: ProgressCallback):
         super().__init__(daemon=True)
         self.path, self.progress = path, progress
         self.stop = threading.Event()
@@ -65,7 +65,7 @@ class _LogFollower(threading.Thread):
             self.poll()
 
 
-def train_distributed(cfg: TrainConfig, resume: bool = False, progress: Progress | None = None,
+def train_distributed(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | None = None,
                       use_gpu: bool = False) -> Path:
     """Train with `cfg.workers` Ray workers (on `cfg.address`, or a local Ray); returns the checkpoint."""
     try:

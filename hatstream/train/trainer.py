@@ -38,7 +38,7 @@ from hatstream.train.schedule import make_scheduler, set_resumed_lr
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[dict], None]
+ProgressCallback = Callable[[dict], None]
 STATE_FILE = "training_state.pt"
 LATEST = "net_g_latest.pth"
 
@@ -282,7 +282,7 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------
 
-    def fit(self, progress: Progress | None = None) -> Path | None:
+    def fit(self, progress: ProgressCallback | None = None) -> Path | None:
         """Train to `cfg.iters`; returns the last checkpoint path (rank 0) or None (other ranks).
 
         `progress` gets a dict after every step: iter, iters, loss (running mean since the last
@@ -323,16 +323,7 @@ class Trainer:
         return ckpt
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: Progress | None = None) -> Path:
+def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | None = None) -> Path:
     """Train in this process (one worker); returns the final checkpoint path."""
     return Trainer(cfg, resume=resume).fit(progress)
 
-
-def export_weights(checkpoint: str | Path, out: str | Path) -> Path:
-    """Write a checkpoint's EMA weights (or params) as a .safetensors file for shipping."""
-    from safetensors.torch import save_file
-
-    state = read_state_dict(checkpoint)
-    with atomic_output(Path(out)) as tmp:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-    return Path(out)

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hatstream.media.encode import EncodeSettings
+from hatstream.pipeline.options import EncodeSettings
 from hatstream.pipeline.run import RunConfig
 
 INTERRUPTED = 130
@@ -207,15 +207,12 @@ class _Reporter:
             logging.getLogger(__name__).warning("no thumbnail for %s: %s", output, exc)
 
 
-def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str]) -> int:
     """Run the job described by argv[1]; returns the exit status described in the module docstring."""
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    from hatstream.errors import HatstreamError, interrupt_on_sigterm
+
+    interrupt_on_sigterm()
     logging.basicConfig(level=logging.WARNING, format="hatstream job: %(levelname)s: %(message)s", stream=sys.stderr)
-    from hatstream.errors import HatstreamError
     from hatstream.pipeline.run import run_file
 
     try:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hatstream.errors import HatstreamError
-from hatstream.media.encode import CONTAINERS, EncodeSettings
+from hatstream.pipeline.options import CONTAINERS, ON_ERROR, PRECISIONS, EncodeSettings
 from hatstream.pipeline.run import RunConfig
 
 # Presets shipped beside the package in a source checkout (the systemd unit runs from one).
@@ -32,7 +32,7 @@ PRESET_DIR = Path(__file__).resolve().parents[2] / "pipelines"
 FOLDER_FILE = "hatstream.toml"
 DEFAULT_CONTAINER = ".mkv"  # for inputs (.avi, .ts, ...) whose container cannot be written
 
-_CHOICES = {"precision": ("auto", "fp32", "bf16", "fp16"), "on_error": ("fail", "conceal")}
+_CHOICES = {"precision": PRECISIONS, "on_error": ON_ERROR}
 _TYPES = {"model": str, "scale": int, "precision": str, "batch": int, "container": str,
           "audio_codec": str, "subtitles": str, "on_error": str, "description": str}
 _ENCODE_TYPES = {"codec": str, "crf": int, "preset": str, "pix_fmt": str}

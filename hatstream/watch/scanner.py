@@ -40,8 +40,10 @@ class Candidate:
         return (self.rel, self.size, self.mtime_ns)
 
 
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+def inside(path: str | Path, root: str | Path) -> bool:
+    """Whether `path` is `root` or below it, by name (resolve links first where that matters)."""
+    path, root = Path(path), Path(root)
+    return path == root or root in path.parents
 
 
 def _ignored_name(name: str) -> bool:
@@ -59,19 +61,19 @@ def scan(in_dir: Path, out_dir: Path) -> list[Candidate]:
         keep = []
         for name in sorted(dirnames):
             real = os.path.realpath(os.path.join(dirpath, name))
-            if _ignored_name(name) or not _inside(real, root) or _inside(real, out_real) or real in seen_dirs:
+            if _ignored_name(name) or not inside(real, root) or inside(real, out_real) or real in seen_dirs:
                 continue
             seen_dirs.add(real)
             keep.append(name)
         dirnames[:] = keep  # os.walk descends only into what is left here
-        if _inside(os.path.realpath(dirpath), out_real):
+        if inside(os.path.realpath(dirpath), out_real):
             continue
         for name in filenames:
             if _ignored_name(name) or Path(name).suffix.lower() not in VIDEO_EXTENSIONS:
                 continue
             full = os.path.join(dirpath, name)
             real = os.path.realpath(full)
-            if not _inside(real, root) or _inside(real, out_real):
+            if not inside(real, root) or inside(real, out_real):
                 log.debug("skipping %s: it leads outside the watched folder", full)
                 continue
             try:

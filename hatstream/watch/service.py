@@ -30,7 +30,7 @@ from hatstream.errors import HatstreamError
 from hatstream.watch.job import JobProcess
 from hatstream.watch.ledger import STATE_DIR, Job, Ledger
 from hatstream.watch.presets import load_preset, settings_for
-from hatstream.watch.scanner import Candidate, Settler, scan
+from hatstream.watch.scanner import Candidate, Settler, inside, scan
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +77,6 @@ class _Running:
     started: float = field(default_factory=time.monotonic)
 
 
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
-
-
 def _field(value) -> str:
     text = str(value)
     return json.dumps(text) if not text or any(ch in text for ch in ' "=\n\t') else text
@@ -118,7 +114,7 @@ class Watcher:
     def _check_dirs(self) -> None:
         if not self.in_dir.is_dir():
             raise HatstreamError(f"{self.config.in_dir} is not a folder")
-        if _inside(self.in_dir, self.out_dir):
+        if inside(self.in_dir, self.out_dir):
             # Everything under OUT_DIR is ignored, so this watcher would never see a file.
             raise HatstreamError("IN_DIR must not be OUT_DIR or inside it")
         (self.out_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
@@ -173,7 +169,7 @@ class Watcher:
             return None
         output = Path(job.output)
         rel = _relative(os.path.relpath(output, self.out_dir)) if output.is_absolute() else None
-        if rel is None or not _inside(Path(os.path.realpath(output.parent)), self.out_dir):
+        if rel is None or not inside(Path(os.path.realpath(output.parent)), self.out_dir):
             log.warning("job %d names the output %s, outside %s; ignored", job.id, output, self.out_dir)
             return None
         return output
