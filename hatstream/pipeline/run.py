@@ -70,6 +70,7 @@ class RunResult:
     note: str | None = None        # why the run started over instead of resuming
     deinterlaced: str | None = None  # what deinterlacing did, for the summary line
     container_note: str | None = None  # why the output is in another container than the input
+    clipped: int | None = None     # source pixels the output's code range could not hold; None: not counted
 
     @property
     def fps(self) -> float:
@@ -98,7 +99,7 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
     deint = plan_deinterlace(info, config.deinterlace)
     # torch takes seconds to import; bad input has been refused by now without it.
     from hatstream.inference import load_model
-    from hatstream.pipeline.stage import FrameFormat, temporal_filter, upscale_planes
+    from hatstream.pipeline.stage import ClipCounter, FrameFormat, temporal_filter, upscale_planes
 
     if config.output is not None:
         container_for(config.output)  # an unusable extension is refused before the model loads
@@ -142,21 +143,25 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
             # The driver's model is a CPU fp32 copy; the precision asked for is what the actors use.
             settings = run_settings(config.model, model, job, config.segment_seconds, ray_precision=config.precision)
         else:
-            executor = InProcess(upscaler_for(job, model))
+            clipped = ClipCounter()
+            executor = InProcess(upscaler_for(job, model, clipped))
             settings = run_settings(config.model, model, job, config.segment_seconds)
         if on_start is not None:
             on_start(info.frames, info.frames_exact)
         done = run_resumable(job, segments, executor, output, settings, config.resume, info.frames,
                              info.frames_exact, on_progress, overwrite=config.overwrite)
+        # Ray actors do not report clipping (yet); in this process it covers the segments computed now.
         return RunResult(output=output, frames=done.frames, seconds=time.perf_counter() - started, repaired=0,
                          dropped=0, model=model.info.name, resumed=done.resumed, note=done.note,
                          encoding=f"{plan.encoding.codec} {plan.encoding.layout.pix_fmt}",
-                         deinterlaced=deint.describe() if deint else None, container_note=container_note)
+                         deinterlaced=deint.describe() if deint else None, container_note=container_note,
+                         clipped=None if on_ray else clipped.total)
 
     src = FrameFormat(info.layout, info.colour)
     dst = FrameFormat(plan.encoding.layout, plan.encoding.colour)
     temporal = temporal_filter(dst, model.scale) if config.temporal else None
     stats = DecodeStats()
+    clipped = ClipCounter()
     with atomic_output(output, config.overwrite) as tmp:
         writer = VideoWriter(tmp, info, plan)
         try:
@@ -172,7 +177,8 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
                 from hatstream.pipeline.ray_engine import run_ray
                 frames = run_ray(decoded, model, src, dst, write, _ray_options(config), temporal=temporal, **common)
             else:
-                frames = run_stages(decoded, lambda batch: upscale_planes(batch, model, src, dst, temporal=temporal),
+                frames = run_stages(decoded, lambda batch: upscale_planes(batch, model, src, dst, temporal=temporal,
+                                                                        clipped=clipped),
                                     write, **common)
             if frames != stats.frames:  # every decoded frame must have been written; never drop one
                 raise RuntimeError(f"{stats.frames} frames decoded but {frames} written")
@@ -183,4 +189,4 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
                      repaired=stats.repaired, dropped=stats.dropped, model=model.info.name,
                      encoding=f"{plan.encoding.codec} {plan.encoding.layout.pix_fmt}",
                      problems=tuple(stats.problems), deinterlaced=deint.describe() if deint else None,
-                     container_note=container_note)
+                     container_note=container_note, clipped=None if on_ray else clipped.total)

@@ -335,13 +335,14 @@ def _with_temporal(job: SegmentJob, upscale: Callable[[list[tuple]], list[tuple]
     return lambda batch: [steady(planes) for planes in upscale(batch)]
 
 
-def upscaler_for(job: SegmentJob, model) -> Callable[[list[tuple]], list[tuple]]:
-    """The `upscale` callable for `encode_segment`: `upscale_planes` with the job's formats."""
+def upscaler_for(job: SegmentJob, model, clipped=None) -> Callable[[list[tuple]], list[tuple]]:
+    """The `upscale` callable for `encode_segment`: `upscale_planes` with the job's formats,
+    counting into `clipped` (a `stage.ClipCounter`) what the output's range cannot hold."""
     from hatstream.pipeline.stage import FrameFormat, upscale_planes
 
     src = FrameFormat(job.info.layout, job.info.colour)
     dst = FrameFormat(job.plan.encoding.layout, job.plan.encoding.colour)
-    return lambda batch: upscale_planes(batch, model, src, dst)
+    return lambda batch: upscale_planes(batch, model, src, dst, clipped=clipped)
 
 
 def count_packets(path: Path) -> int:
