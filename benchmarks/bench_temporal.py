@@ -10,6 +10,8 @@ Quality: `hatstream eval-video`'s scoring (`score_clip`) on --frames consecutive
 
     .venv/bin/python benchmarks/bench_temporal.py --cost
     .venv/bin/python benchmarks/bench_temporal.py --clip box.mp4 --start 100 --frames 40 --json-out box.json
+    .venv/bin/python benchmarks/bench_temporal.py --clip cup.mp4 --start 60 --picture benchmarks/temporal_edge.png \
+        --picture-frame 9 --picture-box 230 270 160 120 --picture-only
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ def main() -> int:
     p.add_argument("--picture", type=Path, help="write a PNG crop of a moving edge (first --clip)")
     p.add_argument("--picture-frame", type=int, default=10)
     p.add_argument("--picture-box", type=int, nargs=4, default=(0, 0, 160, 120), metavar=("X", "Y", "W", "H"))
+    p.add_argument("--picture-only", action="store_true", help="write the picture without scoring the clips")
     p.add_argument("--json-out", type=Path)
     args = p.parse_args()
     report: dict = {}
@@ -112,7 +115,7 @@ def main() -> int:
     if args.clip:
         from hatstream.inference import load_model
         model = load_model(args.model, device="cpu", precision="fp32")
-    for clip in args.clip:
+    for clip in [] if args.picture_only else args.clip:
         frames = read_clip(clip, args.start, args.frames)
         scores = score_clip(frames, model.scale, model)
         print(format_table(f"{clip.name}, frames {args.start}-{args.start + len(frames) - 1}, {frames[0].shape[1]}x"

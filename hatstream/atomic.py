@@ -1,8 +1,16 @@
-"""Write-then-rename output files, so nothing half-written ever appears at an output path."""
+"""Write-then-rename output files, so nothing half-written ever appears at an output path.
+
+One durability rule for every write-then-rename here (`durable_replace`): the file's data is
+fsynced before the rename, and its folder after it. Without the first, a power cut can leave
+the new name pointing at an empty or partial file (the rename reached the disk, the data did
+not); without the second, the rename itself may be lost, and a manifest that already counts
+the file would name one that is not there.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import tempfile
@@ -10,6 +18,46 @@ from pathlib import Path
 from typing import Iterator
 
 from hatstream.errors import HatstreamError
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder's entry list makes a rename durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a whole file, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def durable_replace(tmp: Path, dest: Path) -> None:
+    """Rename the finished file `tmp` onto `dest` durably: fsync it, rename, fsync the folder."""
+    fsync_path(tmp)
+    os.replace(tmp, dest)
+    fsync_path(Path(dest).parent)
+
+
+def write_durably(path: Path, data: bytes | str, suffix: str = ".tmp") -> None:
+    """Replace `path` with `data`: written beside it as `<name><suffix>`, then `durable_replace`d."""
+    path = Path(path)
+    tmp = path.with_name(path.name + suffix)
+    try:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+        durable_replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def check_output_path(output: Path, inputs: list[Path] | tuple[Path, ...] = (), overwrite: bool = False) -> None:
@@ -56,7 +104,7 @@ def partial_files(output: Path) -> list[Path]:
 
 def _publish(tmp: Path, output: Path, overwrite: bool) -> None:
     if overwrite:
-        os.replace(tmp, output)
+        durable_replace(tmp, output)
         return
     # The check before the run (check_output_path) can be minutes stale: another job may have
     # written the same path since. A hard link is created only if the name is free, atomically,
@@ -70,9 +118,10 @@ def _publish(tmp: Path, output: Path, overwrite: bool) -> None:
         # Filesystems without hard links (FAT, some network mounts): the best left is a fresh check.
         if output.exists():
             raise appeared from None
-        os.replace(tmp, output)
+        durable_replace(tmp, output)
         return
     tmp.unlink()
+    fsync_path(output.parent)  # the new name (the data was fsynced before the link)
 
 
 @contextlib.contextmanager
@@ -94,8 +143,7 @@ def atomic_output(output: Path, overwrite: bool = True) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        fsync_path(tmp)
         # mkstemp creates the file 0600; give it the permissions any other tool's output would
         # have (0666 less the umask), or finished files would be readable by their owner only.
         os.chmod(tmp, 0o666 & ~_umask())

@@ -63,3 +63,20 @@ def test_super_whites_and_blacks_survive_the_model_in_limited_range(tmp_path):
     full = FrameFormat(PlaneLayout.from_pix_fmt("yuv420p"), ColourSpec("bt709", True))
     (fy, _, _), = upscale_planes([(y, chroma, chroma)], model, fmt, full, torch.device("cpu"))
     assert fy[:, :16].min() == 255 and fy[:, -16:].max() == 0
+
+
+def test_the_summary_says_how_many_pixels_the_full_range_output_clipped(tmp_path):
+    # 2 frames with 12x8 super-white pixels each: a yuvj420p output has no code above 255 for them.
+    def planes(i):
+        y = np.full((48, 64), 128, np.uint8)
+        y[:8, :12] = 250
+        return y, np.full((24, 32), 128, np.uint8), np.full((24, 32), 128, np.uint8)
+    src = make_video(tmp_path / "hot.mkv", Clip(frames=2, planes=planes, colour_tags=(1, 1, 1, 1)))
+    proc = run_cli(src, "-o", tmp_path / "out.mp4", "--model", "bicubic", "--codec", "libx264", "--crf", "0",
+                   "--pix-fmt", "yuvj420p")
+    assert proc.returncode == 0, proc.stderr
+    assert "192 pixel(s) clipped to the output's range" in proc.stdout, proc.stdout
+    # A limited-range output keeps them, and says nothing.
+    proc = run_cli(src, "-o", tmp_path / "kept.mkv", "--model", "bicubic", "--codec", "ffv1")
+    assert proc.returncode == 0, proc.stderr
+    assert "clipped" not in proc.stdout, proc.stdout

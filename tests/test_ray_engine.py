@@ -316,6 +316,14 @@ def _segment_job(clip: Path, out: Path):
     return SegmentJob(info, plan_output(info, out, 2, LOSSLESS)), (Segment(0, None, None),), model
 
 
+def run_ray_segments(job, segments, model, out, options):
+    """The segment runner with the Ray executor, as `run_file` uses it for `--engine ray --address`."""
+    from hatstream.pipeline.ray_engine import RaySegments
+    from hatstream.pipeline.resume import run_resumable
+
+    return run_resumable(job, segments, RaySegments(model, options), out, settings=())
+
+
 @pytest.fixture(scope="module")
 def slow_clip(tmp_path_factory) -> Path:
     """One segment that takes several seconds to encode, a frame at a time."""
@@ -323,7 +331,7 @@ def slow_clip(tmp_path_factory) -> Path:
 
 
 def test_a_segment_that_makes_progress_is_not_timed_out(slow_clip, tmp_path, local_ray, caplog):
-    from hatstream.pipeline.ray_engine import RayOptions, run_ray_segments
+    from hatstream.pipeline.ray_engine import RayOptions
 
     out = tmp_path / "out.mkv"
     job, segments, model = _segment_job(slow_clip, out)
@@ -340,26 +348,28 @@ def test_a_segment_that_makes_progress_is_not_timed_out(slow_clip, tmp_path, loc
         pytest.skip(f"the segment took only {took:.1f} s")
 
 
-def test_an_input_missing_on_the_worker_fails_at_once(clip, tmp_path, local_ray, caplog):
-    import shutil
+def test_a_damaged_input_fails_at_once_on_the_worker(tmp_path, local_ray, caplog):
+    # Workers decode the segment's packets the driver sent them: damage found there is the input's,
+    # and no retry could fix it.
+    from test_run_errors import _damaged_clip
 
-    from hatstream.pipeline.ray_engine import RayOptions, run_ray_segments
+    from hatstream.pipeline.ray_engine import RayOptions
 
-    src = Path(shutil.copy(clip, tmp_path / "gone.mkv"))
+    _, src = _damaged_clip(tmp_path, "mjpeg")
     out = tmp_path / "out.mkv"
     job, segments, model = _segment_job(src, out)
-    src.unlink()  # planned on the driver, then gone from the shared storage
     caplog.set_level(logging.WARNING, logger="hatstream.pipeline.ray_engine")
-    with pytest.raises(HatstreamError, match=r"^segment 0: .*gone.mkv cannot be read on node") as error:
+    with pytest.raises(HatstreamError, match=r"^segment 0: bad.mkv: damaged video packet at 0.400s") as error:
         run_ray_segments(job, segments, model, out, RayOptions(workers=2, device="cpu"))
     assert "times" not in str(error.value) and "running it again" not in caplog.text
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # Nothing at the output path; the work folder stays, as after any failure, for a rerun.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.mkv.hatstream-work", "bad.mkv", "good.mkv"]
 
 
 def test_segment_folders_left_by_a_killed_run_are_removed(clip, tmp_path, local_ray):
     import fcntl
 
-    from hatstream.pipeline.ray_engine import RayOptions, run_ray_segments
+    from hatstream.pipeline.ray_engine import RayOptions
 
     stale, live = tmp_path / ".hatstream-segments-dead", tmp_path / ".hatstream-segments-live"
     for folder in (stale, live):

@@ -46,11 +46,12 @@ def _manifest(out) -> dict | None:
         return None
 
 
-def _kill_after(src, out, segments: int, *extra) -> dict:
-    """Start a segmented run, SIGKILL it once `segments` are recorded; returns the manifest it left."""
+def _kill_after(src, out, segments: int, *extra, wait: float = 120) -> dict:
+    """Start a segmented run, SIGKILL it once `segments` are recorded (within `wait` s); returns the
+    manifest it left."""
     proc = popen_cli(src, "-o", out, *SEGMENTED, *extra)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + wait
         while time.monotonic() < deadline and proc.poll() is None:
             manifest = _manifest(out)
             if manifest and len(manifest["done"]) >= segments:

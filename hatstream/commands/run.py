@@ -149,18 +149,19 @@ def run(args: argparse.Namespace) -> int:
     dropped = f", {result.dropped} frame(s) lost" if result.dropped else ""
     resumed = f", {result.resumed} more resumed from an interrupted run" if result.resumed else ""
     deinterlaced = f", {result.deinterlaced}" if result.deinterlaced else ""
+    clipped = f", {result.clipped} pixel(s) clipped to the output's range" if result.clipped else ""
     if args.json:
         print(json.dumps({"event": "done", "output": str(result.output), "frames": result.frames,
                           "seconds": round(result.seconds, 3), "fps": round(result.fps, 3),
                           "repaired": result.repaired, "dropped": result.dropped, "model": result.model,
                           "encoding": result.encoding, "problems": list(result.problems),
                           "resumed": result.resumed, "note": result.note, "deinterlaced": result.deinterlaced,
-                          "container_note": result.container_note}), flush=True)
+                          "container_note": result.container_note, "clipped": result.clipped}), flush=True)
     else:
         if result.note:
             print(f"hatstream: {result.note}", file=sys.stderr, flush=True)
         if result.container_note:
             print(f"hatstream: {result.container_note}", file=sys.stderr, flush=True)
         print(f"hatstream: {result.frames - result.resumed} frames in {result.seconds:.1f}s ({result.fps:.2f} fps)"
-              f"{resumed}{repaired}{dropped}{deinterlaced} -> {result.output}", flush=True)
+              f"{resumed}{repaired}{dropped}{deinterlaced}{clipped} -> {result.output}", flush=True)
     return 0

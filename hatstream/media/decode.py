@@ -15,9 +15,12 @@ either stops the run with the timestamp in the message (`on_error="fail"`), or, 
 
 from __future__ import annotations
 
+import contextlib
 import heapq
+import io
 import logging
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Iterator
 
 import av
@@ -46,6 +49,22 @@ class Frame:
     pts: int
     planes: tuple[np.ndarray, ...]
     repaired: bool = False
+
+
+@dataclass(frozen=True)
+class Remuxed:
+    """A stretch of the video stream's packets, stream-copied into a NUT file in memory: what a node
+    that cannot read the input decodes instead (see `read_frames`' `source`).
+
+    NUT stores no negative timestamps, so its muxer shifts a file whose first dts is negative
+    (B-frames) forward; `first_pts`, the input pts of the first packet, undoes that shift.
+    NUT has no discard flag either: `hidden` lists the pts of packets the input's demuxer flagged
+    discard (pre-roll an MP4 edit list hides), whose frames the decoder would have dropped.
+    """
+
+    data: bytes
+    first_pts: int
+    hidden: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -207,27 +226,58 @@ class _Clock:
 
 
 def read_frames(info: VideoInfo, on_error: str = "fail", stats: DecodeStats | None = None,
-                deinterlace: str = "auto") -> Iterator[Frame]:
+                deinterlace: str = "auto", window: tuple[int | None, int | None] | None = None,
+                source: Remuxed | None = None) -> Iterator[Frame]:
     """Decode `info`'s video stream, yielding `Frame`s in presentation order.
 
     `deinterlace` is 'auto', 'on' or 'off' (see `hatstream.media.deinterlace`). Raises
     HatstreamError for damage (unless `on_error="conceal"`), for timestamps that go backwards,
     and for a file that ends before the frame count or duration it declares.
+
+    `window=(start, end)` decodes only the frames with `start <= pts < end` (None: the file's
+    start or end), as one segment of a whole-file run: decoding begins at the keyframe packet
+    whose pts is `start` (after a backward seek); frames a decoder returns with an earlier pts
+    (leading pictures of an open GOP) belong to the segment before, which decodes them from its
+    own references, so they are dropped here. Decoders return frames in pts order, so the first
+    frame at or past `end` ends the window. Deinterlacing sees every decoded frame, the dropped
+    ones too, so the frames at a window's edges get the same neighbours as in a whole-file run.
+    The completeness check is the planner's then (`segments.plan_segments`), made once for all.
+
+    `source`, with a window: the window's video packets, remuxed into a NUT file in memory
+    (`segments.segment_payload`), read instead of `info.path` (which then need not exist here),
+    their timestamps put back into the input's time base.
     """
     if on_error not in ON_ERROR:
         raise HatstreamError(f"unknown --on-error {on_error!r}; choose {' or '.join(ON_ERROR)}")
     stats = stats if stats is not None else DecodeStats()
     conceal = on_error == "conceal"
     name, tb = info.path.name, info.time_base
+    start, end = window if window is not None else (None, None)
     timeline = _Timeline(stats, info)
     elementary = any(n in ELEMENTARY_DEMUXERS for n in info.container.split(","))
     clock = _Clock(from_zero=elementary) if info.rebuilt_pts else None
     plan = plan_deinterlace(info, deinterlace)
     deint = Deinterlacer(plan, tb) if plan is not None else None
-    with open_input(info.path) as container:
-        stream = container.streams[info.stream_index]
+
+    hidden = source.hidden if source is not None else frozenset()
+
+    def wanted(frame: av.VideoFrame) -> bool:
+        if frame.pts in hidden:
+            return False
+        return start is None or frame.pts is None or frame.pts >= start
+
+    def past_end(frame: av.VideoFrame) -> bool:
+        return end is not None and frame.pts is not None and frame.pts >= end
+
+    with _open_video(info, source) as (container, stream):
         decode = configure_decoder(stream)
-        for packet, frames, error in _decode_packets(container, stream, name, stats, decode):
+        if start is not None and source is None:
+            # backward=True lands on the keyframe at or before `start`; the packets before our
+            # keyframe are then skipped without being decoded (`_decode_packets`).
+            container.seek(start, backward=True, any_frame=False, stream=stream)
+        retime = _Retime(Fraction(stream.time_base) / tb, source.first_pts) if source is not None else None
+        ended = False
+        for packet, frames, error in _decode_packets(container, stream, name, stats, decode, start, retime, tb):
             slot = clock.add(packet) if clock is not None and packet.size and not packet.is_discard else None
             if error is not None:
                 where = seconds(packet.pts if packet.pts is not None else packet.dts, tb)
@@ -242,35 +292,98 @@ def read_frames(info: VideoInfo, on_error: str = "fail", stats: DecodeStats | No
             for frame in frames:
                 if clock is not None:
                     frame.pts = clock.next()
-                if deint is None:
-                    yield from _place(frame, timeline, stats, info, conceal)
-                    continue
-                for out in deint.feed(frame):
-                    yield from _place(out, timeline, stats, info, conceal)
-        if deint is not None:
+                for out in (deint.feed(frame) if deint is not None else (frame,)):
+                    if past_end(out):
+                        ended = True
+                        break
+                    if wanted(out):
+                        yield from _place(out, timeline, stats, info, conceal)
+                if ended:
+                    break
+            if ended:
+                break
+        if deint is not None and not ended:
             for out in deint.flush():
-                yield from _place(out, timeline, stats, info, conceal)
+                if past_end(out):
+                    break
+                if wanted(out):
+                    yield from _place(out, timeline, stats, info, conceal)
         yield from timeline.finish()
     stats.frames = timeline.index
-    _check_complete(info, stats, timeline.last_pts)
+    if window is None:
+        _check_complete(info, stats, timeline.last_pts)
 
 
-def _decode_packets(container, stream, name: str, stats: DecodeStats, decode=None):
+@contextlib.contextmanager
+def _open_video(info: VideoInfo, source: Remuxed | None):
+    """(container, video stream) of the input, or of a segment's packets remuxed into NUT in memory."""
+    if source is None:
+        with open_input(info.path) as container:
+            yield container, container.streams[info.stream_index]
+        return
+    # Our own remux (segments.segment_payload), so the format is known and forced.
+    with av.open(io.BytesIO(source.data), "r", format="nut") as container:
+        yield container, container.streams.video[0]
+
+
+class _Retime:
+    """Timestamps of a remuxed stretch (`Remuxed`) back on the input's clock, exactly.
+
+    NUT keeps each stream in a time base that divides the one it was given (FFmpeg's
+    `ff_choose_timebase` only refines it), so the rescale is exact; then the muxer's shift is
+    undone, from the first packet, whose input pts is known.
+    """
+
+    def __init__(self, ratio: Fraction, first_pts: int):
+        self.ratio, self.first_pts, self.shift = ratio, first_pts, None
+
+    def _exact(self, value: int | None) -> int | None:
+        if value is None:
+            return None
+        out = value * self.ratio
+        if out.denominator != 1:  # cannot happen (see above); never round a timestamp silently
+            raise RuntimeError(f"timestamp {value} x {self.ratio} is not exact")
+        return int(out) - self.shift
+
+    def __call__(self, packet: av.Packet) -> None:
+        if self.shift is None:
+            if packet.pts is None:
+                return
+            self.shift = 0
+            self.shift = self._exact(packet.pts) - self.first_pts
+        packet.pts, packet.dts = self._exact(packet.pts), self._exact(packet.dts)
+
+
+def _decode_packets(container, stream, name: str, stats: DecodeStats, decode=None, from_pts: int | None = None,
+                    retime: _Retime | None = None, time_base: Fraction | None = None):
     """Yield (packet, frames, error) for every packet of `stream`, then the decoder's flush.
 
     Decoding errors are returned, not raised, so that the caller can choose to go on; a
-    demuxing error (the container itself is broken) always ends the run.
+    demuxing error (the container itself is broken) always ends the run. With `from_pts`,
+    packets before the keyframe at that pts are skipped, undecoded. `retime` puts each packet
+    of a remuxed stretch back on the input's clock (`time_base`) before it is decoded, so its
+    frames come out with the input's own pts.
     """
     demux = container.demux(stream)
     last = None
+    tb = time_base if time_base is not None else Fraction(stream.time_base)
+    started = from_pts is None
     while True:
         try:
             packet = next(demux)
         except StopIteration:
             return
         except av.error.FFmpegError as exc:
-            where = f" after {seconds(last, stream.time_base):.3f}s" if last is not None else ""
+            where = f" after {seconds(last, tb):.3f}s" if last is not None else ""
             raise HatstreamError(f"{name}: the container is damaged{where} ({exc.strerror or exc})") from None
+        if retime is not None and packet.size:
+            retime(packet)
+        if not started:
+            if packet.size and (packet.pts is None or not packet.is_keyframe or packet.pts < from_pts):
+                continue
+            if packet.size and packet.pts > from_pts:
+                raise HatstreamError(f"{name}: cannot seek to the keyframe at {seconds(from_pts, tb):.3f}s")
+            started = True
         # The demuxer ends with an empty packet whose only job is to flush the decoder. It is
         # recognised by its size, not by a missing dts: B-frame MKV keyframes have no dts either.
         if packet.pts is not None:

@@ -55,6 +55,7 @@ class VideoEncoding:
     layout: PlaneLayout
     colour: ColourSpec
     colour_tags: tuple[int, int, int, int]  # colorspace, range, primaries, transfer
+    threads: int = 0  # FFmpeg encoder threads; 0: `probe.ffmpeg_threads()` (see `probe.encoder_threads`)
 
 
 def container_for(path: Path) -> str:
@@ -258,8 +259,9 @@ def add_video_stream(out: av.container.OutputContainer, enc: VideoEncoding, widt
     if sample_aspect_ratio:
         cc.sample_aspect_ratio = sample_aspect_ratio
     stream.options = dict(enc.options)
-    # FFmpeg's own encoder threads: bounded, for the same reason as the decoder's.
-    cc.thread_count = ffmpeg_threads()
+    # FFmpeg's own encoder threads: always explicit and bounded, for the same reason as the
+    # decoder's; more only where the model leaves the cores free (`probe.encoder_threads`).
+    cc.thread_count = enc.threads or ffmpeg_threads()
     if display_matrix is not None:
         stream.set_display_matrix(list(display_matrix))
     for key, value in metadata.items():

@@ -104,6 +104,21 @@ def ffmpeg_threads() -> int:
     return max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
+def encoder_threads(model_on_cpu: bool, cores: int | None = None, streams: int = 1) -> int:
+    """Threads for each video encoder: the cores the model does not use, shared by `streams` encoders.
+
+    On a CPU run the model keeps the cores and the encoder gets `ffmpeg_threads()`. When the
+    model runs on an accelerator the CPUs are the encoder's, less one for decoding and one for
+    the driver: libx264 `medium` at 2160p does about 0.6 fps per core, so a GPU that upscales
+    at 15 fps needs some 26 of them, and a fixed cap of 4 left such a run at a sixth of the
+    model's speed. `streams` encoders running side by side (one per GPU on a node) split them.
+    """
+    cores = cores or os.cpu_count() or 1
+    if model_on_cpu:
+        return max(1, min(4, cores // 4))
+    return max(1, min(64, (cores - 2) // max(1, streams)))
+
+
 def check_input_path(path: Path) -> Path:
     """Require `path` to be an existing, non-empty, regular local file; return it resolved."""
     path = Path(path)

@@ -146,6 +146,20 @@ def _add_copied_video(out: av.container.OutputContainer, info: VideoInfo, plan: 
     return stream
 
 
+class _NoCarrier:
+    """The carrier of a video-only intermediate (a segment): the input is never opened, so a node
+    that cannot see it writes one all the same."""
+
+    def mux_until(self, t: float) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class VideoWriter:
     """Writes the planned output to `path` (the caller makes it a temporary path).
 
@@ -155,9 +169,11 @@ class VideoWriter:
 
     With `encoded` (an input video stream already in the planned encoding, e.g. a finished
     segment), the video is not encoded: `write_packet` muxes that stream's packets unchanged.
+    With `carry=False` nothing of the input is carried (no streams, no container tags), and the
+    input file is never opened.
     """
 
-    def __init__(self, path: Path, info: VideoInfo, plan: OutputPlan, encoded=None):
+    def __init__(self, path: Path, info: VideoInfo, plan: OutputPlan, encoded=None, carry: bool = True):
         self.plan = plan
         self.copying = encoded is not None
         # A `file:` URL, as for inputs (`probe.open_input`): a name with a colon (`x:y.mkv`, or the
@@ -168,7 +184,7 @@ class VideoWriter:
             # Every stream is added before the first mux: the header freezes them.
             self.stream = (_add_copied_video(self.out, info, plan, encoded) if self.copying
                            else _add_video(self.out, info, plan))
-            self.carrier = Carrier(info.path, self.out, list(plan.streams))
+            self.carrier = Carrier(info.path, self.out, list(plan.streams)) if carry else _NoCarrier()
         except BaseException:
             self.out.close()
             raise

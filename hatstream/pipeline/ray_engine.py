@@ -23,10 +23,13 @@ loop runs in its decode thread, in place of the decoder, and pulls from the deco
   A batch that fails `max_attempts` times fails the run with the last error; a batch that takes
   longer than `batch_timeout` counts as failed and its actor is restarted, so nothing hangs. An
   error of the input itself (missing, damaged, unsupported) fails at once: no retry can fix it.
-- **Segment mode** (`run_ray_segments`, for clusters of several machines): the same actors take
-  whole keyframe-aligned segments (`segments.encode_segment` on their node) and send back the
-  encoded file, so compressed bytes cross the network, not frames; the driver joins them in
-  order without re-encoding (`segments.assemble`).
+- **Segment mode** (`RaySegments`, for clusters of several machines): the executor of the one
+  segment runner (`resume.run_resumable`). The same actors take whole keyframe-aligned segments,
+  as the segment's video packets remuxed in memory by the driver (`segments.segment_payload`), run
+  `segments.encode_segment` on their node and send back the encoded file: compressed bytes cross
+  the network both ways, never frames, and no worker opens the input. The runner records them
+  in its work folder (so farm runs resume) and joins them in order without re-encoding
+  (`segments.assemble`).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from hatstream.inference import Upscaler, resolve_device
 from hatstream.inference.precision import resolve_precision
 from hatstream.media.colour import planes_to_tensors, tensors_to_planes
 from hatstream.media.decode import Frame
+from hatstream.media.probe import encoder_threads
 from hatstream.models.registry import build_from_state_dict, load_builtin
 from hatstream.models.spec import ModelInfo
 from hatstream.pipeline.engine import Progress, batches, run_stages
@@ -222,22 +226,30 @@ class UpscaleWorker:
                 os._exit(1)
             raise
 
-    def encode_segment(self, job, segment) -> tuple[Any, bytes]:
-        """Decode, upscale and encode one segment of `job`'s input on this node; its file comes back as bytes."""
+    def encode_segment(self, job, segment, payload) -> tuple[Any, bytes]:
+        """Decode, upscale and encode one segment of `job`'s input from its `payload` (the segment's video
+        packets, `segments.segment_payload`); the encoded file comes back as bytes. The input path is
+        never opened here: the node need not see it."""
         from hatstream.pipeline.segments import encode_segment, segment_path
 
-        if not Path(job.info.path).is_file():
-            raise HatstreamError(f"{job.info.path} cannot be read on node {ray.util.get_node_ip_address()}: "
-                                 "segment mode needs the input at the same path on every node")
         self._progress = (segment.index, 0)
+        # The driver's machine is not this one: the encoder's threads follow this node's cores,
+        # shared with the other GPU actors it holds.
+        threads = encoder_threads(self.device.type == "cpu", streams=self._node_gpus())
+        job = replace(job, plan=replace(job.plan, encoding=replace(job.plan.encoding, threads=threads)))
 
         def progress(p: Progress) -> None:
             self._progress = (segment.index, p.frames)  # one tuple: `heartbeat` reads it from its thread
 
         with tempfile.TemporaryDirectory(prefix="hatstream-segment-") as folder:
             encoded = encode_segment(job, segment, self.upscale, segment_path(Path(folder), segment.index),
-                                     progress)
+                                     progress, source=payload)
             return encoded, encoded.path.read_bytes()
+
+    @staticmethod
+    def _node_gpus() -> int:
+        node = ray.get_runtime_context().get_node_id()
+        return next((int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n["NodeID"] == node), 1) or 1
 
     @ray.method(concurrency_group=HEARTBEAT)
     def heartbeat(self) -> tuple[int, int]:
@@ -462,6 +474,11 @@ def _connect(options: RayOptions) -> bool:
         return False
     common = {"configure_logging": False, "log_to_driver": False}
     if options.address is not None:
+        host = options.address.removeprefix("ray://").rsplit(":", 1)[0]
+        if host in ("127.0.0.1", "localhost"):
+            # A cluster on loopback (tests, a one-machine farm): its nodes know themselves as
+            # 127.0.0.1, and a driver that took the interface address would find no node of its own.
+            common["_node_ip_address"] = "127.0.0.1"
         ray.init(address=options.address, **common)
         return True
     # Logical CPUs are scheduling tokens: make room for every actor even on a small machine.
@@ -554,8 +571,8 @@ def run_ray(frames: Iterable[Frame], model: Upscaler, src: FrameFormat, dst: Fra
 
 
 def _remove_stale_segment_folders(folder: Path) -> None:
-    """Remove the segment folders that killed runs (SIGKILL, power cut) left in `folder`; live runs hold
-    the lock inside theirs."""
+    """Remove the segment folders that killed Ray runs of earlier versions (SIGKILL, power cut) left in
+    `folder`; live runs hold the lock inside theirs. Segment runs now use the resumable work folder."""
     for stale in folder.glob(SEGMENTS_PREFIX + "*"):
         # A folder made in the last minute may belong to a run that does not hold its lock yet.
         if stale.is_symlink() or not stale.is_dir() or not _older_than(stale, 60.0):
@@ -576,66 +593,47 @@ def _older_than(path: Path, seconds: float) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _held(folder: Path) -> Iterator[None]:
-    """Hold the lock in a segment folder for as long as the run uses it."""
-    with open(folder / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+class RaySegments:
+    """The Ray executor of the segment runner (`resume.run_resumable`): whole segments on the actors.
 
+    The driver stream-copies each segment's video packets into a small NUT file in memory
+    (`segments.segment_payload`) and puts it into the object store; an actor decodes,
+    upscales and encodes it on its own node and sends back the encoded file. Compressed bytes
+    cross the network both ways, never frames, and no node but the driver's opens the input,
+    so no shared storage is needed. The runner checks what comes back against its SHA-256 and
+    records it in the work folder like any other segment, so a farm run resumes as a local one
+    does.
 
-def run_ray_segments(job, segments: Sequence, model: Upscaler, output: Path, options: RayOptions = RayOptions(),
-                     total: int = 0, exact: bool = False, on_progress: Callable[[Progress], None] | None = None,
-                     overwrite: bool = True):
-    """Segment mode, for clusters of several machines: whole segments go to the actors, files come back.
-
-    `job` is a `segments.SegmentJob` and `segments` its keyframe-aligned `Segment`s. Each actor
-    decodes, upscales and encodes a segment on its own node (`segments.encode_segment`), so
-    compressed bytes cross the network, not frames; the input must be readable at the same path
-    on every node (shared storage). The files land in a temporary folder beside `output`, are
-    checked against their SHA-256, and are joined in order into `output` (atomically) without
-    re-encoding, with the input's audio, subtitles and chapters (`segments.assemble`). A segment
-    whose actor or node is lost is re-run elsewhere; one that comes back twice is kept once. A
-    segment fails for time only after `options.stall_timeout` s without a new frame (actors
-    report progress), and one that fails on its input (missing, damaged) fails the run at once.
-    The folder is locked while in use, so a later run removes it when a kill left it behind.
-    Not resumable yet: returns a `resume.ResumeOutcome` with nothing resumed.
+    Memory stays bounded whatever the video's length: a segment is remuxed only when an actor
+    is free for it, so at most one payload per actor is in flight, and it is freed once its
+    result is in. A lost node costs at most the segment its actor held, which is re-run
+    elsewhere from the same payload; one that comes back twice is kept once (by the runner). A
+    segment may take an hour on a CPU, so it fails for time only after `options.stall_timeout`
+    s without a new frame (actors report progress), and one that fails on its input (damaged)
+    fails the run at once.
     """
-    from hatstream.atomic import atomic_output
-    from hatstream.pipeline.resume import ResumeOutcome
-    from hatstream.pipeline.segments import assemble, file_sha256, segment_path
 
-    src = FrameFormat(job.info.layout, job.info.colour)
-    dst = FrameFormat(job.plan.encoding.layout, job.plan.encoding.colour)
-    started = time.perf_counter()
-    done: dict[int, Any] = {}
-    frames = 0
-    _remove_stale_segment_folders(Path(output).parent)
-    with tempfile.TemporaryDirectory(dir=Path(output).parent, prefix=SEGMENTS_PREFIX) as tmp, \
-            _held(Path(tmp)), _workers(options, model, src, dst) as actors:
-        folder = Path(tmp)
-        # One segment per actor at a time: a lost node then costs at most one segment per actor. A
-        # segment may take an hour on a CPU, so it fails for time only when its frames stop coming.
-        pool = WorkerPool(actors, 1, options.max_attempts, options.stall_timeout, method="encode_segment",
-                          heartbeat=True)
-        todo = list(segments)
-        while todo or pool.busy:
-            while todo and pool.has_room():
-                segment = todo.pop(0)
-                pool.submit(_Job(segment.index, (job, segment), 0, f"segment {segment.index}"))
-            for _, (encoded, data) in pool.poll(timeout=_POLL):
-                if encoded.index in done:
-                    continue
-                path = segment_path(folder, encoded.index)
-                path.write_bytes(data)
-                if file_sha256(path) != encoded.sha256:
-                    raise HatstreamError(f"segment {encoded.index} arrived damaged from its Ray worker")
-                done[encoded.index] = replace(encoded, path=path)
-                frames += encoded.frames
-                if on_progress is not None:
-                    on_progress(Progress(frames, max(total, frames), exact, time.perf_counter() - started))
-        with atomic_output(output, overwrite) as partial:
-            written = assemble(job, [done[s.index] for s in segments], partial)
-            if written != frames:  # every frame exactly once
-                raise RuntimeError(f"{frames} frames encoded on the Ray workers but {written} assembled")
-    return ResumeOutcome(written, 0, written, len(segments))
+    def __init__(self, model: Upscaler, options: RayOptions = RayOptions()):
+        self.model = model
+        self.options = options
+
+    def encode(self, job, segments: Sequence, folder: Path, on_progress: Callable[[int], None]) -> Iterator:
+        """Run `segments` on the actors; yield each `SegmentResult` as it comes back (any order)."""
+        from hatstream.pipeline.segments import SegmentResult, segment_payload
+
+        _remove_stale_segment_folders(Path(folder).parent)
+        src = FrameFormat(job.info.layout, job.info.colour)
+        dst = FrameFormat(job.plan.encoding.layout, job.plan.encoding.colour)
+        with _workers(self.options, self.model, src, dst) as actors:
+            pool = WorkerPool(actors, 1, self.options.max_attempts, self.options.stall_timeout,
+                              method="encode_segment", heartbeat=True)
+            todo = list(segments)
+            while todo or pool.busy:
+                while todo and pool.has_room():
+                    segment = todo.pop(0)
+                    # One object per segment, shared by its retries; dropped with the job.
+                    payload = ray.put(segment_payload(job.info, segment))
+                    pool.submit(_Job(segment.index, (job, segment, payload), 0, f"segment {segment.index}"))
+                    log.debug("segment %d sent to the Ray workers", segment.index)
+                for _, (encoded, data) in pool.poll(timeout=_POLL):
+                    yield SegmentResult(encoded, data)

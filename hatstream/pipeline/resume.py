@@ -19,6 +19,11 @@ the segments are assembled, so changing them never costs the upscaled video.
 
 Nothing appears at the output path until the assembly is complete (`hatstream.atomic`), and
 the work folder is removed once the output is in place.
+
+One runner (`run_resumable`) serves every engine, as one queue and one record of finished
+segments drained by an interchangeable executor: `InProcess` here, `ray_engine.RaySegments` on
+Ray actors. Only where a segment is computed differs; planning, the manifest, the check of
+what comes back and the assembly are the same, so a farm run resumes like a local one.
 """
 
 from __future__ import annotations
@@ -34,14 +39,14 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
-from hatstream.atomic import atomic_output, partial_files
+from hatstream.atomic import atomic_output, file_sha256, partial_files, write_durably
 from hatstream.errors import HatstreamError
 from hatstream.media.deinterlace import plan_deinterlace
 from hatstream.pipeline.engine import Progress
-from hatstream.pipeline.segments import (EncodedSegment, Segment, SegmentJob, assemble, count_packets,
-                                         encode_segment, file_sha256, fsync_path, segment_path)
+from hatstream.pipeline.segments import (EncodedSegment, Segment, SegmentJob, SegmentResult, assemble,
+                                         count_packets, encode_segment, segment_path)
 
 log = logging.getLogger(__name__)
 
@@ -163,17 +168,6 @@ def work_dir(output: Path) -> Path:
     """The work folder of an output: `.<output name>.hatstream-work` beside it."""
     output = Path(output)
     return output.with_name(f".{output.name}.hatstream-work")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` durably: write beside it, fsync, rename, fsync the folder."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_path(path.parent)
 
 
 def _make_folder(folder: Path) -> None:
@@ -340,7 +334,7 @@ class WorkFolder:
                 entry.unlink()  # a symlink goes, never what it points at
 
     def _save(self) -> None:
-        _write_atomic(self.folder / "manifest.json", self.manifest.to_json())
+        write_durably(self.folder / "manifest.json", self.manifest.to_json())
 
     def record(self, segment: EncodedSegment) -> None:
         """Add a finished (already fsynced) segment to the manifest, durably."""
@@ -348,38 +342,88 @@ class WorkFolder:
         self._save()
 
 
-def run_resumable(job: SegmentJob, segments: tuple[Segment, ...], upscale: Callable[[list[tuple]], list[tuple]],
+class SegmentExecutor(Protocol):
+    """Where segments are computed: this process (`InProcess`), or Ray actors (`ray_engine.RaySegments`).
+
+    `encode` computes `segments` (those the work folder lacks, in order) and yields a
+    `SegmentResult` for each as it finishes, in any order. An executor may yield a segment twice
+    (a retried task whose first try finished after all); the runner keeps the first. It may write
+    into `folder` only at `segment_path(folder, index)` and only complete files, or send bytes
+    instead. `on_progress(frames)` may report frames written of the segment being computed.
+    The runner closes the iterator when it stops early, so an executor releases what it holds in
+    a `finally` (or a `with`) around its loop.
+    """
+
+    def encode(self, job: SegmentJob, segments: Sequence[Segment], folder: Path,
+               on_progress: Callable[[int], None]) -> Iterator[SegmentResult]: ...
+
+
+class InProcess:
+    """The executor that computes each segment here, one after another, with `upscale`."""
+
+    def __init__(self, upscale: Callable[[list[tuple]], list[tuple]]):
+        self.upscale = upscale
+
+    def encode(self, job: SegmentJob, segments: Sequence[Segment], folder: Path,
+               on_progress: Callable[[int], None]) -> Iterator[SegmentResult]:
+        """Encode each segment straight into its file in `folder` (see `SegmentExecutor`)."""
+        for segment in segments:
+            yield SegmentResult(encode_segment(job, segment, self.upscale, segment_path(folder, segment.index),
+                                               lambda p: on_progress(p.frames)))
+
+
+def _fingerprint(path: Path) -> InputFingerprint:
+    try:
+        return InputFingerprint.of(path)
+    except OSError as exc:
+        raise HatstreamError(f"cannot read {Path(path).name}: {exc.strerror or exc}") from None
+
+
+def run_resumable(job: SegmentJob, segments: tuple[Segment, ...], executor: SegmentExecutor,
                   output: Path, settings: tuple[tuple[str, str], ...], resume: bool = True, total: int = 0,
                   exact: bool = False, on_progress: Callable[[Progress], None] | None = None,
                   overwrite: bool = True) -> ResumeOutcome:
-    """Encode the segments the work folder lacks, assemble them all onto `output`, remove the folder.
+    """Have `executor` encode the segments the work folder lacks, assemble them all onto `output`, remove
+    the folder.
 
-    The output's temporary file exists only while the segments are assembled (a kill before
-    that leaves nothing beside the output but the work folder). On any failure the folder is
-    kept, for the next run to resume.
+    The one segment runner: the work folder, the manifest, the check of segments that come
+    from elsewhere and the assembly are the same wherever segments are computed; only the
+    executor differs. Each finished segment is recorded durably as it arrives, so a run killed
+    at any point resumes with it. The output's temporary file exists only while the segments
+    are assembled (a kill before that leaves nothing beside the output but the work folder).
+    On any failure the folder is kept, for the next run to resume.
     """
-    fresh = Manifest(InputFingerprint.of(job.info.path), settings, segments)
+    fresh = Manifest(_fingerprint(job.info.path), settings, segments)
     work = WorkFolder(output, fresh, resume)
     try:
         for stale in partial_files(output):  # a run killed while assembling; we hold the lock
             stale.unlink(missing_ok=True)
-        resumed = base = work.manifest.frames_done()
+        resumed = work.manifest.frames_done()
+        recorded = [resumed]  # frames in finished segments, resumed or not
         processed = 0
         finished = {d.index: d for d in work.manifest.done}
+        todo = [s for s in segments if s.index not in finished]
         started = time.perf_counter()
 
-        def progress(p: Progress) -> None:
+        def progress(frames: int) -> None:
             if on_progress is not None:
-                on_progress(Progress(base + p.frames, max(total, base + p.frames), exact,
-                                     time.perf_counter() - started))
+                now = recorded[0] + frames
+                on_progress(Progress(now, max(total, now), exact, time.perf_counter() - started))
 
-        for segment in segments:
-            if segment.index not in finished:
-                done = encode_segment(job, segment, upscale, segment_path(work.folder, segment.index), progress)
-                work.record(done)
-                finished[segment.index] = done
-                base += done.frames
-                processed += done.frames
+        if todo:
+            with contextlib.closing(iter(executor.encode(job, todo, work.folder, progress))) as results:
+                for result in results:
+                    done = _accept(work.folder, result, finished, {s.index for s in todo})
+                    if done is None:
+                        continue
+                    work.record(done)
+                    finished[done.index] = done
+                    recorded[0] += done.frames
+                    processed += done.frames
+                    progress(0)
+        missing = [s.index for s in segments if s.index not in finished]
+        if missing:  # an executor that stopped early: never assemble with a gap
+            raise RuntimeError(f"segments {missing} were never computed")
         with atomic_output(output, overwrite) as tmp:
             frames = assemble(job, [finished[s.index] for s in segments], tmp)
             if frames != resumed + processed:  # every frame exactly once: none lost, none twice
@@ -391,9 +435,30 @@ def run_resumable(job: SegmentJob, segments: tuple[Segment, ...], upscale: Calla
     return ResumeOutcome(frames, resumed, processed, len(segments), work.note)
 
 
-def run_settings(model_name: str | None, upscaler, job: SegmentJob, segment_seconds: float
+def _accept(folder: Path, result: SegmentResult, finished: dict[int, EncodedSegment],
+            wanted: set[int]) -> EncodedSegment | None:
+    """The finished segment of `result`, its file in place in `folder`; None for a late duplicate."""
+    encoded = result.segment
+    if encoded.index in finished or encoded.index not in wanted:
+        # At-least-once delivery (a task retried after its first try had in fact finished): the
+        # first copy is already recorded, and the two are the same segment of the same plan.
+        log.info("segment %d came back a second time; the later copy is dropped", encoded.index)
+        return None
+    path = segment_path(folder, encoded.index)
+    if result.data is None:
+        if Path(encoded.path) != path:
+            raise RuntimeError(f"segment {encoded.index} was written to {encoded.path}, not {path}")
+        return encoded
+    if len(result.data) != encoded.size or hashlib.sha256(result.data).hexdigest() != encoded.sha256:
+        raise HatstreamError(f"segment {encoded.index} arrived damaged from its worker")
+    write_durably(path, result.data, suffix=".part")
+    return dataclasses.replace(encoded, path=path)
+
+
+def run_settings(model_name: str | None, upscaler, job: SegmentJob, segment_seconds: float, **extra: Any
                  ) -> tuple[tuple[str, str], ...]:
-    """The settings fingerprint of a run: everything that changes the encoded video of a segment."""
+    """The settings fingerprint of a run: everything that changes the encoded video of a segment
+    (`extra`: what only one engine knows of, e.g. the precision Ray actors compute in)."""
     enc, plan = job.plan.encoding, job.plan
     deint = plan_deinterlace(job.info, job.deinterlace)
     return settings_fingerprint(model=model_identity(model_name, upscaler), codec=enc.codec, options=enc.options,
@@ -403,4 +468,4 @@ def run_settings(model_name: str | None, upscaler, job: SegmentJob, segment_seco
                                 # Only when on, so the work folders of runs without it still resume.
                                 **({"temporal": "on"} if job.temporal else {}),
                                 # Likewise only when frames are deinterlaced (the filter and its options).
-                                **({"deinterlace": deint.args} if deint else {}))
+                                **({"deinterlace": deint.args} if deint else {}), **extra)

@@ -8,6 +8,7 @@ written. Any exception, Ctrl-C included, removes it (see `hatstream.atomic`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from hatstream.errors import HatstreamError
 from hatstream.media.decode import DecodeStats, Frame, read_frames
 from hatstream.media.deinterlace import plan_deinterlace
 from hatstream.media.encode import EncodeSettings, container_for
-from hatstream.media.probe import probe
+from hatstream.media.probe import encoder_threads, probe
 from hatstream.media.writer import VideoWriter, default_output_note, default_output_path, plan_output
 from hatstream.pipeline.engine import Progress, run_stages
 from hatstream.pipeline.segments import DEFAULT_SEGMENT_SECONDS, SegmentJob, plan_segments, upscaler_for
@@ -69,6 +70,7 @@ class RunResult:
     note: str | None = None        # why the run started over instead of resuming
     deinterlaced: str | None = None  # what deinterlacing did, for the summary line
     container_note: str | None = None  # why the output is in another container than the input
+    clipped: int | None = None     # source pixels the output's code range could not hold; None: not counted
 
     @property
     def fps(self) -> float:
@@ -97,7 +99,7 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
     deint = plan_deinterlace(info, config.deinterlace)
     # torch takes seconds to import; bad input has been refused by now without it.
     from hatstream.inference import load_model
-    from hatstream.pipeline.stage import FrameFormat, temporal_filter, upscale_planes
+    from hatstream.pipeline.stage import ClipCounter, FrameFormat, temporal_filter, upscale_planes
 
     if config.output is not None:
         container_for(config.output)  # an unusable extension is refused before the model loads
@@ -118,35 +120,48 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
         log.info("%s", container_note)
     check_output_path(output, [Path(config.input)], config.overwrite)
     plan = plan_output(info, output, model.scale, config.encode, config.audio_codec, config.subtitles)
+    # The encoder gets the cores the model leaves free: here all but a few when the model runs
+    # elsewhere (a GPU, or Ray actors on other machines; segment actors size their own).
+    import torch
+    model_on_cpu = (model.device.type == "cpu" if not on_ray else
+                    config.address is None and (config.device == "cpu" or not torch.cuda.is_available()))
+    plan = dataclasses.replace(plan, encoding=dataclasses.replace(plan.encoding,
+                                                                  threads=encoder_threads(model_on_cpu)))
     log.info("%s -> %s: %s, model %s", info.path.name, output, plan.describe(), model.info.name)
-    # Inputs longer than one segment run in keyframe-aligned segments: resumable on the local engine,
-    # whole on the nodes of a Ray cluster (--address). Concealing damage needs the frame before,
-    # which may lie in another segment.
+    # Inputs longer than one segment run in keyframe-aligned segments, resumable, computed in this
+    # process or, on the nodes of a Ray cluster (--address), by its actors. Concealing damage needs
+    # the frame before, which may lie in another segment.
     segmented = (not on_ray or config.address is not None) and config.on_error == "fail"
     segments = plan_segments(info, config.segment_seconds) if segmented else ()
     if len(segments) > 1:
-        from hatstream.pipeline.resume import run_resumable, run_settings
+        from hatstream.pipeline.resume import InProcess, run_resumable, run_settings
 
         job = SegmentJob(info, plan, config.batch, config.temporal, config.deinterlace)
+        if on_ray:
+            from hatstream.pipeline.ray_engine import RaySegments
+            executor = RaySegments(model, _ray_options(config))
+            # The driver's model is a CPU fp32 copy; the precision asked for is what the actors use.
+            settings = run_settings(config.model, model, job, config.segment_seconds, ray_precision=config.precision)
+        else:
+            clipped = ClipCounter()
+            executor = InProcess(upscaler_for(job, model, clipped))
+            settings = run_settings(config.model, model, job, config.segment_seconds)
         if on_start is not None:
             on_start(info.frames, info.frames_exact)
-        if on_ray:
-            from hatstream.pipeline.ray_engine import run_ray_segments
-            done = run_ray_segments(job, segments, model, output, _ray_options(config), info.frames,
-                                    info.frames_exact, on_progress, overwrite=config.overwrite)
-        else:
-            done = run_resumable(job, segments, upscaler_for(job, model), output,
-                                 run_settings(config.model, model, job, config.segment_seconds), config.resume,
-                                 info.frames, info.frames_exact, on_progress, overwrite=config.overwrite)
+        done = run_resumable(job, segments, executor, output, settings, config.resume, info.frames,
+                             info.frames_exact, on_progress, overwrite=config.overwrite)
+        # Ray actors do not report clipping (yet); in this process it covers the segments computed now.
         return RunResult(output=output, frames=done.frames, seconds=time.perf_counter() - started, repaired=0,
                          dropped=0, model=model.info.name, resumed=done.resumed, note=done.note,
                          encoding=f"{plan.encoding.codec} {plan.encoding.layout.pix_fmt}",
-                         deinterlaced=deint.describe() if deint else None, container_note=container_note)
+                         deinterlaced=deint.describe() if deint else None, container_note=container_note,
+                         clipped=None if on_ray else clipped.total)
 
     src = FrameFormat(info.layout, info.colour)
     dst = FrameFormat(plan.encoding.layout, plan.encoding.colour)
     temporal = temporal_filter(dst, model.scale) if config.temporal else None
     stats = DecodeStats()
+    clipped = ClipCounter()
     with atomic_output(output, config.overwrite) as tmp:
         writer = VideoWriter(tmp, info, plan)
         try:
@@ -162,7 +177,8 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
                 from hatstream.pipeline.ray_engine import run_ray
                 frames = run_ray(decoded, model, src, dst, write, _ray_options(config), temporal=temporal, **common)
             else:
-                frames = run_stages(decoded, lambda batch: upscale_planes(batch, model, src, dst, temporal=temporal),
+                frames = run_stages(decoded, lambda batch: upscale_planes(batch, model, src, dst, temporal=temporal,
+                                                                        clipped=clipped),
                                     write, **common)
             if frames != stats.frames:  # every decoded frame must have been written; never drop one
                 raise RuntimeError(f"{stats.frames} frames decoded but {frames} written")
@@ -173,4 +189,4 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
                      repaired=stats.repaired, dropped=stats.dropped, model=model.info.name,
                      encoding=f"{plan.encoding.codec} {plan.encoding.layout.pix_fmt}",
                      problems=tuple(stats.problems), deinterlaced=deint.describe() if deint else None,
-                     container_note=container_note)
+                     container_note=container_note, clipped=None if on_ray else clipped.total)

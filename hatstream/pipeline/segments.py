@@ -1,12 +1,14 @@
 """Keyframe-aligned segments: the unit of resumable runs and of farming a video out to other machines.
 
     plan_segments(info, seconds)        demux the video packets only (no decoding), cut at keyframes
+    segment_payload(info, segment)      stream-copy one segment's video packets into NUT in memory
     encode_segment(job, segment, ...)   decode one segment from its keyframe, upscale, encode to NUT
     assemble(job, segments, output)     remux the segment files in order, plus the carried streams
 
 Every function takes plain, picklable arguments (paths and frozen dataclasses) and returns
 frozen dataclasses, so a Ray task on another node can call `encode_segment` with the same
-`SegmentJob` and send back the file (compressed bytes travel, not frames).
+`SegmentJob` and a segment's payload, and send back the file: compressed bytes travel both
+ways, never frames, and that node never opens the input path.
 
 A segment is the frames whose pts lie in [start_pts, end_pts), both keyframe pts of the input.
 Frames keep their input pts throughout: nothing is rebased, so concatenating the segments
@@ -23,10 +25,9 @@ timestamp to 1 ms, which is not exact for 1001-based or 90 kHz time bases; MPEG-
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import io
 import logging
 import math
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -34,10 +35,10 @@ from typing import Callable, Iterator, Sequence
 
 import av
 
+from hatstream.atomic import durable_replace, file_sha256
 from hatstream.errors import HatstreamError
-from hatstream.media.decode import DecodeStats, Frame, _check_complete, frame_to_planes
-from hatstream.media.deinterlace import Deinterlacer, plan_deinterlace
-from hatstream.media.probe import VideoInfo, configure_decoder, open_input, seconds
+from hatstream.media.decode import DecodeStats, Frame, Remuxed, _check_complete, read_frames
+from hatstream.media.probe import VideoInfo, open_input, seconds
 from hatstream.media.writer import OutputPlan, VideoWriter
 from hatstream.pipeline.engine import Progress, run_stages
 
@@ -85,6 +86,19 @@ class EncodedSegment:
     first_pts: int
     size: int
     sha256: str
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """A segment an executor finished: what was encoded and, when it was made elsewhere, the file's bytes.
+
+    `data` is None when the file is already at `segment.path`, in the work folder, durably (an
+    executor in this process); otherwise the runner checks the bytes against `segment.sha256`
+    and writes them there itself.
+    """
+
+    segment: EncodedSegment
+    data: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -176,65 +190,86 @@ def plan_segments(info: VideoInfo, segment_seconds: float, index: KeyframeIndex 
     return tuple(Segment(i, bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1))
 
 
-def segment_frames(info: VideoInfo, segment: Segment, deinterlace: str = "auto") -> Iterator[Frame]:
-    """Decode exactly the frames of `segment`, at their input pts, starting from its keyframe.
+def segment_payload(info: VideoInfo, segment: Segment) -> Remuxed:
+    """The video packets that decoding `segment` needs, stream-copied (no decoding) into NUT in memory.
 
-    Decoding starts at the keyframe packet whose pts is `start_pts` (after a backward seek);
-    frames a decoder returns with an earlier pts (leading pictures of an open GOP) belong to
-    the previous segment, which decodes them from its own references, so they are dropped here.
-    Decoders return frames in pts order, so the first frame at or past `end_pts` ends the
-    segment. Damage stops the segment with its timestamp, as in a whole-file run.
-
-    Deinterlacing sees every decoded frame, the dropped ones too, so the frames at a segment's
-    edges get the same neighbours as in a whole-file run wherever the decoder returns them.
+    What travels to a node that cannot read the input: compressed video only, a segment's
+    worth. The packets run in decode order from the segment's keyframe up to and including the
+    next segment's keyframe and the packets right after it that are shown before it: the
+    leading pictures of an open GOP belong to this segment (`read_frames`' window), and the
+    decoder needs the keyframe they reference. A closed GOP costs one extra packet, whose frame
+    is dropped. Nothing else of the input (audio, subtitles) goes: the driver carries those when
+    it assembles.
     """
-    name, tb = info.path.name, info.time_base
-    plan = plan_deinterlace(info, deinterlace)
-    deint = Deinterlacer(plan, tb) if plan is not None else None
-    index = 0
+    name, tb, end = info.path.name, info.time_base, segment.end_pts
+    packets: list[av.Packet] = []
     with open_input(info.path) as container:
         stream = container.streams[info.stream_index]
-        configure_decoder(stream)
-        started = segment.start_pts is None
-        if not started:
-            # backward=True lands on the keyframe at or before start_pts; packets before our
-            # keyframe are then skipped without being decoded.
+        if segment.start_pts is not None:
             container.seek(segment.start_pts, backward=True, any_frame=False, stream=stream)
+        tail = False
         last = None
-        for packet in container.demux(stream):
-            if not started:
-                if packet.pts is None or not packet.is_keyframe or packet.pts < segment.start_pts:
-                    continue
-                if packet.pts > segment.start_pts:
-                    raise HatstreamError(f"{name}: cannot seek to the keyframe at "
-                                         f"{seconds(segment.start_pts, tb):.3f}s")
-                started = True
-            try:
-                frames = packet.decode()
-            except av.error.FFmpegError as exc:
-                where = seconds(packet.pts if packet.pts is not None else packet.dts, tb)
-                raise HatstreamError(f"{name}: damaged video packet at {where:.3f}s ({exc.strerror or exc})") from None
-            if deint is not None:
-                frames = [out for frame in frames for out in deint.feed(frame)]
-            for frame in frames:
-                pts = frame.pts
-                if segment.end_pts is not None and pts is not None and pts >= segment.end_pts:
-                    return
-                if pts is None or not segment.contains(pts):
-                    continue
-                if last is not None and pts <= last:
-                    raise HatstreamError(f"{name}: video timestamps go backwards at {seconds(pts, tb):.3f}s")
-                if frame.is_corrupt:
-                    raise HatstreamError(f"{name}: damaged video frame at {seconds(pts, tb):.3f}s")
-                last = pts
-                yield Frame(index, pts, frame_to_planes(frame, info.layout))
-                index += 1
-        if deint is not None:
-            for frame in deint.flush():
-                if frame.pts is not None and segment.contains(frame.pts) and (last is None or frame.pts > last):
-                    last = frame.pts
-                    yield Frame(index, frame.pts, frame_to_planes(frame, info.layout))
-                    index += 1
+        try:
+            for packet in container.demux(stream):
+                if not packet.size:
+                    continue  # the demuxer's flush packet
+                if not packets and segment.start_pts is not None:
+                    if packet.pts is None or not packet.is_keyframe or packet.pts < segment.start_pts:
+                        continue
+                    if packet.pts > segment.start_pts:
+                        raise HatstreamError(f"{name}: cannot seek to the keyframe at "
+                                             f"{seconds(segment.start_pts, tb):.3f}s")
+                if end is not None and packet.pts is not None:
+                    if tail and packet.pts >= end:
+                        break
+                    tail = tail or (packet.is_keyframe and packet.pts >= end)
+                last = packet.pts if packet.pts is not None else last
+                packets.append(packet)
+        except av.error.FFmpegError as exc:
+            where = f" after {seconds(last, tb):.3f}s" if last is not None else ""
+            raise HatstreamError(f"{name}: the container is damaged{where} ({exc.strerror or exc})") from None
+        if not packets:
+            raise HatstreamError(f"{name}: segment {segment.index} has no video packets")
+        first = packets[0].pts
+        hidden = frozenset(p.pts for p in packets if p.is_discard and p.pts is not None)
+        _decode_order_dts(packets)
+        buf = io.BytesIO()
+        with av.open(buf, "w", format=SEGMENT_FORMAT) as out:
+            copy = out.add_stream_from_template(stream)
+            for packet in packets:
+                packet.stream = copy
+                out.mux(packet)
+    return Remuxed(buf.getvalue(), first, hidden)
+
+
+def _decode_order_dts(packets: list[av.Packet]) -> None:
+    """Give every packet a dts the muxer accepts: rising, never past its pts.
+
+    After a seek, and at a file's start, Matroska's demuxer leaves the first packets of a
+    B-frame stream without dts and guesses the rest, and FFmpeg's muxer refuses the mix
+    (EINVAL, non-monotonic dts). NUT keeps no dts anyway (its demuxer rebuilds them) and a
+    decoder works in packet order, so any such dts will do: the sorted pts, moved back by the
+    largest reorder delay. Packets without pts are left to the muxer.
+    """
+    timed = [p for p in packets if p.pts is not None]
+    if len(timed) != len(packets):
+        return
+    order = sorted(p.pts for p in timed)
+    delay = max(s - p.pts for s, p in zip(order, timed))
+    for s, p in zip(order, timed):
+        p.dts = s - delay
+
+
+def segment_frames(info: VideoInfo, segment: Segment, deinterlace: str = "auto",
+                   source: Remuxed | None = None) -> Iterator[Frame]:
+    """Decode exactly the frames of `segment`, at their input pts, starting from its keyframe.
+
+    The whole-file decoder's own loop (`decode.read_frames`) over the window
+    `[start_pts, end_pts)`: the same damage messages, frames without pts placed the same way.
+    `source` is the segment's packets as `segment_payload` remuxed them, for a node that cannot
+    read the input.
+    """
+    return read_frames(info, "fail", None, deinterlace, window=(segment.start_pts, segment.end_pts), source=source)
 
 
 def segment_path(folder: Path, index: int) -> Path:
@@ -242,26 +277,9 @@ def segment_path(folder: Path, index: int) -> Path:
     return Path(folder) / f"seg-{index:05d}{SEGMENT_SUFFIX}"
 
 
-def fsync_path(path: Path) -> None:
-    """fsync a file or a folder (a folder's entry list makes a rename durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a whole file, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def encode_segment(job: SegmentJob, segment: Segment, upscale: Callable[[list[tuple]], list[tuple]],
-                   dest: Path, on_progress: Callable[[Progress], None] | None = None) -> EncodedSegment:
+                   dest: Path, on_progress: Callable[[Progress], None] | None = None,
+                   source: Remuxed | None = None) -> EncodedSegment:
     """Decode, upscale and encode one segment into the NUT file `dest`, durably; returns what was written.
 
     `upscale(list of plane tuples) -> list of plane tuples` runs the model, e.g.
@@ -269,13 +287,14 @@ def encode_segment(job: SegmentJob, segment: Segment, upscale: Callable[[list[tu
     as `dest.part`, fsynced, then renamed onto `dest` (and the folder fsynced), so `dest`
     exists only complete. It holds the video only, encoded exactly as the final output's;
     the encoder starts afresh, so the segment begins with an IDR frame and references nothing
-    outside itself (x264's default closed GOP).
+    outside itself (x264's default closed GOP). `source`: the segment's packets from
+    `segment_payload`, decoded instead of the input file (a node that cannot read it).
     """
     dest = Path(dest)
     tmp = dest.with_name(dest.name + ".part")
     # The intermediate gets the final encoding but no carried streams and no container options.
     plan = dataclasses.replace(job.plan, container=SEGMENT_FORMAT, streams=())
-    writer = VideoWriter(tmp, job.info, plan)
+    writer = VideoWriter(tmp, job.info, plan, carry=False)
     first: list[int] = []
     if job.temporal:
         upscale = _with_temporal(job, upscale)
@@ -285,7 +304,7 @@ def encode_segment(job: SegmentJob, segment: Segment, upscale: Callable[[list[tu
                 first.append(frame.pts)
             writer.write(frame.planes, frame.pts)
 
-        frames = run_stages(segment_frames(job.info, segment, job.deinterlace), upscale, write, batch=job.batch,
+        frames = run_stages(segment_frames(job.info, segment, job.deinterlace, source), upscale, write, batch=job.batch,
                             on_progress=on_progress)
         writer.finish()
     except BaseException:
@@ -295,10 +314,8 @@ def encode_segment(job: SegmentJob, segment: Segment, upscale: Callable[[list[tu
     if frames == 0:
         tmp.unlink(missing_ok=True)
         raise HatstreamError(f"{job.info.path.name}: segment {segment.index} has no frames")
-    fsync_path(tmp)
     digest, size = file_sha256(tmp), tmp.stat().st_size
-    os.replace(tmp, dest)
-    fsync_path(dest.parent)
+    durable_replace(tmp, dest)
     log.debug("segment %d: %d frames, %d bytes -> %s", segment.index, frames, size, dest)
     return EncodedSegment(segment.index, dest, frames, first[0], size, digest)
 
@@ -318,13 +335,14 @@ def _with_temporal(job: SegmentJob, upscale: Callable[[list[tuple]], list[tuple]
     return lambda batch: [steady(planes) for planes in upscale(batch)]
 
 
-def upscaler_for(job: SegmentJob, model) -> Callable[[list[tuple]], list[tuple]]:
-    """The `upscale` callable for `encode_segment`: `upscale_planes` with the job's formats."""
+def upscaler_for(job: SegmentJob, model, clipped=None) -> Callable[[list[tuple]], list[tuple]]:
+    """The `upscale` callable for `encode_segment`: `upscale_planes` with the job's formats,
+    counting into `clipped` (a `stage.ClipCounter`) what the output's range cannot hold."""
     from hatstream.pipeline.stage import FrameFormat, upscale_planes
 
     src = FrameFormat(job.info.layout, job.info.colour)
     dst = FrameFormat(job.plan.encoding.layout, job.plan.encoding.colour)
-    return lambda batch: upscale_planes(batch, model, src, dst)
+    return lambda batch: upscale_planes(batch, model, src, dst, clipped=clipped)
 
 
 def count_packets(path: Path) -> int:

@@ -5,8 +5,9 @@ the picture does not: the output shimmers. `TemporalFilter` sits after the model
 upscaled planes of consecutive frames, in order:
 
     guide_t = output luma shrunk back to the input's size (area average)
-    flow    = DIS(guide_t -> guide_(t-1)), and back; reliable where the round trip closes and
-              the warped guide matches the current one (no occlusion, no new content)
+    flow    = DIS(guide_t -> guide_(t-1)) at the guide's own size, and back; reliable where the
+              round trip closes, the warped guide matches the current one around the pixel (no
+              occlusion, no new content) and the flow is smooth (no motion boundary nearby)
     L       = area-shrink by the scale, then bicubic back: the band the input itself carries
     out_t   = cur_t + w * m * ((W(out_(t-1)) - L(W(out_(t-1)))) - (cur_t - L(cur_t)))   (recursive)
 
@@ -44,8 +45,17 @@ class TemporalConfig:
 
     weight: float = 0.8          # share of the warped previous detail where the flow is fully reliable
     fb_threshold: float = 0.5    # input px; round-trip error at which a pixel stops being reliable
-    photo_threshold: float = 12.0  # 8-bit levels; |guide_t - W(guide_(t-1))| at which reliability is 0
-                                  # (raised to 4x the frame's median difference on noisy input)
+    photo_threshold: float = 20.0  # 8-bit levels; |guide_t - W(guide_(t-1))|, averaged over photo_window^2
+                                  # guide pixels, at which reliability is 0 (raised to 4x the frame's median
+                                  # difference on noisy input)
+    photo_window: int = 3        # guide px; the photometric check looks at a neighbourhood, not a pixel, so a
+                                 # noisy pixel does not punch a hole in the blend while a moved edge still does
+    flow_finest_scale: int = 0   # DIS's finest pyramid level: 0 is the guide's own size; the preset's 1 would
+                                 # halve it (a quarter of the output), too coarse to carry output-sized detail
+    motion_edge: float = 0.2     # flow change per guide px at which reliability is 0: where one motion meets
+                                 # another (a moving object's rim over a still background) the warp mixes
+                                 # both and motion blur changes the edge, so the past detail there is wrong
+    motion_edge_window: int = 5  # guide px; how far from such a boundary the distrust reaches
     cut_reliable: float = 0.3    # a frame with fewer reliable pixels than this share is a scene cut
     cut_histogram: float = 0.4   # ... as is one whose 64-bin luma histogram moved by more than this (0..1)
     detail_only: bool = True     # blend only the detail (output minus its low-pass): the low band follows
@@ -77,6 +87,7 @@ class TemporalFilter:
         self.planes = tuple(planes)
         self.config = config
         self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        self._dis.setFinestScale(config.flow_finest_scale)
         self._grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self.cuts = 0
         self.reset()
@@ -120,10 +131,25 @@ class TemporalFilter:
             return None
         warped = cv2.remap(self._guide.astype(np.float32), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         photo = np.abs(warped - guide.astype(np.float32))
+        if cfg.photo_window > 1:
+            photo = cv2.blur(photo, (cfg.photo_window, cfg.photo_window))
         # Noisy input differs everywhere by its noise; only what stands out of it is new content.
         tau = max(cfg.photo_threshold, 4.0 * float(np.median(photo[consistent > 0.5])))
         m = (consistent * np.clip(2.0 - 2.0 * photo / tau, 0, 1)).astype(np.float32)
+        if cfg.motion_edge > 0:
+            m *= np.clip(2.0 - 2.0 * self._motion_edges(back) / cfg.motion_edge, 0, 1)
         return back, m
+
+    def _motion_edges(self, flow: np.ndarray) -> np.ndarray:
+        """How fast the flow changes (px of flow per px, largest within motion_edge_window)."""
+        change = np.zeros(flow.shape[:2], np.float32)
+        for k in range(2):
+            change += cv2.Sobel(flow[..., k], cv2.CV_32F, 1, 0, ksize=3) ** 2
+            change += cv2.Sobel(flow[..., k], cv2.CV_32F, 0, 1, ksize=3) ** 2
+        # Sobel's 3x3 kernel gives 8 times the slope.
+        change = np.sqrt(change) / 8.0
+        size = self.config.motion_edge_window
+        return cv2.dilate(change, np.ones((size, size), np.uint8)) if size > 1 else change
 
     def __call__(self, planes: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
         """The filtered planes of the next frame (the same shapes and dtypes)."""

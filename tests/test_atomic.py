@@ -1,0 +1,31 @@
+"""The one write-then-rename helper (`hatstream.atomic`) that segments, manifests and outputs share."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from hatstream.atomic import atomic_output, durable_replace, file_sha256, write_durably
+
+
+def test_write_durably_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "manifest.json"
+    write_durably(target, "one")
+    write_durably(target, b"two")
+    assert target.read_text() == "two" and sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+    with pytest.raises(TypeError):
+        write_durably(target, 3)  # fails while writing: the old content stays, no temporary is left
+    assert target.read_text() == "two" and sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+
+
+def test_durable_replace_and_atomic_output_publish_the_same_bytes(tmp_path):
+    data = bytes(range(256)) * 5000
+    part = tmp_path / "seg.nut.part"
+    part.write_bytes(data)
+    durable_replace(part, tmp_path / "seg.nut")
+    assert not part.exists() and file_sha256(tmp_path / "seg.nut") == hashlib.sha256(data).hexdigest()
+    with atomic_output(tmp_path / "out.mkv", overwrite=False) as tmp:
+        tmp.write_bytes(data)
+    assert (tmp_path / "out.mkv").read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mkv", "seg.nut"]
