@@ -46,7 +46,6 @@ test-quick: install
 
 # Benchmarks are scripts, not tests: they print figures for benchmarks/RESULTS.md.
 bench: install
-	$(PY) -m pip install -q openvino  # bench_model.py times the exported graph in it too (bench extra)
 	$(PY) benchmarks/bench_model.py
 	$(PY) benchmarks/bench_pipeline.py
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -123,15 +122,9 @@ def run(args: argparse.Namespace) -> int:
     from hatstream.media.encode import EncodeSettings
     from hatstream.pipeline.run import RunConfig, run_file
 
-    if args.backend:
-        # Through the environment: the upscalers are built deep in the pipeline (and in Ray
-        # workers, which inherit it), and RunConfig has no backend field.
-        from hatstream.inference.backends import BACKEND_ENV
-
-        os.environ[BACKEND_ENV] = args.backend
     config = RunConfig(
         input=args.input, output=args.output, model=args.model, scale=args.scale, precision=args.precision,
-        device=args.device, batch=args.batch,
+        backend=args.backend, device=args.device, batch=args.batch,
         encode=EncodeSettings(codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt,
                               keep_chroma=args.keep_chroma),
         audio_codec=args.audio_codec, subtitles=args.subtitles, on_error=args.on_error, overwrite=args.overwrite,

@@ -86,6 +86,7 @@ class RayOptions:
     workers: int | None = None
     device: str | None = None
     precision: str = "auto"
+    backend: str | None = None    # the actors' inference backend (None: $HATSTREAM_BACKEND, else auto)
     in_flight: int = 2            # batches queued on each actor, so it never waits for the driver
     window: int | None = None     # frames in flight + waiting for order; default 2 x in_flight x workers x batch
     max_attempts: int = 3         # tries per batch before the run fails
@@ -116,14 +117,14 @@ class ModelPayload:
         state = {k: v.detach().cpu().contiguous() for k, v in upscaler.model.state_dict().items()}
         return cls(info, ray.put(state))
 
-    def build(self, device: torch.device, precision: str) -> Upscaler:
-        """Rebuild the model on `device` in `precision` (resolved for that device)."""
+    def build(self, device: torch.device, precision: str, backend: str | None = None) -> Upscaler:
+        """Rebuild the model on `device` in `precision` (resolved for that device), run by `backend`."""
         info = ModelInfo(**self.info)
         if self.weights is None:
             model, _ = load_builtin(info.name, info.scale)
         else:
             model, _ = build_from_state_dict(ray.get(self.weights), info.source)
-        return Upscaler(model, info, device, resolve_precision(precision, device, info))
+        return Upscaler(model, info, device, resolve_precision(precision, device, info), backend=backend)
 
 
 # ---- on the worker ----------------------------------------------------------------------------
@@ -202,9 +203,10 @@ def _is_cuda_fault(exc: BaseException) -> bool:
 class UpscaleWorker:
     """A Ray actor's body: holds the model on its device and upscales batches of planes."""
 
-    def __init__(self, payload: ModelPayload, device: str, precision: str, src: FrameFormat, dst: FrameFormat):
+    def __init__(self, payload: ModelPayload, device: str, precision: str, src: FrameFormat, dst: FrameFormat,
+                 backend: str | None = None):
         self.device = resolve_device(device)
-        self.upscaler = payload.build(self.device, precision)
+        self.upscaler = payload.build(self.device, precision, backend)
         self.lane = DeviceLane(self.device)
         self.src, self.dst = src, dst
         self._progress = (-1, 0)  # (segment index, frames written), for `heartbeat`
@@ -514,7 +516,7 @@ def _start_workers(payload: ModelPayload, options: RayOptions, device: str, coun
                              scheduling_strategy="SPREAD",
                              # Two threads on a GPU so one batch moves while the other computes.
                              max_concurrency=2 if cuda else 1)
-              .remote(payload, device, options.precision, src, dst) for i in range(count)]
+              .remote(payload, device, options.precision, src, dst, options.backend) for i in range(count)]
     try:
         described = ray.get([a.describe.remote() for a in actors], timeout=options.start_timeout)
     except GetTimeoutError:

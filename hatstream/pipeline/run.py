@@ -37,6 +37,7 @@ class RunConfig:
     model: str | None = None
     scale: int | None = None
     precision: str = "auto"
+    backend: str | None = None     # torch | onnxruntime | openvino | auto; None: $HATSTREAM_BACKEND, else auto
     device: str | None = None
     batch: int = 1
     encode: EncodeSettings = field(default_factory=EncodeSettings)
@@ -81,7 +82,7 @@ class RunResult:
 def _ray_options(config: RunConfig):
     from hatstream.pipeline.ray_engine import RayOptions
     return RayOptions(address=config.address, workers=config.workers, device=config.device,
-                      precision=config.precision)
+                      precision=config.precision, backend=config.backend)
 
 
 def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None = None,
@@ -113,7 +114,7 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
     # On Ray the driver's copy only plans the output and ships its weights; actors build their own.
     model = load_model(config.model, device="cpu" if on_ray else config.device,
                        precision="fp32" if on_ray else config.precision, scale=config.scale,
-                       compile=config.compile and not on_ray)
+                       compile=config.compile and not on_ray, backend="torch" if on_ray else config.backend)
     output = Path(config.output) if config.output is not None else default_output_path(config.input, model.scale)
     container_note = default_output_note(info, output) if config.output is None else None
     if container_note:
