@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,27 @@ def perturbed(state: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.
     g = torch.Generator().manual_seed(seed)
     return {k: v if not v.is_floating_point() else v + 0.02 * torch.randn(v.shape, generator=g)
             for k, v in state.items()}
+
+
+def tiny_hat(scale: int = 2, window: int = 8):
+    """A small hatstream HAT with every weight perturbed (bias tables included), loaded like a
+    checkpoint: `(module, ModelInfo)`, for tests of what runs the model (export, backends)."""
+    from hatstream.models.hat import HAT, HATConfig
+    from hatstream.models.registry import build_from_state_dict
+
+    torch.manual_seed(window + scale)
+    cfg = HATConfig(upscale=scale, window_size=window, embed_dim=16, depths=(2,), num_heads=(2,),
+                    compress_ratio=2, squeeze_factor=4, mlp_ratio=2.0, num_feat=16)
+    state = HAT.from_config(cfg).state_dict()
+    g = torch.Generator().manual_seed(1)
+    state = {k: v if "index" in k else v + 0.1 * torch.randn(v.shape, generator=g) for k, v in state.items()}
+    return build_from_state_dict(state, "tiny")
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of `a` against `b`, both in [0, 1]."""
+    mse = (a.double() - b.double()).pow(2).mean().item()
+    return 10 * math.log10(1 / max(mse, 1e-20))
 
 
 def official_wrapper(model: torch.nn.Module, x: torch.Tensor, window: int, scale: int) -> torch.Tensor:

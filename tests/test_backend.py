@@ -3,35 +3,17 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
 
 from conftest import run_cli
+from hat_cases import psnr, tiny_hat
 from hatstream.errors import HatstreamError
 from hatstream.inference import Upscaler
 from hatstream.inference.backends import GRAPH_BACKENDS, backend_installed, resolve_backend
-from hatstream.models.hat import HAT, HATConfig
-from hatstream.models.registry import build_from_state_dict
 
 CPU = torch.device("cpu")
-
-
-def _tiny_hat(scale: int = 2, window: int = 8):
-    """A small HAT with every weight perturbed (bias tables included), loaded like a checkpoint."""
-    torch.manual_seed(window + scale)
-    cfg = HATConfig(upscale=scale, window_size=window, embed_dim=16, depths=(2,), num_heads=(2,),
-                    compress_ratio=2, squeeze_factor=4, mlp_ratio=2.0, num_feat=16)
-    state = HAT.from_config(cfg).state_dict()
-    g = torch.Generator().manual_seed(1)
-    state = {k: v if "index" in k else v + 0.1 * torch.randn(v.shape, generator=g) for k, v in state.items()}
-    return build_from_state_dict(state, "tiny")
-
-
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = (a.double() - b.double()).pow(2).mean().item()
-    return 10 * math.log10(1 / max(mse, 1e-20))
 
 
 def _runtime_or_skip(backend: str) -> None:
@@ -44,36 +26,36 @@ def _runtime_or_skip(backend: str) -> None:
 def test_graph_backend_matches_torch_per_size_and_tile(tmp_path, monkeypatch, backend):
     _runtime_or_skip(backend)
     monkeypatch.setenv("HATSTREAM_CACHE_DIR", str(tmp_path))
-    model, info = _tiny_hat()
+    model, info = tiny_hat()
     want = Upscaler(copy.deepcopy(model), info, CPU, torch.float32, backend="torch")
     got = Upscaler(copy.deepcopy(model), info, CPU, torch.float32, backend=backend)
     assert got.backend == backend
     # Batch 2 (run frame by frame through one graph), a size that pads to 24x32.
     x = torch.rand(2, 3, 21, 30, generator=torch.Generator().manual_seed(0))
-    assert _psnr(got(x), want(x)) >= 50
+    assert psnr(got(x), want(x)) >= 50
     graphs = sorted(p.name for p in (tmp_path / "graphs").glob("*.onnx"))
     assert len(graphs) == 1 and "-32x24-" in graphs[0], graphs
     assert len(list((tmp_path / "graphs").glob("*.checked.json"))) == 1
 
     # Another size that pads to the same 24x32 takes the same graph; tiles of 16 px add one graph.
     x2 = torch.rand(1, 3, 24, 27, generator=torch.Generator().manual_seed(1))
-    assert _psnr(got(x2), want(x2)) >= 50
+    assert psnr(got(x2), want(x2)) >= 50
     assert len(list((tmp_path / "graphs").glob("*.onnx"))) == 1
     got.tile = want.tile = 16
     got.tile_overlap = want.tile_overlap = 8
-    assert _psnr(got(x), want(x)) >= 50
+    assert psnr(got(x), want(x)) >= 50
     assert len(list((tmp_path / "graphs").glob("*.onnx"))) == 2
 
     # A second process (here: a fresh upscaler) reads the cached graph instead of exporting.
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "graphs").iterdir()}
     want.tile = None
     again = Upscaler(copy.deepcopy(model), info, CPU, torch.float32, backend=backend)
-    assert _psnr(again(x2), want(x2)) >= 50
+    assert psnr(again(x2), want(x2)) >= 50
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "graphs").iterdir()} == before
 
 
 def test_auto_takes_a_graph_runtime_only_where_one_applies(monkeypatch):
-    model, _ = _tiny_hat()
+    model, _ = tiny_hat()
     installed = [b for b in GRAPH_BACKENDS if backend_installed(b)]
     assert resolve_backend("auto", model, CPU, torch.float32) == (installed[0] if installed else "torch")
     # Everything a graph cannot honour stays in torch: another precision, a GPU, torch.compile, a non-HAT.
@@ -94,7 +76,7 @@ def test_auto_takes_a_graph_runtime_only_where_one_applies(monkeypatch):
     ({"compile": True}, "--compile is for --backend torch"),
 ])
 def test_named_backend_that_cannot_apply_is_an_error(kwargs, message):
-    model, _ = _tiny_hat()
+    model, _ = tiny_hat()
     args = {"device": CPU, "dtype": torch.float32, **kwargs}
     with pytest.raises(HatstreamError, match=message):
         resolve_backend("onnxruntime", model, args["device"], args["dtype"], compile=kwargs.get("compile", False))
@@ -127,7 +109,7 @@ def test_missing_runtime_is_a_one_line_error(monkeypatch):
     from hatstream.inference import backends
 
     monkeypatch.setattr(backends, "backend_installed", lambda name: name == "torch")
-    model, _ = _tiny_hat()
+    model, _ = tiny_hat()
     for name in GRAPH_BACKENDS:
         with pytest.raises(HatstreamError, match=f"--backend {name} needs onnx {name} installed") as info:
             resolve_backend(name, model, CPU, torch.float32)

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
 from torch import nn
 
 from conftest import run_cli
+from hat_cases import psnr, tiny_hat
 from hatstream.atomic import partial_files
 from hatstream.inference import Upscaler, load_network
 from hatstream.models.export import INPUT_NAME, export_onnx
-from hatstream.models.hat import HAT, HATConfig
-from hatstream.models.registry import build_from_state_dict
 
 onnx = pytest.importorskip("onnx", reason="the export extra is not installed: pip install -e '.[export]'")
 pytest.importorskip("onnxscript", reason="the export extra is not installed: pip install -e '.[export]'")
@@ -22,22 +20,6 @@ ort = pytest.importorskip("onnxruntime", reason="the export extra is not install
 
 # Ops whose output shape or values depend on the data: none may appear in a static graph.
 DATA_DEPENDENT = {"Sort", "TopK", "NonZero", "Unique", "ArgMax", "ArgMin", "Loop", "If", "Scan", "Shape", "Size"}
-
-
-def _tiny_hat(scale: int, window: int) -> tuple[nn.Module, object]:
-    """A small HAT with every weight perturbed (bias tables included), loaded like a checkpoint."""
-    torch.manual_seed(window + scale)
-    cfg = HATConfig(upscale=scale, window_size=window, embed_dim=16, depths=(2,), num_heads=(2,),
-                    compress_ratio=2, squeeze_factor=4, mlp_ratio=2.0, num_feat=16)
-    state = HAT.from_config(cfg).state_dict()
-    g = torch.Generator().manual_seed(1)
-    state = {k: v if "index" in k else v + 0.1 * torch.randn(v.shape, generator=g) for k, v in state.items()}
-    return build_from_state_dict(state, "tiny")
-
-
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = (a.double() - b.double()).pow(2).mean().item()
-    return 10 * math.log10(1 / max(mse, 1e-20))
 
 
 def _run_onnx(path, x: torch.Tensor) -> torch.Tensor:
@@ -54,7 +36,7 @@ def _run_onnx(path, x: torch.Tensor) -> torch.Tensor:
     (3, 8, 1, 24, 40),    # no padding
 ])
 def test_onnx_runtime_matches_hatstream(tmp_path, scale, window, batch, height, width):
-    model, info = _tiny_hat(scale, window)
+    model, info = tiny_hat(scale, window)
     want = Upscaler(copy.deepcopy(model), info, torch.device("cpu"), torch.float32)
     path = tmp_path / "model.onnx"
     export_onnx(model, path, width, height, batch=batch)
@@ -69,7 +51,7 @@ def test_onnx_runtime_matches_hatstream(tmp_path, scale, window, batch, height, 
     x = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(2))
     got = _run_onnx(path, x)
     assert got.shape == (batch, 3, scale * height, scale * width)
-    assert _psnr(got, want(x)) >= 50
+    assert psnr(got, want(x)) >= 50
 
 
 @pytest.mark.slow  # one export: ~20-30 s of CPU
@@ -77,7 +59,7 @@ def test_fp16_export_uses_the_rescaled_trunk(tmp_path):
     # A trunk far past fp16's range (65504): without the rescaling the graph would give inf/NaN.
     from hatstream.models.hat_rescale import rescale_trunk
 
-    model, info = _tiny_hat(2, 8)
+    model, info = tiny_hat(2, 8)
     rescale_trunk(model, 2.0**18)
     want = Upscaler(copy.deepcopy(model), info, torch.device("cpu"), torch.float32)
     path = tmp_path / "fp16.onnx"
@@ -85,13 +67,13 @@ def test_fp16_export_uses_the_rescaled_trunk(tmp_path):
     x = torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(3))
     got = _run_onnx(path, x)
     assert torch.isfinite(got).all()
-    assert _psnr(got, want(x)) >= 40  # fp16 rounding, not overflow (which gives single digits)
+    assert psnr(got, want(x)) >= 40  # fp16 rounding, not overflow (which gives single digits)
 
 
 @pytest.mark.slow  # one export: ~20-30 s of CPU
 def test_bf16_export_computes_in_bf16_with_the_fp32_parts_kept(tmp_path):
     # ONNX Runtime's CPU provider has no bf16 kernels (TensorRT runs it), so check the graph itself.
-    model, _ = _tiny_hat(2, 8)
+    model, _ = tiny_hat(2, 8)
     path = tmp_path / "bf16.onnx"
     export_onnx(model, path, 16, 16, dtype=torch.bfloat16)
     graph = onnx.load(str(path))
@@ -114,7 +96,7 @@ def test_cli_exports_the_bundled_model(tmp_path):
     model, info = load_network("hat-tiny-x2")
     want = Upscaler(model, info, torch.device("cpu"), torch.float32)
     x = torch.rand(1, 3, 26, 40, generator=torch.Generator().manual_seed(4))
-    assert _psnr(_run_onnx(out, x), want(x)) >= 50
+    assert psnr(_run_onnx(out, x), want(x)) >= 50
     # The output exists now: without --overwrite it is refused, before any work.
     r = run_cli("export", "hat-tiny-x2", "-o", out, "--size", "40x26")
     assert r.returncode == 2 and r.stderr.startswith("hatstream: error:") and "exists" in r.stderr
