@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 from conftest import run_cli
 from hat_cases import psnr, tiny_hat
