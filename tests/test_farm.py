@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from mediagen import make_video, read_planes, run_cli
+from mediagen import _env, make_video, read_planes, run_cli
 from test_resume import CLIP, FRAMES, SEGMENTED, _done, _kill_after, _ok, _same_output
 
 pytestmark = pytest.mark.slow  # real Ray nodes: `make test-quick` leaves these out
@@ -115,6 +115,13 @@ def _ray_args(address: str) -> tuple[str, ...]:
     return ("--engine", "ray", "--address", address, "--workers", "2", "--device", "cpu")
 
 
+def _sent(proc) -> list[int]:
+    """The segments a `-vv` run handed to its Ray actors, from its debug log, in order."""
+    marker = " sent to the Ray workers"
+    return [int(line.split("segment ")[1].removesuffix(marker)) for line in proc.stderr.splitlines()
+            if line.endswith(marker)]
+
+
 def test_farm_without_the_input_resumes_after_the_driver_is_killed(farm, tmp_path):
     address, inputs = farm
     src = make_video(inputs / "clip.mkv", CLIP)
@@ -131,7 +138,12 @@ def test_farm_without_the_input_resumes_after_the_driver_is_killed(farm, tmp_pat
     manifest = _kill_after(src, out, 2, *_ray_args(address), wait=400)
     already = {d["index"] for d in manifest["done"]}
     frames_before = sum(d["frames"] for d in manifest["done"])
-    done = _done(run_cli(src, "-o", out, *SEGMENTED, *_ray_args(address), timeout=400))
+    rerun = subprocess.run([sys.executable, "-m", "hatstream", "-vv", "run", *map(str, (src, "-o", out)),
+                            *SEGMENTED, *_ray_args(address)], capture_output=True, text=True, timeout=400,
+                           env=_env())
+    done = _done(rerun)
+    # Only the missing segments were remuxed and sent, each once (none of the kept ones re-run).
+    assert _sent(rerun) == [s["index"] for s in manifest["segments"] if s["index"] not in already]
     # The finished segments were kept and only the rest computed: counted in frames, and in
     # segments by the files the killed run had left (the rerun recomputes none of them).
     assert done["frames"] == FRAMES and done["note"] is None
