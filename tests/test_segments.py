@@ -6,7 +6,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 import pytest
-from mediagen import Clip, make_video, read_planes
+from mediagen import Clip, dump_packets, make_video, read_planes
 from test_media_complete import _stream_copy_cut
 
 from hatstream.media.decode import read_frames
@@ -83,6 +83,43 @@ def test_a_segment_that_comes_back_twice_is_kept_once(tmp_path):
         assert done.frames == done.processed == 20 and done.segments == len(segments) == 4
     assert all(all((x == y).all() for x, y in zip(a, b)) for a, b in zip(read_planes(out), read_planes(ref)))
     assert len(read_planes(out)) == 20
+
+
+def test_parallel_segments_give_the_serial_output(tmp_path):
+    import threading
+
+    from hatstream.inference import load_model
+    from hatstream.media.encode import EncodeSettings
+    from hatstream.media.writer import plan_output
+    from hatstream.pipeline.resume import InProcess, Parallel, run_resumable
+    from hatstream.pipeline.segments import SegmentJob, plan_segments, upscaler_for
+
+    src = make_video(tmp_path / "clip.mkv", Clip(frames=30, options={"g": "5"}, **X264))
+    info = probe(src)
+    model = load_model("bicubic", device="cpu", precision="fp32", scale=2)
+    segments = plan_segments(info, 0.4)
+    # Each pool thread's first batch waits for the other's: a pool that ran one segment at a time
+    # would break the barrier (after its timeout) and fail the run.
+    meet, first = threading.Barrier(2, timeout=60), set()
+
+    def together(upscale):
+        def call(batch):
+            if threading.get_ident() not in first:
+                first.add(threading.get_ident())
+                meet.wait()
+            return upscale(batch)
+        return call
+
+    ref, out = tmp_path / "serial.mkv", tmp_path / "parallel.mkv"
+    for path in (ref, out):
+        job = SegmentJob(info, plan_output(info, path, 2, EncodeSettings(codec="libx264")))
+        executor = (InProcess(upscaler_for(job, model)) if path == ref
+                    else Parallel(together(upscaler_for(job, model)), workers=2))
+        done = run_resumable(job, segments, executor, path, settings=())
+        assert done.frames == done.processed == 30 and done.segments == len(segments) > 2
+    assert len(first) == 2
+    assert dump_packets(out) == dump_packets(ref)  # every packet, bytes and timing
+    assert len(read_planes(out)) == 30
 
 
 def test_encoder_threads_follow_the_machine_and_the_device():

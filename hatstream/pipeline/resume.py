@@ -21,7 +21,8 @@ Nothing appears at the output path until the assembly is complete (`hatstream.at
 the work folder is removed once the output is in place.
 
 One runner (`run_resumable`) serves every engine, as one queue and one record of finished
-segments drained by an interchangeable executor: `InProcess` here, `ray_engine.RaySegments` on
+segments drained by an interchangeable executor: `InProcess` here (`Parallel`: several segments at
+once, for an encoder that cannot keep up), `ray_engine.RaySegments` on
 Ray actors. Only where a segment is computed differs; planning, the manifest, the check of
 what comes back and the assembly are the same, so a farm run resumes like a local one.
 """
@@ -370,6 +371,48 @@ class InProcess:
         for segment in segments:
             yield SegmentResult(encode_segment(job, segment, self.upscale, segment_path(folder, segment.index),
                                                lambda p: on_progress(p.frames)))
+
+
+class Parallel:
+    """The executor that computes up to `workers` consecutive segments at once, in threads of this process.
+
+    For a run where one encoder cannot keep up with the model (a GPU box without a hardware
+    encoder): each segment has its own decoder and encoder, so several encoders share the
+    cores. Memory is bounded by `workers`: a segment is started only when one finishes. The
+    model is shared; `upscale` must be safe to call from several threads at once (a torch
+    model in inference mode is). Results come back as they finish; the runner records them in
+    any order and assembles them in order, so the output is the serial one's.
+    """
+
+    def __init__(self, upscale: Callable[[list[tuple]], list[tuple]], workers: int = 2):
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, not {workers}")
+        self.upscale = upscale
+        self.workers = workers
+
+    def encode(self, job: SegmentJob, segments: Sequence[Segment], folder: Path,
+               on_progress: Callable[[int], None]) -> Iterator[SegmentResult]:
+        """Encode the segments into their files in `folder`, `workers` at a time (see `SegmentExecutor`)."""
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        todo = iter(segments)
+        running: set = set()
+        # Frames of several segments at once have no single "segment being computed": progress
+        # is reported as each segment finishes (by the runner).
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="segment") as pool:
+            try:
+                while True:
+                    while len(running) < self.workers and (segment := next(todo, None)) is not None:
+                        running.add(pool.submit(encode_segment, job, segment, self.upscale,
+                                                segment_path(folder, segment.index)))
+                    if not running:
+                        return
+                    finished, running = wait(running, return_when=FIRST_COMPLETED)
+                    for future in sorted(finished, key=lambda f: f.result().index):
+                        yield SegmentResult(future.result())
+            finally:
+                for future in running:  # stopped early: start nothing more; the pool waits for the rest
+                    future.cancel()
 
 
 def _fingerprint(path: Path) -> InputFingerprint:
