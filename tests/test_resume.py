@@ -183,3 +183,12 @@ def test_segment_plan_cuts_at_keyframes_and_skips_short_inputs(clip):
     assert len(segments) >= 4
     assert len(plan_segments(info, 60.0)) == 1  # shorter than one segment: one pass, nothing indexed
     assert len(plan_segments(info, 0)) == 1     # segments off
+
+
+def test_segments_computed_at_once_give_the_serial_output(clip, tmp_path):
+    src, ref = clip
+    out = tmp_path / "parallel.mkv"
+    done = _done(run_cli(src, "-o", out, *SEGMENTED, "--segment-workers", "3"))
+    assert done["frames"] == FRAMES and done["resumed"] == 0
+    _same_output(out, ref, src)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parallel.mkv"]

@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--segment-seconds", type=nonnegative_seconds, default=None, metavar="S",
                    help="inputs longer than this run in keyframe-aligned segments of about S seconds, so an "
                         "interrupted run resumes where it stopped (default: 60; 0 turns segments off)")
+    p.add_argument("--segment-workers", type=positive_int, default=1, metavar="N",
+                   help="local engine: compute N consecutive segments at once, each with its own encoder, "
+                        "for when one encoder cannot keep up with the model (default: 1)")
     p.add_argument("--no-resume", action="store_true",
                    help="start over instead of reusing the segments an interrupted run finished")
     add_engine_arguments(p)
@@ -130,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         audio_codec=args.audio_codec, subtitles=args.subtitles, on_error=args.on_error, overwrite=args.overwrite,
         engine=args.engine, address=args.address, workers=args.workers, resume=not args.no_resume,
         compile=args.compile, temporal=args.temporal == "on", deinterlace=args.deinterlace,
+        segment_workers=args.segment_workers,
     )
     if args.segment_seconds is not None:
         config = dataclasses.replace(config, segment_seconds=args.segment_seconds)

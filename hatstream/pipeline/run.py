@@ -49,6 +49,7 @@ class RunConfig:
     address: str | None = None     # Ray cluster to join; None starts an embedded one
     workers: int | None = None     # Ray actors; default one per GPU
     segment_seconds: float = DEFAULT_SEGMENT_SECONDS  # resumable segments for longer inputs; 0 = off
+    segment_workers: int = 1       # segments computed at once in this process (local engine)
     resume: bool = True            # pick up an interrupted run's finished segments
     compile: bool = False          # torch.compile the model (local engine; static shapes per video)
     temporal: bool = False         # steady the output along the motion (`pipeline.temporal`)
@@ -135,7 +136,7 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
     segmented = (not on_ray or config.address is not None) and config.on_error == "fail"
     segments = plan_segments(info, config.segment_seconds) if segmented else ()
     if len(segments) > 1:
-        from hatstream.pipeline.resume import InProcess, run_resumable, run_settings
+        from hatstream.pipeline.resume import InProcess, Parallel, run_resumable, run_settings
 
         job = SegmentJob(info, plan, config.batch, config.temporal, config.deinterlace)
         if on_ray:
@@ -145,7 +146,10 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
             settings = run_settings(config.model, model, job, config.segment_seconds, ray_precision=config.precision)
         else:
             clipped = ClipCounter()
-            executor = InProcess(upscaler_for(job, model, clipped))
+            upscale = upscaler_for(job, model, clipped)
+            # Several segments at once, each with its own encoder, where one encoder cannot keep up.
+            executor = (Parallel(upscale, config.segment_workers) if config.segment_workers > 1
+                        else InProcess(upscale))
             settings = run_settings(config.model, model, job, config.segment_seconds)
         if on_start is not None:
             on_start(info.frames, info.frames_exact)

@@ -10,6 +10,7 @@ device, so 10-bit samples reach the model as floats and never pass through 8-bit
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -63,12 +64,14 @@ class ClipCounter:
 
     def __init__(self) -> None:
         self._sums: dict[torch.device, torch.Tensor] = {}
+        self._lock = threading.Lock()  # segments computed at once (`resume.Parallel`) share one counter
 
     def add(self, counts: torch.Tensor) -> None:
         """Add a (B,) tensor of per-frame counts (on any device; no host sync)."""
         total = counts.sum()
-        before = self._sums.get(total.device)
-        self._sums[total.device] = total if before is None else before + total
+        with self._lock:
+            before = self._sums.get(total.device)
+            self._sums[total.device] = total if before is None else before + total
 
     @property
     def total(self) -> int:
