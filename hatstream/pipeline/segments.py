@@ -162,14 +162,25 @@ def plan_segments(info: VideoInfo, segment_seconds: float, index: KeyframeIndex 
 
     Returns a single whole-file segment when segments are off (`segment_seconds <= 0`), when
     the input is known to be shorter than one segment (then nothing is even indexed), or when
-    the packets cannot be cut safely (missing pts, keyframes out of order).
+    the packets cannot be cut safely (missing pts, keyframes out of order, or times that the
+    decoder rebuilds from the decode order: `VideoInfo.rebuilt_pts`), saying so in one line.
     """
     whole = (Segment(0, None, None),)
     if segment_seconds <= 0 or (info.duration is not None and info.duration <= segment_seconds):
         return whole
     if info.rebuilt_pts:
-        # Times rebuilt from the decode order (AVI, elementary streams) are known only to a
-        # decoder that started at the first packet; a segment decoded from a seek has no frame count.
+        # Rebuilt times (decode._Clock) give the k-th frame shown the k-th packet's slot, so a
+        # frame's time is the number of frames shown before it. A keyframe followed in decode
+        # order by B-frames shown before it (an open GOP, the default of MPEG-4 Part 2 and
+        # MPEG-2: in PyAV's mpeg4 with 2 B-frames and g=8, keyframe packet 7 is shown at place
+        # 9, both counted from 0) is shown later than its packet's place by a count no packet
+        # states, and a decoder started at it drops those B-frames (their forward reference is
+        # missing). A segment would know neither its first frame's time nor hold its frames;
+        # raw streams (h264, m4v, ...) give their packets no times to seek to at all. Only a
+        # decode from the first packet is exact.
+        log.warning("%s: its frame times are rebuilt from the decode order, which only a decode from the "
+                    "first packet gets right (B-frames after a keyframe may be shown before it); it runs in one "
+                    "pass, not in resumable segments, so an interrupted run starts over", info.path.name)
         return whole
     index = index or index_keyframes(info)
     # The verdict of a whole-file run on a file that ends early, given before any work: one
