@@ -179,6 +179,11 @@ def plan_segments(info: VideoInfo, segment_seconds: float, index: KeyframeIndex 
         # missing). A segment would know neither its first frame's time nor hold its frames;
         # raw streams (h264, m4v, ...) give their packets no times to seek to at all. Only a
         # decode from the first packet is exact.
+        if info.duration is None and info.average_rate:
+            # Raw streams declare no length; their packets, one per frame, tell it (I/O only).
+            index = index or index_keyframes(info)
+            if index.packets / info.average_rate <= Fraction(segment_seconds):
+                return whole
         log.warning("%s: its frame times are rebuilt from the decode order, which only a decode from the "
                     "first packet gets right (B-frames after a keyframe may be shown before it); it runs in one "
                     "pass, not in resumable segments, so an interrupted run starts over", info.path.name)
