@@ -202,6 +202,27 @@ def test_explicit_avi_output_is_refused_naming_the_choices(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.avi"]
 
 
+@pytest.mark.parametrize("name,codec,fmt,options", [
+    ("open-gop.avi", "mpeg4", None, {"g": "8"}),
+    ("raw.h264", "libx264", "h264", {"bframes": "2"}),
+])
+def test_rebuilt_times_run_in_one_pass_and_say_so(tmp_path, name, codec, fmt, options):
+    # 30 frames (1.2 s) against 0.3 s segments: cut, these would be 4 segments. FFmpeg's mpeg4
+    # with B-frames makes open GOPs here (the two B-frames after keyframe packet 7 show before it),
+    # and raw H.264 packets carry no times at all: neither can be cut exactly (plan_segments).
+    src = write(tmp_path / name, codec, 30, 64, 48, fmt=fmt, bframes=2, options=options)
+    one, cut = tmp_path / "one.mkv", tmp_path / "cut.mkv"
+    # Shorter than one segment: nothing to say (a raw stream's length is counted from its packets).
+    proc = _ok(run_cli(src, "-o", one, "--model", "bicubic", "--codec", "ffv1", "--segment-seconds", "2"))
+    assert "resumable" not in proc.stderr
+    proc = _ok(run_cli(src, "-o", cut, "--model", "bicubic", "--codec", "ffv1", "--segment-seconds", "0.3"))
+    assert proc.stderr.count("not in resumable segments, so an interrupted run starts over") == 1, proc.stderr
+    assert not (tmp_path / ".cut.mkv.hatstream-work").exists()
+    (t1, f1, _), (t2, f2, _) = decoded(one), decoded(cut)
+    assert t1 == t2 == _steps(30, Fraction(25))
+    assert all(np.array_equal(a.to_ndarray(), b.to_ndarray()) for a, b in zip(f1, f2)) and len(f1) == len(f2)
+
+
 # --- elementary streams -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,codec,fmt,options", [

@@ -53,8 +53,9 @@ class Frame:
 
 @dataclass(frozen=True)
 class Remuxed:
-    """A stretch of the video stream's packets, stream-copied into a NUT file in memory: what a node
-    that cannot read the input decodes instead (see `read_frames`' `source`).
+    """A stretch of the video stream's packets, stream-copied into a NUT file in memory (Matroska
+    for VP8/VP9 alpha, see `format`): what a node that cannot read the input decodes instead
+    (see `read_frames`' `source`).
 
     NUT stores no negative timestamps, so its muxer shifts a file whose first dts is negative
     (B-frames) forward; `first_pts`, the input pts of the first packet, undoes that shift.
@@ -65,6 +66,7 @@ class Remuxed:
     data: bytes
     first_pts: int
     hidden: frozenset[int] = frozenset()
+    format: str = "nut"  # "matroska" for VP8/VP9 with alpha, whose alpha NUT cannot store
 
 
 @dataclass
@@ -322,7 +324,7 @@ def _open_video(info: VideoInfo, source: Remuxed | None):
             yield container, container.streams[info.stream_index]
         return
     # Our own remux (segments.segment_payload), so the format is known and forced.
-    with av.open(io.BytesIO(source.data), "r", format="nut") as container:
+    with av.open(io.BytesIO(source.data), "r", format=source.format) as container:
         yield container, container.streams.video[0]
 
 

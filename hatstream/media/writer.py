@@ -124,6 +124,12 @@ def _add_video(out: av.container.OutputContainer, info: VideoInfo, plan: OutputP
                             info.sample_aspect_ratio, info.display_matrix, dict(plan.video_tags))
 
 
+def vpx_alpha(encoding: VideoEncoding) -> bool:
+    """Whether `encoding` is VP8/VP9 with alpha, whose alpha travels as Matroska BlockAdditional
+    side data on each packet (a second libvpx stream), not in the codec's own frames."""
+    return encoding.layout.has_alpha and encoding.codec in ("libvpx", "libvpx-vp9")
+
+
 def _add_copied_video(out: av.container.OutputContainer, info: VideoInfo, plan: OutputPlan, encoded):
     """An output video stream that takes `encoded`'s packets as they are (codec parameters copied).
 
@@ -143,6 +149,11 @@ def _add_copied_video(out: av.container.OutputContainer, info: VideoInfo, plan: 
         stream.set_display_matrix(list(info.display_matrix))
     for key, value in plan.video_tags:
         stream.metadata[key] = value
+    if vpx_alpha(plan.encoding):
+        # The WebM muxer writes AlphaMode itself for a yuva420p encoder, but a copied stream says
+        # yuv420p (the alpha rides in each packet's BlockAdditional); without the tag players,
+        # and libvpx, ignore it.
+        stream.metadata["alpha_mode"] = "1"
     return stream
 
 

@@ -19,7 +19,8 @@ given (FFmpeg's `ff_choose_timebase` only refines it), so every pts survives exa
 keeps the encoder's global header (extradata) like MP4/MKV want it. Matroska would round every
 timestamp to 1 ms, which is not exact for 1001-based or 90 kHz time bases; MPEG-TS rounds to
 90 kHz; MP4 needs its trailer and edit lists. NUT, like Matroska, stores no dts, which
-`assemble` rebuilds (see `_fill_dts`).
+`assemble` rebuilds (see `_fill_dts`). The one exception is VP8/VP9 with alpha, whose alpha
+only Matroska stores (`segment_format`).
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ import av
 from hatstream.atomic import durable_replace, file_sha256
 from hatstream.errors import HatstreamError
 from hatstream.media.decode import DecodeStats, Frame, Remuxed, _check_complete, read_frames
-from hatstream.media.probe import VideoInfo, open_input, seconds
-from hatstream.media.writer import OutputPlan, VideoWriter
+from hatstream.media.probe import VideoInfo, alpha_decoder_name, open_input, seconds
+from hatstream.media.writer import OutputPlan, VideoWriter, vpx_alpha
 from hatstream.pipeline.engine import Progress, run_stages
 
 log = logging.getLogger(__name__)
@@ -162,14 +163,30 @@ def plan_segments(info: VideoInfo, segment_seconds: float, index: KeyframeIndex 
 
     Returns a single whole-file segment when segments are off (`segment_seconds <= 0`), when
     the input is known to be shorter than one segment (then nothing is even indexed), or when
-    the packets cannot be cut safely (missing pts, keyframes out of order).
+    the packets cannot be cut safely (missing pts, keyframes out of order, or times that the
+    decoder rebuilds from the decode order: `VideoInfo.rebuilt_pts`), saying so in one line.
     """
     whole = (Segment(0, None, None),)
     if segment_seconds <= 0 or (info.duration is not None and info.duration <= segment_seconds):
         return whole
     if info.rebuilt_pts:
-        # Times rebuilt from the decode order (AVI, elementary streams) are known only to a
-        # decoder that started at the first packet; a segment decoded from a seek has no frame count.
+        # Rebuilt times (decode._Clock) give the k-th frame shown the k-th packet's slot, so a
+        # frame's time is the number of frames shown before it. A keyframe followed in decode
+        # order by B-frames shown before it (an open GOP, the default of MPEG-4 Part 2 and
+        # MPEG-2: in PyAV's mpeg4 with 2 B-frames and g=8, keyframe packet 7 is shown at place
+        # 9, both counted from 0) is shown later than its packet's place by a count no packet
+        # states, and a decoder started at it drops those B-frames (their forward reference is
+        # missing). A segment would know neither its first frame's time nor hold its frames;
+        # raw streams (h264, m4v, ...) give their packets no times to seek to at all. Only a
+        # decode from the first packet is exact.
+        if info.duration is None and info.average_rate:
+            # Raw streams declare no length; their packets, one per frame, tell it (I/O only).
+            index = index or index_keyframes(info)
+            if index.packets / info.average_rate <= Fraction(segment_seconds):
+                return whole
+        log.warning("%s: its frame times are rebuilt from the decode order, which only a decode from the "
+                    "first packet gets right (B-frames after a keyframe may be shown before it); it runs in one "
+                    "pass, not in resumable segments, so an interrupted run starts over", info.path.name)
         return whole
     index = index or index_keyframes(info)
     # The verdict of a whole-file run on a file that ends early, given before any work: one
@@ -233,13 +250,18 @@ def segment_payload(info: VideoInfo, segment: Segment) -> Remuxed:
         first = packets[0].pts
         hidden = frozenset(p.pts for p in packets if p.is_discard and p.pts is not None)
         _decode_order_dts(packets)
+        # VP8/VP9 alpha rides in Matroska BlockAdditional side data, which NUT drops; a WebM
+        # input is on Matroska's own 1 ms clock, so Matroska keeps its pts exactly too.
+        fmt = "matroska" if alpha_decoder_name(stream) and tb == Fraction(1, 1000) else SEGMENT_FORMAT
         buf = io.BytesIO()
-        with av.open(buf, "w", format=SEGMENT_FORMAT) as out:
+        with av.open(buf, "w", format=fmt) as out:
             copy = out.add_stream_from_template(stream)
+            if fmt == "matroska":
+                copy.metadata["alpha_mode"] = "1"  # what makes configure_decoder pick libvpx there
             for packet in packets:
                 packet.stream = copy
                 out.mux(packet)
-    return Remuxed(buf.getvalue(), first, hidden)
+    return Remuxed(buf.getvalue(), first, hidden, fmt)
 
 
 def _decode_order_dts(packets: list[av.Packet]) -> None:
@@ -272,6 +294,17 @@ def segment_frames(info: VideoInfo, segment: Segment, deinterlace: str = "auto",
     return read_frames(info, "fail", None, deinterlace, window=(segment.start_pts, segment.end_pts), source=source)
 
 
+def segment_format(plan: OutputPlan) -> str:
+    """The container of a segment file: NUT, except for VP8/VP9 with alpha.
+
+    libvpx codes the alpha plane as a second stream that travels as Matroska BlockAdditional
+    side data on each packet, which only Matroska stores: in NUT it is dropped silently and the
+    joined WebM plays opaque. Matroska's 1 ms clock is no loss there: VP8/VP9 alpha ends in
+    WebM or Matroska output, whose muxer rounds to 1 ms anyway.
+    """
+    return "matroska" if vpx_alpha(plan.encoding) else SEGMENT_FORMAT
+
+
 def segment_path(folder: Path, index: int) -> Path:
     """Where segment `index` is written in a work folder: `seg-00003.nut`."""
     return Path(folder) / f"seg-{index:05d}{SEGMENT_SUFFIX}"
@@ -293,7 +326,7 @@ def encode_segment(job: SegmentJob, segment: Segment, upscale: Callable[[list[tu
     dest = Path(dest)
     tmp = dest.with_name(dest.name + ".part")
     # The intermediate gets the final encoding but no carried streams and no container options.
-    plan = dataclasses.replace(job.plan, container=SEGMENT_FORMAT, streams=())
+    plan = dataclasses.replace(job.plan, container=segment_format(job.plan), streams=())
     writer = VideoWriter(tmp, job.info, plan, carry=False)
     first: list[int] = []
     if job.temporal:
@@ -359,6 +392,12 @@ def _rebase(value: int | None, src: Fraction, dst: Fraction) -> int | None:
     return None if value is None else round(Fraction(value) * src / dst)
 
 
+def _rescale_near(value: int, src: Fraction, dst: Fraction) -> int:
+    # av_rescale_q's rounding as PyAV's mux applies it: to nearest, halves away from zero.
+    out = Fraction(value) * src / dst
+    return math.floor(out + Fraction(1, 2)) if out >= 0 else -math.floor(-out + Fraction(1, 2))
+
+
 def _fill_dts(packets: list[av.Packet], after: int | None) -> None:
     """Give the first packets of a segment the dts the encoder gave them, which NUT did not keep.
 
@@ -419,7 +458,10 @@ def _segment_packets(segment: EncodedSegment, time_base: Fraction, after: int | 
             src = Fraction(packet.time_base)
             pts, dts = _rebase(packet.pts, src, time_base), _rebase(packet.dts, src, time_base)
             if shift is None:
-                shift = pts - segment.first_pts
+                # The first frame's pts as this file's clock holds it: exactly in NUT; in a
+                # Matroska segment (VP8/VP9 alpha, `segment_format`) rounded to 1 ms as the
+                # muxer rounded it, so that rounding is not mistaken for a shift.
+                shift = pts - _rebase(_rescale_near(segment.first_pts, time_base, src), src, time_base)
             packet.pts = pts - shift
             packet.dts = dts - shift if dts is not None else None
             packet.duration = duration or _rebase(packet.duration, src, time_base) or 0
