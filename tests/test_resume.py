@@ -192,3 +192,18 @@ def test_segments_computed_at_once_give_the_serial_output(clip, tmp_path):
     assert done["frames"] == FRAMES and done["resumed"] == 0
     _same_output(out, ref, src)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["parallel.mkv"]
+
+
+def test_av1_segments_join_although_its_decoder_has_no_encoder_namesake(clip, tmp_path):
+    # The joined output copies the segments' stream; PyAV looks a template's codec up by its
+    # decoder's name, and AV1 is decoded by libdav1d, which no encoder is called.
+    src, _ = clip
+    out = tmp_path / "out.mkv"
+    done = _done(run_cli(src, "-o", out, "--model", "bicubic", "--codec", "libsvtav1", "--segment-seconds", "1",
+                         "--json"))
+    assert done["frames"] == FRAMES
+    assert frame_times(out) == frame_times(src)
+    with av.open(str(out)) as c:
+        stream = c.streams.video[0]
+        assert stream.codec_context.codec.id == av.codec.Codec("libsvtav1", "w").id
+        assert sum(1 for _ in c.decode(stream)) == FRAMES

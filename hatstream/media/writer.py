@@ -137,10 +137,16 @@ def _add_copied_video(out: av.container.OutputContainer, info: VideoInfo, plan: 
     none of them), so they are set again from the plan, as `_add_video` sets them on the encoder.
     The time base is the input's, like the encoder's, so pts are rebased exactly.
     """
-    stream = out.add_stream_from_template(encoded)
+    try:
+        stream = out.add_stream_from_template(encoded)
+    except av.codec.codec.UnknownCodecError:
+        # PyAV finds the template's encoder by its decoder's name; AV1 is read by libdav1d, which
+        # no encoder is called. An opaque stream copies the codec parameters without an encoder.
+        stream = out.add_stream_from_template(encoded, opaque=True)
     stream.time_base = info.time_base
     cc = stream.codec_context
-    cc.time_base = info.time_base
+    if cc.is_encoder:  # an opaque stream keeps the template's decoder context, which has no time base to set
+        cc.time_base = info.time_base
     cc.framerate = info.average_rate or 24  # becomes the stream's rate (MKV DefaultDuration), as add_stream's
     cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc = plan.encoding.colour_tags
     if info.sample_aspect_ratio:
