@@ -15,15 +15,25 @@ import os
 CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
+def keep_loopback() -> None:
+    """Keep this process's Ray (and the processes it starts) on loopback addresses.
+
+    For an embedded instance, and for a driver joining a cluster at 127.0.0.1 (tests, a one-machine
+    farm): without it the driver would announce, and look for its node at, the interface address.
+    """
+    os.environ[CLUSTER_SWITCH] = "0"  # for the processes Ray starts
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read at import: this process may have imported ray already
+
+
 def start_local_ray(num_cpus: int, **kwargs) -> None:
     """Start a new Ray instance of our own on loopback, without a dashboard; `kwargs` go to ray.init.
 
     address="local": a new instance, never a cluster that RAY_ADDRESS or /tmp/ray/ray_current_cluster
     happens to name (which would also refuse num_cpus).
     """
-    os.environ[CLUSTER_SWITCH] = "0"  # for the processes Ray starts
     import ray
-    from ray._private import ray_constants
 
-    ray_constants.ENABLE_RAY_CLUSTER = False  # read at import: this process may have imported ray already
+    keep_loopback()
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **kwargs)

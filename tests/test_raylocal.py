@@ -34,3 +34,32 @@ def test_embedded_ray_uses_loopback_only():
     assert proc.returncode == 0, proc.stderr[-2000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen == {"nodes": ["127.0.0.1"], "driver": "127.0.0.1", "task": "127.0.0.1"}
+
+
+JOIN = """
+import json, sys, ray
+from hatstream.pipeline.ray_engine import RayOptions, _connect
+_connect(RayOptions(address=sys.argv[1]))
+@ray.remote
+def where():
+    return ray.util.get_node_ip_address()
+print(json.dumps({"driver": ray.util.get_node_ip_address(), "task": ray.get(where.remote(), timeout=120)}))
+ray.shutdown()
+"""
+
+
+def test_a_driver_joins_a_loopback_cluster_without_the_switch():
+    # A user's `hatstream run --address 127.0.0.1:PORT` against a one-machine cluster: without the
+    # switch Ray would swap 127.0.0.1 for the interface address and wait for a node that is not there.
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1"})
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        proc = subprocess.run([sys.executable, "-c", JOIN, cluster.address], capture_output=True, text=True,
+                              timeout=150, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"driver": "127.0.0.1", "task": "127.0.0.1"}
+    finally:
+        cluster.shutdown()

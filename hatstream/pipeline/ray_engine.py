@@ -62,7 +62,7 @@ from hatstream.models.spec import ModelInfo
 from hatstream.pipeline.engine import Progress, batches, run_stages
 from hatstream.pipeline.collector import OrderedCollector
 from hatstream.pipeline.stage import FrameFormat, Planes, upscale_plane_tensors
-from hatstream.raylocal import start_local_ray
+from hatstream.raylocal import keep_loopback, start_local_ray
 
 log = logging.getLogger(__name__)
 
@@ -479,7 +479,9 @@ def _connect(options: RayOptions) -> bool:
         host = options.address.removeprefix("ray://").rsplit(":", 1)[0]
         if host in ("127.0.0.1", "localhost"):
             # A cluster on loopback (tests, a one-machine farm): its nodes know themselves as
-            # 127.0.0.1, and a driver that took the interface address would find no node of its own.
+            # 127.0.0.1, and a driver that took the interface address would find no node of its own
+            # (Ray swaps even an explicit 127.0.0.1 for it unless its cluster switch is off).
+            keep_loopback()
             common["_node_ip_address"] = "127.0.0.1"
         ray.init(address=options.address, **common)
         return True
