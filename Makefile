@@ -38,7 +38,7 @@ demo: install
 	$(PY) -m hatstream.demo
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # The same suite without the tests marked slow (Ray clusters, long clips): a quick check while working.
 test-quick: install

@@ -26,7 +26,7 @@ from hatstream.pipeline.collector import OrderedCollector
 from hatstream.errors import HatstreamError
 from hatstream.media.encode import EncodeSettings
 from hatstream.media.probe import probe
-from hatstream.pipeline.ray_engine import WORKER_NAME, WorkerPool, _batch_job, _stream
+from hatstream.pipeline.ray_engine import WORKER_NAME, WorkerPool, _batch_task, _stream
 from hatstream.pipeline.run import RunConfig, run_file
 from mediagen import Clip, frame_times, make_video, read_planes, run_cli
 
@@ -173,8 +173,8 @@ class _Flaky:
 
 def test_a_batch_that_keeps_failing_fails_the_run_clearly(local_ray):
     pool = WorkerPool([_Flaky.remote(), _Flaky.remote()], max_attempts=3)
-    good = _batch_job(0, [Frame(0, 0, (np.ones((2, 2), np.uint8),))])
-    bad = _batch_job(1, [Frame(1, 1, (np.full((2, 2), 255, np.uint8),))])
+    good = _batch_task(0, [Frame(0, 0, (np.ones((2, 2), np.uint8),))])
+    bad = _batch_task(1, [Frame(1, 1, (np.full((2, 2), 255, np.uint8),))])
     pool.submit(good)
     pool.submit(bad)
     results = []
@@ -309,11 +309,11 @@ def test_removing_a_node_mid_run_changes_nothing(longer_segments_clip, tiny_hat,
 def _segment_job(clip: Path, out: Path):
     from hatstream.inference import load_model
     from hatstream.media.writer import plan_output
-    from hatstream.pipeline.segments import Segment, SegmentJob
+    from hatstream.pipeline.segments import Segment, SegmentRecipe
 
     model = load_model("bicubic", device="cpu", precision="fp32", scale=2)
     info = probe(clip)
-    return SegmentJob(info, plan_output(info, out, 2, LOSSLESS)), (Segment(0, None, None),), model
+    return SegmentRecipe(info, plan_output(info, out, 2, LOSSLESS)), (Segment(0, None, None),), model
 
 
 def run_ray_segments(job, segments, model, out, options):

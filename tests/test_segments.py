@@ -62,7 +62,7 @@ def test_a_segment_that_comes_back_twice_is_kept_once(tmp_path):
     from hatstream.media.encode import EncodeSettings
     from hatstream.media.writer import plan_output
     from hatstream.pipeline.resume import InProcess, run_resumable
-    from hatstream.pipeline.segments import SegmentJob, upscaler_for
+    from hatstream.pipeline.segments import SegmentRecipe, upscaler_for
 
     class Twice(InProcess):
         """Delivers every segment twice, as a retried task whose first try finished after all."""
@@ -78,7 +78,7 @@ def test_a_segment_that_comes_back_twice_is_kept_once(tmp_path):
     segments = plan_segments(info, 0.5)
     ref, out = tmp_path / "once.mkv", tmp_path / "twice.mkv"
     for executor, path in ((InProcess, ref), (Twice, out)):
-        job = SegmentJob(info, plan_output(info, path, 2, EncodeSettings(codec="ffv1")))
+        job = SegmentRecipe(info, plan_output(info, path, 2, EncodeSettings(codec="ffv1")))
         done = run_resumable(job, segments, executor(upscaler_for(job, model)), path, settings=())
         assert done.frames == done.processed == 20 and done.segments == len(segments) == 4
     assert all(all((x == y).all() for x, y in zip(a, b)) for a, b in zip(read_planes(out), read_planes(ref)))
@@ -92,7 +92,7 @@ def test_parallel_segments_give_the_serial_output(tmp_path):
     from hatstream.media.encode import EncodeSettings
     from hatstream.media.writer import plan_output
     from hatstream.pipeline.resume import InProcess, Parallel, run_resumable
-    from hatstream.pipeline.segments import SegmentJob, plan_segments, upscaler_for
+    from hatstream.pipeline.segments import SegmentRecipe, plan_segments, upscaler_for
 
     src = make_video(tmp_path / "clip.mkv", Clip(frames=30, options={"g": "5"}, **X264))
     info = probe(src)
@@ -112,7 +112,7 @@ def test_parallel_segments_give_the_serial_output(tmp_path):
 
     ref, out = tmp_path / "serial.mkv", tmp_path / "parallel.mkv"
     for path in (ref, out):
-        job = SegmentJob(info, plan_output(info, path, 2, EncodeSettings(codec="libx264")))
+        job = SegmentRecipe(info, plan_output(info, path, 2, EncodeSettings(codec="libx264")))
         executor = (InProcess(upscaler_for(job, model)) if path == ref
                     else Parallel(together(upscaler_for(job, model)), workers=2))
         done = run_resumable(job, segments, executor, path, settings=())

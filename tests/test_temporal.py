@@ -308,11 +308,11 @@ def test_resume_never_mixes_segments_with_and_without_the_filter(tmp_path):
     from hatstream.media.probe import probe
     from hatstream.media.writer import plan_output
     from hatstream.pipeline.resume import run_settings
-    from hatstream.pipeline.segments import SegmentJob
+    from hatstream.pipeline.segments import SegmentRecipe
 
     info = probe(make_video(tmp_path / "in.mkv", Clip(frames=2)))
     model = load_model("bicubic", device="cpu", scale=2)
-    job = SegmentJob(info, plan_output(info, tmp_path / "out.mkv", 2, EncodeSettings(codec="ffv1"), "copy", "copy"))
+    job = SegmentRecipe(info, plan_output(info, tmp_path / "out.mkv", 2, EncodeSettings(codec="ffv1"), "copy", "copy"))
     off = dict(run_settings("bicubic", model, job, 60.0))
     on = dict(run_settings("bicubic", model, dataclasses.replace(job, temporal=True), 60.0))
     assert "temporal" not in off and on.pop("temporal") == json.dumps("on")

@@ -228,8 +228,8 @@ class UpscaleWorker:
                 os._exit(1)
             raise
 
-    def encode_segment(self, job, segment, payload) -> tuple[Any, bytes]:
-        """Decode, upscale and encode one segment of `job`'s input from its `payload` (the segment's video
+    def encode_segment(self, recipe, segment, payload) -> tuple[Any, bytes]:
+        """Decode, upscale and encode one segment of `recipe`'s input from its `payload` (the segment's video
         packets, `segments.segment_payload`); the encoded file comes back as bytes. The input path is
         never opened here: the node need not see it."""
         from hatstream.pipeline.segments import encode_segment, segment_path
@@ -238,13 +238,13 @@ class UpscaleWorker:
         # The driver's machine is not this one: the encoder's threads follow this node's cores,
         # shared with the other GPU actors it holds.
         threads = encoder_threads(self.device.type == "cpu", streams=self._node_gpus())
-        job = replace(job, plan=replace(job.plan, encoding=replace(job.plan.encoding, threads=threads)))
+        recipe = replace(recipe, plan=replace(recipe.plan, encoding=replace(recipe.plan.encoding, threads=threads)))
 
         def progress(p: Progress) -> None:
             self._progress = (segment.index, p.frames)  # one tuple: `heartbeat` reads it from its thread
 
         with tempfile.TemporaryDirectory(prefix="hatstream-segment-") as folder:
-            encoded = encode_segment(job, segment, self.upscale, segment_path(Path(folder), segment.index),
+            encoded = encode_segment(recipe, segment, self.upscale, segment_path(Path(folder), segment.index),
                                      progress, source=payload)
             return encoded, encoded.path.read_bytes()
 
@@ -267,7 +267,7 @@ class UpscaleWorker:
 # ---- on the driver ----------------------------------------------------------------------------
 
 @dataclass
-class _Job:
+class _Task:
     """One unit of work for an actor: a batch of frames, or a whole segment, and its tries so far."""
 
     key: int              # the sequence number of a batch's first frame, or a segment's index
@@ -284,8 +284,8 @@ class _Job:
     probed: float = 0.0
 
 
-def _batch_job(first: int, frames: list[Frame]) -> _Job:
-    return _Job(first, ([f.planes for f in frames],), len(frames), f"frames {first}-{first + len(frames) - 1}",
+def _batch_task(first: int, frames: list[Frame]) -> _Task:
+    return _Task(first, ([f.planes for f in frames],), len(frames), f"frames {first}-{first + len(frames) - 1}",
                 frames)
 
 
@@ -309,12 +309,12 @@ def _reason(exc: BaseException) -> str:
 
 
 class WorkerPool:
-    """Hands jobs to actors, least-loaded first, and gets their results back, re-running failures.
+    """Hands tasks to actors, least-loaded first, and gets their results back, re-running failures.
 
-    Each job calls the actors' `method` with its `args`. Every job is tried at most
+    Each task calls the actors' `method` with its `args`. Every task is tried at most
     `max_attempts` times; a retry prefers another actor than the one that failed, and actors that
     keep failing (dead for good) sink to the end of the choice. An error of the input itself
-    (`_DETERMINISTIC`) fails at once. A job counts as failed after `batch_timeout` seconds; with
+    (`_DETERMINISTIC`) fails at once. A task counts as failed after `batch_timeout` seconds; with
     `heartbeat`, only after that long without progress (the actors' `heartbeat` method).
     """
 
@@ -330,96 +330,96 @@ class WorkerPool:
         self.load = [0] * len(self.actors)
         self.failures = [0] * len(self.actors)
         self.retries = 0
-        self._jobs: dict[Any, _Job] = {}
+        self._tasks: dict[Any, _Task] = {}
 
     @property
     def busy(self) -> bool:
         """True while any batch is out."""
-        return bool(self._jobs)
+        return bool(self._tasks)
 
     @property
     def frames_in_flight(self) -> int:
         """Frames handed out and not yet returned."""
-        return sum(job.size for job in self._jobs.values())
+        return sum(task.size for task in self._tasks.values())
 
     def has_room(self) -> bool:
         """True when another batch can be handed out without queueing more than `in_flight` per actor."""
-        return len(self._jobs) < self.capacity
+        return len(self._tasks) < self.capacity
 
-    def submit(self, job: _Job, avoid: int = -1) -> None:
-        """Hand `job` to the least-loaded actor, away from `avoid` and from actors that keep failing."""
+    def submit(self, task: _Task, avoid: int = -1) -> None:
+        """Hand `task` to the least-loaded actor, away from `avoid` and from actors that keep failing."""
         i = min(range(len(self.actors)), key=lambda k: (k == avoid, self.failures[k], self.load[k]))
-        job.attempts += 1
-        job.worker = i
-        job.submitted = job.progressed = job.probed = time.monotonic()
-        job.frames, job.probe = 0, None
-        ref = getattr(self.actors[i], self.method).remote(*job.args)
-        self._jobs[ref] = job
+        task.attempts += 1
+        task.worker = i
+        task.submitted = task.progressed = task.probed = time.monotonic()
+        task.frames, task.probe = 0, None
+        ref = getattr(self.actors[i], self.method).remote(*task.args)
+        self._tasks[ref] = task
         self.load[i] += 1
 
-    def poll(self, timeout: float) -> list[tuple[_Job, Any]]:
-        """Finished jobs with their results, waiting up to `timeout` s for the first one."""
-        if not self._jobs:
+    def poll(self, timeout: float) -> list[tuple[_Task, Any]]:
+        """Finished tasks with their results, waiting up to `timeout` s for the first one."""
+        if not self._tasks:
             return []
-        ready, _ = ray.wait(list(self._jobs), num_returns=1, timeout=timeout)
+        ready, _ = ray.wait(list(self._tasks), num_returns=1, timeout=timeout)
         if ready:  # take whatever else is already done in the same round
-            ready, _ = ray.wait(list(self._jobs), num_returns=len(self._jobs), timeout=0)
+            ready, _ = ray.wait(list(self._tasks), num_returns=len(self._tasks), timeout=0)
         done = []
         for ref in ready:
-            job = self._take(ref)
+            task = self._take(ref)
             try:
-                done.append((job, ray.get(ref)))
+                done.append((task, ray.get(ref)))
             except RayError as exc:
-                self._retry(job, exc)
+                self._retry(task, exc)
         self._expire()
         return done
 
-    def _take(self, ref) -> _Job:
-        job = self._jobs.pop(ref)
-        self.load[job.worker] -= 1
-        return job
+    def _take(self, ref) -> _Task:
+        task = self._tasks.pop(ref)
+        self.load[task.worker] -= 1
+        return task
 
-    def _retry(self, job: _Job, exc: BaseException) -> None:
-        self.failures[job.worker] += 1
+    def _retry(self, task: _Task, exc: BaseException) -> None:
+        self.failures[task.worker] += 1
         if (cause := _deterministic(exc)) is not None:
             text = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-            raise HatstreamError(f"{job.label}: {text}") from None
-        if job.attempts >= self.max_attempts:
-            raise HatstreamError(f"{job.label} failed {job.attempts} times on the Ray workers; "
+            raise HatstreamError(f"{task.label}: {text}") from None
+        if task.attempts >= self.max_attempts:
+            raise HatstreamError(f"{task.label} failed {task.attempts} times on the Ray workers; "
                                  f"last error: {_reason(exc)}")
-        log.warning("%s failed on worker %d (%s); running it again", job.label, job.worker, _reason(exc))
+        log.warning("%s failed on worker %d (%s); running it again", task.label, task.worker, _reason(exc))
         self.retries += 1
-        self.submit(job, avoid=job.worker)
+        self.submit(task, avoid=task.worker)
 
-    def _beat(self, job: _Job, now: float) -> None:
-        """Ask the job's actor how far it has got (at most every `probe_every` s), without waiting."""
-        if job.probe is None:
-            if now - job.probed >= self.probe_every:
-                job.probe, job.probed = self.actors[job.worker].heartbeat.remote(), now
+    def _beat(self, task: _Task, now: float) -> None:
+        """Ask the task's actor how far it has got (at most every `probe_every` s), without waiting."""
+        if task.probe is None:
+            if now - task.probed >= self.probe_every:
+                task.probe, task.probed = self.actors[task.worker].heartbeat.remote(), now
             return
-        ready, _ = ray.wait([job.probe], timeout=0)
+        ready, _ = ray.wait([task.probe], timeout=0)
         if not ready:
             return
         try:
-            key, frames = ray.get(job.probe)
-        except RayError:  # the actor is gone: the job's own result says so
+            key, frames = ray.get(task.probe)
+        except RayError:  # the actor is gone: the task's own result says so
             key, frames = None, 0
-        job.probe = None
-        if key == job.key and frames > job.frames:
-            job.frames, job.progressed = frames, now
+        task.probe = None
+        if key == task.key and frames > task.frames:
+            task.frames, task.progressed = frames, now
 
     def _expire(self) -> None:
         now = time.monotonic()
-        for ref, job in list(self._jobs.items()):
+        for ref, task in list(self._tasks.items()):
             if self.heartbeat:
-                self._beat(job, now)
-            if now - job.progressed > self.batch_timeout:
+                self._beat(task, now)
+            if now - task.progressed > self.batch_timeout:
                 # A hung actor would hold its batches forever: restart it (its other batches then
                 # fail and are re-run too) and count this one as a failed try.
                 self._take(ref)
-                ray.kill(self.actors[job.worker], no_restart=False)
+                ray.kill(self.actors[task.worker], no_restart=False)
                 what = "without progress" if self.heartbeat else "without a result"
-                self._retry(job, TimeoutError(f"{self.batch_timeout:g} s {what}"))
+                self._retry(task, TimeoutError(f"{self.batch_timeout:g} s {what}"))
 
 
 def _ordered_results(frames: Iterable[Frame], pool: WorkerPool, batch: int, window: int) -> Iterator[Frame]:
@@ -438,13 +438,13 @@ def _ordered_results(frames: Iterable[Frame], pool: WorkerPool, batch: int, wind
             if group is None:
                 decoded_all = True
             else:
-                pool.submit(_batch_job(seq, group))
+                pool.submit(_batch_task(seq, group))
                 seq += len(group)
-        for job, outputs in pool.poll(timeout=_POLL):
-            if len(outputs) != job.size:
-                raise RuntimeError(f"{job.label}: {len(outputs)} frames came back from the Ray worker")
-            for k, (frame, planes) in enumerate(zip(job.context, outputs)):
-                collector.add(job.key + k, Frame(frame.index, frame.pts, tuple(planes), frame.repaired))
+        for task, outputs in pool.poll(timeout=_POLL):
+            if len(outputs) != task.size:
+                raise RuntimeError(f"{task.label}: {len(outputs)} frames came back from the Ray worker")
+            for k, (frame, planes) in enumerate(zip(task.context, outputs)):
+                collector.add(task.key + k, Frame(frame.index, frame.pts, tuple(planes), frame.repaired))
         yield from collector.ready()
         if decoded_all and not pool.busy:
             if len(collector):  # cannot happen unless a batch was lost: never write a gap
@@ -621,13 +621,13 @@ class RaySegments:
         self.model = model
         self.options = options
 
-    def encode(self, job, segments: Sequence, folder: Path, on_progress: Callable[[int], None]) -> Iterator:
+    def encode(self, recipe, segments: Sequence, folder: Path, on_progress: Callable[[int], None]) -> Iterator:
         """Run `segments` on the actors; yield each `SegmentResult` as it comes back (any order)."""
         from hatstream.pipeline.segments import SegmentResult, segment_payload
 
         _remove_stale_segment_folders(Path(folder).parent)
-        src = FrameFormat(job.info.layout, job.info.colour)
-        dst = FrameFormat(job.plan.encoding.layout, job.plan.encoding.colour)
+        src = FrameFormat(recipe.info.layout, recipe.info.colour)
+        dst = FrameFormat(recipe.plan.encoding.layout, recipe.plan.encoding.colour)
         with _workers(self.options, self.model, src, dst) as actors:
             pool = WorkerPool(actors, 1, self.options.max_attempts, self.options.stall_timeout,
                               method="encode_segment", heartbeat=True)
@@ -635,9 +635,9 @@ class RaySegments:
             while todo or pool.busy:
                 while todo and pool.has_room():
                     segment = todo.pop(0)
-                    # One object per segment, shared by its retries; dropped with the job.
-                    payload = ray.put(segment_payload(job.info, segment))
-                    pool.submit(_Job(segment.index, (job, segment, payload), 0, f"segment {segment.index}"))
+                    # One object per segment, shared by its retries; dropped with the task.
+                    payload = ray.put(segment_payload(recipe.info, segment))
+                    pool.submit(_Task(segment.index, (recipe, segment, payload), 0, f"segment {segment.index}"))
                     log.debug("segment %d sent to the Ray workers", segment.index)
                 for _, (encoded, data) in pool.poll(timeout=_POLL):
                     yield SegmentResult(encoded, data)

@@ -46,7 +46,7 @@ from hatstream.atomic import atomic_output, file_sha256, partial_files, write_du
 from hatstream.errors import HatstreamError
 from hatstream.media.deinterlace import plan_deinterlace
 from hatstream.pipeline.engine import Progress
-from hatstream.pipeline.segments import (EncodedSegment, Segment, SegmentJob, SegmentResult, assemble,
+from hatstream.pipeline.segments import (EncodedSegment, Segment, SegmentRecipe, SegmentResult, assemble,
                                          count_packets, encode_segment, segment_path)
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def _locked(folder: Path) -> Iterator[None]:
 
 
 def remove_work_folder(output: Path) -> bool:
-    """Remove the work folder of `output` (a job that failed for good, an input that is gone), under its
+    """Remove the work folder of `output` (a watch job that failed for good, an input that is gone), under its
     lock; False when there is none or another run is using it."""
     folder = work_dir(output)
     if folder.is_symlink():
@@ -355,7 +355,7 @@ class SegmentExecutor(Protocol):
     a `finally` (or a `with`) around its loop.
     """
 
-    def encode(self, job: SegmentJob, segments: Sequence[Segment], folder: Path,
+    def encode(self, recipe: SegmentRecipe, segments: Sequence[Segment], folder: Path,
                on_progress: Callable[[int], None]) -> Iterator[SegmentResult]: ...
 
 
@@ -365,11 +365,11 @@ class InProcess:
     def __init__(self, upscale: Callable[[list[tuple]], list[tuple]]):
         self.upscale = upscale
 
-    def encode(self, job: SegmentJob, segments: Sequence[Segment], folder: Path,
+    def encode(self, recipe: SegmentRecipe, segments: Sequence[Segment], folder: Path,
                on_progress: Callable[[int], None]) -> Iterator[SegmentResult]:
         """Encode each segment straight into its file in `folder` (see `SegmentExecutor`)."""
         for segment in segments:
-            yield SegmentResult(encode_segment(job, segment, self.upscale, segment_path(folder, segment.index),
+            yield SegmentResult(encode_segment(recipe, segment, self.upscale, segment_path(folder, segment.index),
                                                lambda p: on_progress(p.frames)))
 
 
@@ -390,7 +390,7 @@ class Parallel:
         self.upscale = upscale
         self.workers = workers
 
-    def encode(self, job: SegmentJob, segments: Sequence[Segment], folder: Path,
+    def encode(self, recipe: SegmentRecipe, segments: Sequence[Segment], folder: Path,
                on_progress: Callable[[int], None]) -> Iterator[SegmentResult]:
         """Encode the segments into their files in `folder`, `workers` at a time (see `SegmentExecutor`)."""
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -403,7 +403,7 @@ class Parallel:
             try:
                 while True:
                     while len(running) < self.workers and (segment := next(todo, None)) is not None:
-                        running.add(pool.submit(encode_segment, job, segment, self.upscale,
+                        running.add(pool.submit(encode_segment, recipe, segment, self.upscale,
                                                 segment_path(folder, segment.index)))
                     if not running:
                         return
@@ -422,7 +422,7 @@ def _fingerprint(path: Path) -> InputFingerprint:
         raise HatstreamError(f"cannot read {Path(path).name}: {exc.strerror or exc}") from None
 
 
-def run_resumable(job: SegmentJob, segments: tuple[Segment, ...], executor: SegmentExecutor,
+def run_resumable(recipe: SegmentRecipe, segments: tuple[Segment, ...], executor: SegmentExecutor,
                   output: Path, settings: tuple[tuple[str, str], ...], resume: bool = True, total: int = 0,
                   exact: bool = False, on_progress: Callable[[Progress], None] | None = None,
                   overwrite: bool = True) -> ResumeOutcome:
@@ -436,7 +436,7 @@ def run_resumable(job: SegmentJob, segments: tuple[Segment, ...], executor: Segm
     are assembled (a kill before that leaves nothing beside the output but the work folder).
     On any failure the folder is kept, for the next run to resume.
     """
-    fresh = Manifest(_fingerprint(job.info.path), settings, segments)
+    fresh = Manifest(_fingerprint(recipe.info.path), settings, segments)
     work = WorkFolder(output, fresh, resume)
     try:
         for stale in partial_files(output):  # a run killed while assembling; we hold the lock
@@ -454,7 +454,7 @@ def run_resumable(job: SegmentJob, segments: tuple[Segment, ...], executor: Segm
                 on_progress(Progress(now, max(total, now), exact, time.perf_counter() - started))
 
         if todo:
-            with contextlib.closing(iter(executor.encode(job, todo, work.folder, progress))) as results:
+            with contextlib.closing(iter(executor.encode(recipe, todo, work.folder, progress))) as results:
                 for result in results:
                     done = _accept(work.folder, result, finished, {s.index for s in todo})
                     if done is None:
@@ -468,7 +468,7 @@ def run_resumable(job: SegmentJob, segments: tuple[Segment, ...], executor: Segm
         if missing:  # an executor that stopped early: never assemble with a gap
             raise RuntimeError(f"segments {missing} were never computed")
         with atomic_output(output, overwrite) as tmp:
-            frames = assemble(job, [finished[s.index] for s in segments], tmp)
+            frames = assemble(recipe, [finished[s.index] for s in segments], tmp)
             if frames != resumed + processed:  # every frame exactly once: none lost, none twice
                 raise RuntimeError(f"{resumed} frames resumed and {processed} encoded, but {frames} assembled")
     except BaseException:
@@ -498,17 +498,17 @@ def _accept(folder: Path, result: SegmentResult, finished: dict[int, EncodedSegm
     return dataclasses.replace(encoded, path=path)
 
 
-def run_settings(model_name: str | None, upscaler, job: SegmentJob, segment_seconds: float, **extra: Any
+def run_settings(model_name: str | None, upscaler, recipe: SegmentRecipe, segment_seconds: float, **extra: Any
                  ) -> tuple[tuple[str, str], ...]:
     """The settings fingerprint of a run: everything that changes the encoded video of a segment
     (`extra`: what only one engine knows of, e.g. the precision Ray actors compute in)."""
-    enc, plan = job.plan.encoding, job.plan
-    deint = plan_deinterlace(job.info, job.deinterlace)
+    enc, plan = recipe.plan.encoding, recipe.plan
+    deint = plan_deinterlace(recipe.info, recipe.deinterlace)
     return settings_fingerprint(model=model_identity(model_name, upscaler), codec=enc.codec, options=enc.options,
                                 pix_fmt=enc.layout.pix_fmt, colour=[enc.colour.matrix, enc.colour.full_range],
                                 colour_tags=enc.colour_tags, size=[plan.width, plan.height],
-                                video_stream=job.info.stream_index, segment_seconds=segment_seconds,
+                                video_stream=recipe.info.stream_index, segment_seconds=segment_seconds,
                                 # Only when on, so the work folders of runs without it still resume.
-                                **({"temporal": "on"} if job.temporal else {}),
+                                **({"temporal": "on"} if recipe.temporal else {}),
                                 # Likewise only when frames are deinterlaced (the filter and its options).
                                 **({"deinterlace": deint.args} if deint else {}), **extra)

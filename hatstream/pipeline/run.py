@@ -23,7 +23,7 @@ from hatstream.media.encode import EncodeSettings, container_for
 from hatstream.media.probe import encoder_threads, probe
 from hatstream.media.writer import VideoWriter, default_output_note, default_output_path, plan_output
 from hatstream.pipeline.engine import Progress, run_stages
-from hatstream.pipeline.segments import DEFAULT_SEGMENT_SECONDS, SegmentJob, plan_segments, upscaler_for
+from hatstream.pipeline.segments import DEFAULT_SEGMENT_SECONDS, SegmentRecipe, plan_segments, upscaler_for
 
 log = logging.getLogger(__name__)
 
@@ -138,22 +138,22 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
     if len(segments) > 1:
         from hatstream.pipeline.resume import InProcess, Parallel, run_resumable, run_settings
 
-        job = SegmentJob(info, plan, config.batch, config.temporal, config.deinterlace)
+        recipe = SegmentRecipe(info, plan, config.batch, config.temporal, config.deinterlace)
         if on_ray:
             from hatstream.pipeline.ray_engine import RaySegments
             executor = RaySegments(model, _ray_options(config))
             # The driver's model is a CPU fp32 copy; the precision asked for is what the actors use.
-            settings = run_settings(config.model, model, job, config.segment_seconds, ray_precision=config.precision)
+            settings = run_settings(config.model, model, recipe, config.segment_seconds, ray_precision=config.precision)
         else:
             clipped = ClipCounter()
-            upscale = upscaler_for(job, model, clipped)
+            upscale = upscaler_for(recipe, model, clipped)
             # Several segments at once, each with its own encoder, where one encoder cannot keep up.
             executor = (Parallel(upscale, config.segment_workers) if config.segment_workers > 1
                         else InProcess(upscale))
-            settings = run_settings(config.model, model, job, config.segment_seconds)
+            settings = run_settings(config.model, model, recipe, config.segment_seconds)
         if on_start is not None:
             on_start(info.frames, info.frames_exact)
-        done = run_resumable(job, segments, executor, output, settings, config.resume, info.frames,
+        done = run_resumable(recipe, segments, executor, output, settings, config.resume, info.frames,
                              info.frames_exact, on_progress, overwrite=config.overwrite)
         # Ray actors do not report clipping (yet); in this process it covers the segments computed now.
         return RunResult(output=output, frames=done.frames, seconds=time.perf_counter() - started, repaired=0,

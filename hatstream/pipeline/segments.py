@@ -2,12 +2,12 @@
 
     plan_segments(info, seconds)        demux the video packets only (no decoding), cut at keyframes
     segment_payload(info, segment)      stream-copy one segment's video packets into NUT in memory
-    encode_segment(job, segment, ...)   decode one segment from its keyframe, upscale, encode to NUT
-    assemble(job, segments, output)     remux the segment files in order, plus the carried streams
+    encode_segment(recipe, segment, ...)   decode one segment from its keyframe, upscale, encode to NUT
+    assemble(recipe, segments, output)     remux the segment files in order, plus the carried streams
 
 Every function takes plain, picklable arguments (paths and frozen dataclasses) and returns
 frozen dataclasses, so a Ray task on another node can call `encode_segment` with the same
-`SegmentJob` and a segment's payload, and send back the file: compressed bytes travel both
+`SegmentRecipe` and a segment's payload, and send back the file: compressed bytes travel both
 ways, never frames, and that node never opens the input path.
 
 A segment is the frames whose pts lie in [start_pts, end_pts), both keyframe pts of the input.
@@ -67,7 +67,7 @@ class Segment:
 
 
 @dataclass(frozen=True)
-class SegmentJob:
+class SegmentRecipe:
     """What every segment of one run shares: the input, the planned output, and how to run the model."""
 
     info: VideoInfo
@@ -310,7 +310,7 @@ def segment_path(folder: Path, index: int) -> Path:
     return Path(folder) / f"seg-{index:05d}{SEGMENT_SUFFIX}"
 
 
-def encode_segment(job: SegmentJob, segment: Segment, upscale: Callable[[list[tuple]], list[tuple]],
+def encode_segment(recipe: SegmentRecipe, segment: Segment, upscale: Callable[[list[tuple]], list[tuple]],
                    dest: Path, on_progress: Callable[[Progress], None] | None = None,
                    source: Remuxed | None = None) -> EncodedSegment:
     """Decode, upscale and encode one segment into the NUT file `dest`, durably; returns what was written.
@@ -326,19 +326,19 @@ def encode_segment(job: SegmentJob, segment: Segment, upscale: Callable[[list[tu
     dest = Path(dest)
     tmp = dest.with_name(dest.name + ".part")
     # The intermediate gets the final encoding but no carried streams and no container options.
-    plan = dataclasses.replace(job.plan, container=segment_format(job.plan), streams=())
-    writer = VideoWriter(tmp, job.info, plan, carry=False)
+    plan = dataclasses.replace(recipe.plan, container=segment_format(recipe.plan), streams=())
+    writer = VideoWriter(tmp, recipe.info, plan, carry=False)
     first: list[int] = []
-    if job.temporal:
-        upscale = _with_temporal(job, upscale)
+    if recipe.temporal:
+        upscale = _with_temporal(recipe, upscale)
     try:
         def write(frame: Frame) -> None:
             if not first:
                 first.append(frame.pts)
             writer.write(frame.planes, frame.pts)
 
-        frames = run_stages(segment_frames(job.info, segment, job.deinterlace, source), upscale, write, batch=job.batch,
-                            on_progress=on_progress)
+        frames = run_stages(segment_frames(recipe.info, segment, recipe.deinterlace, source), upscale, write,
+                            batch=recipe.batch, on_progress=on_progress)
         writer.finish()
     except BaseException:
         writer.close()
@@ -346,14 +346,14 @@ def encode_segment(job: SegmentJob, segment: Segment, upscale: Callable[[list[tu
         raise
     if frames == 0:
         tmp.unlink(missing_ok=True)
-        raise HatstreamError(f"{job.info.path.name}: segment {segment.index} has no frames")
+        raise HatstreamError(f"{recipe.info.path.name}: segment {segment.index} has no frames")
     digest, size = file_sha256(tmp), tmp.stat().st_size
     durable_replace(tmp, dest)
     log.debug("segment %d: %d frames, %d bytes -> %s", segment.index, frames, size, dest)
     return EncodedSegment(segment.index, dest, frames, first[0], size, digest)
 
 
-def _with_temporal(job: SegmentJob, upscale: Callable[[list[tuple]], list[tuple]]
+def _with_temporal(recipe: SegmentRecipe, upscale: Callable[[list[tuple]], list[tuple]]
                    ) -> Callable[[list[tuple]], list[tuple]]:
     """`upscale` followed by a temporal filter that starts afresh with this segment.
 
@@ -363,18 +363,18 @@ def _with_temporal(job: SegmentJob, upscale: Callable[[list[tuple]], list[tuple]
     """
     from hatstream.pipeline.stage import FrameFormat, temporal_filter
 
-    steady = temporal_filter(FrameFormat(job.plan.encoding.layout, job.plan.encoding.colour),
-                             max(1, job.plan.width // job.info.width))
+    steady = temporal_filter(FrameFormat(recipe.plan.encoding.layout, recipe.plan.encoding.colour),
+                             max(1, recipe.plan.width // recipe.info.width))
     return lambda batch: [steady(planes) for planes in upscale(batch)]
 
 
-def upscaler_for(job: SegmentJob, model, clipped=None) -> Callable[[list[tuple]], list[tuple]]:
-    """The `upscale` callable for `encode_segment`: `upscale_planes` with the job's formats,
+def upscaler_for(recipe: SegmentRecipe, model, clipped=None) -> Callable[[list[tuple]], list[tuple]]:
+    """The `upscale` callable for `encode_segment`: `upscale_planes` with the recipe's formats,
     counting into `clipped` (a `stage.ClipCounter`) what the output's range cannot hold."""
     from hatstream.pipeline.stage import FrameFormat, upscale_planes
 
-    src = FrameFormat(job.info.layout, job.info.colour)
-    dst = FrameFormat(job.plan.encoding.layout, job.plan.encoding.colour)
+    src = FrameFormat(recipe.info.layout, recipe.info.colour)
+    dst = FrameFormat(recipe.plan.encoding.layout, recipe.plan.encoding.colour)
     return lambda batch: upscale_planes(batch, model, src, dst, clipped=clipped)
 
 
@@ -481,7 +481,7 @@ def _segment_packets(segment: EncodedSegment, time_base: Fraction, after: int | 
             yield from head
 
 
-def assemble(job: SegmentJob, segments: Sequence[EncodedSegment], output: Path) -> int:
+def assemble(recipe: SegmentRecipe, segments: Sequence[EncodedSegment], output: Path) -> int:
     """Concatenate segment files, in order, into `output` with the carried streams; returns frames.
 
     No video is re-encoded: packets are remuxed with their own pts (nothing is rebased or
@@ -492,11 +492,11 @@ def assemble(job: SegmentJob, segments: Sequence[EncodedSegment], output: Path) 
     """
     if not segments:
         raise ValueError("no segments to assemble")
-    tb, duration = job.info.time_base, encoder_duration(job.info)
+    tb, duration = recipe.info.time_base, encoder_duration(recipe.info)
     with open_input(segments[0].path) as first:
         template = first.streams.video[0]
         extradata = bytes(template.codec_context.extradata or b"")
-        writer = VideoWriter(output, job.info, job.plan, encoded=template)
+        writer = VideoWriter(output, recipe.info, recipe.plan, encoded=template)
     try:
         last_pts = last_dts = None
         for segment in segments:
