@@ -184,12 +184,7 @@ def packed_divx_avi(path: Path, frames: int = 12, width: int = 64, height: int =
     enc = av.CodecContext.create("mpeg4", "w")
     enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
     enc.time_base, enc.framerate, enc.max_b_frames, enc.gop_size = Fraction(1, 25), 25, 1, 12
-    coded = []
-    for i in range(frames):
-        frame = _yuv(picture(i, width, height), "yuv420p")
-        frame.pts = i
-        coded += enc.encode(frame)
-    coded += enc.encode(None)
+    coded = _encode_all(enc, frames, width, height, picture)
     chunks, keys, newest = [], [], -1
     for n, packet in enumerate(coded):
         data = bytes(packet)
@@ -215,6 +210,16 @@ def packed_divx_avi(path: Path, frames: int = 12, width: int = 64, height: int =
     return Path(path)
 
 
+def _encode_all(encoder, frames: int, width: int, height: int, picture) -> list:
+    """Every packet of `frames` yuv420p pictures (pts 0, 1, ...) from `encoder`, flushed."""
+    coded = []
+    for i in range(frames):
+        frame = _yuv(picture(i, width, height), "yuv420p")
+        frame.pts = i
+        coded += encoder.encode(frame)
+    return coded + list(encoder.encode(None))
+
+
 def mp4_without_ctts(path: Path, frames: int = 12, width: int = 64, height: int = 48, picture=flat) -> Path:
     """H.264 with B-frames in an MP4 that stores decode times only (no ctts box: pts == dts).
 
@@ -225,12 +230,7 @@ def mp4_without_ctts(path: Path, frames: int = 12, width: int = 64, height: int 
         v = out.add_stream("libx264", rate=25)
         v.width, v.height, v.pix_fmt = width, height, "yuv420p"
         v.options = {"bframes": "2", "b-adapt": "0"}
-        coded = []
-        for i in range(frames):
-            frame = _yuv(picture(i, width, height), "yuv420p")
-            frame.pts = i
-            coded += v.encode(frame)
-        coded += v.encode(None)
+        coded = _encode_all(v, frames, width, height, picture)
         first = coded[0].dts
         for packet in coded:
             packet.pts = packet.dts = packet.dts - first
