@@ -61,7 +61,7 @@ from hatstream.models.registry import build_from_state_dict, load_builtin
 from hatstream.models.spec import ModelInfo
 from hatstream.pipeline.engine import Progress, batches, run_stages
 from hatstream.pipeline.collector import OrderedCollector
-from hatstream.pipeline.stage import FrameFormat, Planes, upscale_plane_tensors
+from hatstream.pipeline.stage import ClipCounter, FrameFormat, Planes, upscale_plane_tensors
 from hatstream.raylocal import keep_loopback, start_local_ray
 
 log = logging.getLogger(__name__)
@@ -217,10 +217,18 @@ class UpscaleWorker:
                 "node_id": ray.get_runtime_context().get_node_id(), "device": str(self.device),
                 "dtype": str(self.upscaler.dtype).removeprefix("torch.")}
 
-    def upscale(self, frames: list[Planes]) -> list[Planes]:
-        """Upscale a batch of same-sized frames' planes; one planes tuple per frame, in order."""
+    def upscale(self, frames: list[Planes]) -> tuple[list[Planes], int]:
+        """Upscale a batch of same-sized frames' planes: one planes tuple per frame, in order, and the
+        source pixels the output's code range clipped (`stage.ClipCounter`), for the driver to sum.
+
+        The count is read after the lane has waited for the batch's download, so it costs no extra wait."""
+        counter = ClipCounter()
+        planes = self._upscale(frames, counter)
+        return planes, counter.total
+
+    def _upscale(self, frames: list[Planes], clipped: ClipCounter) -> list[Planes]:
         try:
-            return self.lane.run(frames, self._convert_and_upscale)
+            return self.lane.run(frames, lambda tensors: self._convert_and_upscale(tensors, clipped))
         except BaseException as exc:
             if self.device.type == "cuda" and _is_cuda_fault(exc):
                 # A retry would reach this same broken context; exit so Ray starts a fresh process.
@@ -228,10 +236,10 @@ class UpscaleWorker:
                 os._exit(1)
             raise
 
-    def encode_segment(self, recipe, segment, payload) -> tuple[Any, bytes]:
+    def encode_segment(self, recipe, segment, payload) -> tuple[Any, bytes, int]:
         """Decode, upscale and encode one segment of `recipe`'s input from its `payload` (the segment's video
-        packets, `segments.segment_payload`); the encoded file comes back as bytes. The input path is
-        never opened here: the node need not see it."""
+        packets, `segments.segment_payload`); the encoded file comes back as bytes, with the pixels the
+        output's range clipped in it. The input path is never opened here: the node need not see it."""
         from hatstream.pipeline.segments import encode_segment, segment_path
 
         self._progress = (segment.index, 0)
@@ -243,10 +251,11 @@ class UpscaleWorker:
         def progress(p: Progress) -> None:
             self._progress = (segment.index, p.frames)  # one tuple: `heartbeat` reads it from its thread
 
+        clipped = ClipCounter()
         with tempfile.TemporaryDirectory(prefix="hatstream-segment-") as folder:
-            encoded = encode_segment(recipe, segment, self.upscale, segment_path(Path(folder), segment.index),
-                                     progress, source=payload)
-            return encoded, encoded.path.read_bytes()
+            encoded = encode_segment(recipe, segment, lambda frames: self._upscale(frames, clipped),
+                                     segment_path(Path(folder), segment.index), progress, source=payload)
+            return encoded, encoded.path.read_bytes(), clipped.total
 
     @staticmethod
     def _node_gpus() -> int:
@@ -259,9 +268,9 @@ class UpscaleWorker:
         thread while `encode_segment` runs, so the driver can tell slow work from a hung actor."""
         return self._progress
 
-    def _convert_and_upscale(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _convert_and_upscale(self, tensors: list[torch.Tensor], clipped: ClipCounter) -> list[torch.Tensor]:
         # The lane has already put the planes on the device.
-        return upscale_plane_tensors(tensors, self.upscaler, self.src, self.dst, self.device)
+        return upscale_plane_tensors(tensors, self.upscaler, self.src, self.dst, self.device, clipped)
 
 
 # ---- on the driver ----------------------------------------------------------------------------
@@ -422,11 +431,14 @@ class WorkerPool:
                 self._retry(task, TimeoutError(f"{self.batch_timeout:g} s {what}"))
 
 
-def _ordered_results(frames: Iterable[Frame], pool: WorkerPool, batch: int, window: int) -> Iterator[Frame]:
+def _ordered_results(frames: Iterable[Frame], pool: WorkerPool, batch: int, window: int,
+                     clipped: ClipCounter | None = None) -> Iterator[Frame]:
     """The driver loop: hand out batches while the window has room; yield upscaled frames in order.
 
     Frames are pulled from `frames` (the decoder) only while frames in flight plus frames waiting
-    for an earlier one stay under `window`, so decoding pauses when the workers fall behind.
+    for an earlier one stay under `window`, so decoding pauses when the workers fall behind. Each
+    batch's clipped-pixel count goes into `clipped` once: a batch that comes back twice is not
+    counted again (its frames are duplicates).
     """
     collector: OrderedCollector[Frame] = OrderedCollector()
     groups = batches(frames, batch)
@@ -440,11 +452,13 @@ def _ordered_results(frames: Iterable[Frame], pool: WorkerPool, batch: int, wind
             else:
                 pool.submit(_batch_task(seq, group))
                 seq += len(group)
-        for task, outputs in pool.poll(timeout=_POLL):
+        for task, (outputs, clip_count) in pool.poll(timeout=_POLL):
             if len(outputs) != task.size:
                 raise RuntimeError(f"{task.label}: {len(outputs)} frames came back from the Ray worker")
-            for k, (frame, planes) in enumerate(zip(task.context, outputs)):
-                collector.add(task.key + k, Frame(frame.index, frame.pts, tuple(planes), frame.repaired))
+            new = [collector.add(task.key + k, Frame(frame.index, frame.pts, tuple(planes), frame.repaired))
+                   for k, (frame, planes) in enumerate(zip(task.context, outputs))]
+            if clipped is not None and clip_count and any(new):
+                clipped.add(torch.tensor(clip_count))
         yield from collector.ready()
         if decoded_all and not pool.busy:
             if len(collector):  # cannot happen unless a batch was lost: never write a gap
@@ -456,7 +470,8 @@ def _ordered_results(frames: Iterable[Frame], pool: WorkerPool, batch: int, wind
 
 
 def _stream(frames: Iterable[Frame], pool: WorkerPool, write: Callable[[Frame], None], batch: int, window: int,
-            total: int, exact: bool, on_progress: Callable[[Progress], None] | None, temporal=None) -> int:
+            total: int, exact: bool, on_progress: Callable[[Progress], None] | None, temporal=None,
+            clipped: ClipCounter | None = None) -> int:
     """The local engine's threads and shutdown around the driver loop, which takes the decoder's place.
 
     `run_stages` runs `_ordered_results` in its decode thread and `write` in its encode thread; its
@@ -466,7 +481,7 @@ def _stream(frames: Iterable[Frame], pool: WorkerPool, write: Callable[[Frame], 
     free, so only the driver sees every frame in order.
     """
     step = (lambda planes: list(planes)) if temporal is None else (lambda planes: [temporal(p) for p in planes])
-    return run_stages(_ordered_results(frames, pool, batch, window), step, write,
+    return run_stages(_ordered_results(frames, pool, batch, window, clipped), step, write,
                       batch=1, total=total, exact=exact, on_progress=on_progress)
 
 
@@ -560,18 +575,19 @@ def _workers(options: RayOptions, model: Upscaler, src: FrameFormat, dst: FrameF
 def run_ray(frames: Iterable[Frame], model: Upscaler, src: FrameFormat, dst: FrameFormat,
             write: Callable[[Frame], None], options: RayOptions = RayOptions(), batch: int = 1,
             total: int = 0, exact: bool = False, on_progress: Callable[[Progress], None] | None = None,
-            temporal=None) -> int:
+            temporal=None, clipped: ClipCounter | None = None) -> int:
     """Stream `frames` through Ray actors running `model` into `write`, in order; returns frames written.
 
     The same contract as `engine.run_stages` with `stage.upscale_planes`: `write` gets every
     frame once, in order, with its index and pts and upscaled planes for `dst`, from one thread.
     `model` is the driver's copy (on the CPU); each actor rebuilds it on its own device. Ray is
-    started (and shut down afterwards) here unless the caller has already initialised it.
+    started (and shut down afterwards) here unless the caller has already initialised it. The pixels
+    the output's range clipped (counted on the actors) are added to `clipped`.
     """
     with _workers(options, model, src, dst) as actors:
         pool = WorkerPool(actors, options.in_flight, options.max_attempts, options.batch_timeout)
         window = max(options.window or 2 * pool.capacity * batch, batch)
-        return _stream(frames, pool, write, batch, window, total, exact, on_progress, temporal)
+        return _stream(frames, pool, write, batch, window, total, exact, on_progress, temporal, clipped)
 
 
 def _remove_stale_segment_folders(folder: Path) -> None:
@@ -620,6 +636,12 @@ class RaySegments:
     def __init__(self, model: Upscaler, options: RayOptions = RayOptions()):
         self.model = model
         self.options = options
+        self._clipped: dict[int, int] = {}  # segment index -> pixels its actor counted as clipped
+
+    @property
+    def clipped(self) -> int:
+        """Pixels the output's range clipped in the segments computed by this executor (each counted once)."""
+        return sum(self._clipped.values())
 
     def encode(self, recipe, segments: Sequence, folder: Path, on_progress: Callable[[int], None]) -> Iterator:
         """Run `segments` on the actors; yield each `SegmentResult` as it comes back (any order)."""
@@ -639,5 +661,7 @@ class RaySegments:
                     payload = ray.put(segment_payload(recipe.info, segment))
                     pool.submit(_Task(segment.index, (recipe, segment, payload), 0, f"segment {segment.index}"))
                     log.debug("segment %d sent to the Ray workers", segment.index)
-                for _, (encoded, data) in pool.poll(timeout=_POLL):
+                for _, (encoded, data, clipped) in pool.poll(timeout=_POLL):
+                    # A segment that comes back twice is kept once by the runner: count it once too.
+                    self._clipped.setdefault(encoded.index, clipped)
                     yield SegmentResult(encoded, data)

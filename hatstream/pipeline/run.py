@@ -155,12 +155,12 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
             on_start(info.frames, info.frames_exact)
         done = run_resumable(recipe, segments, executor, output, settings, config.resume, info.frames,
                              info.frames_exact, on_progress, overwrite=config.overwrite)
-        # Ray actors do not report clipping (yet); in this process it covers the segments computed now.
+        # The segments computed now (resumed ones were counted by the run that made them).
         return RunResult(output=output, frames=done.frames, seconds=time.perf_counter() - started, repaired=0,
                          dropped=0, model=model.info.name, resumed=done.resumed, note=done.note,
                          encoding=f"{plan.encoding.codec} {plan.encoding.layout.pix_fmt}",
                          deinterlaced=deint.describe() if deint else None, container_note=container_note,
-                         clipped=None if on_ray else clipped.total)
+                         clipped=executor.clipped if on_ray else clipped.total)
 
     src = FrameFormat(info.layout, info.colour)
     dst = FrameFormat(plan.encoding.layout, plan.encoding.colour)
@@ -180,7 +180,8 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
             common = dict(batch=config.batch, total=info.frames, exact=info.frames_exact, on_progress=on_progress)
             if on_ray:
                 from hatstream.pipeline.ray_engine import run_ray
-                frames = run_ray(decoded, model, src, dst, write, _ray_options(config), temporal=temporal, **common)
+                frames = run_ray(decoded, model, src, dst, write, _ray_options(config), temporal=temporal,
+                                 clipped=clipped, **common)
             else:
                 frames = run_stages(decoded, lambda batch: upscale_planes(batch, model, src, dst, temporal=temporal,
                                                                         clipped=clipped),
@@ -194,4 +195,4 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
                      repaired=stats.repaired, dropped=stats.dropped, model=model.info.name,
                      encoding=f"{plan.encoding.codec} {plan.encoding.layout.pix_fmt}",
                      problems=tuple(stats.problems), deinterlaced=deint.describe() if deint else None,
-                     container_note=container_note, clipped=None if on_ray else clipped.total)
+                     container_note=container_note, clipped=clipped.total)
