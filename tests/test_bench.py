@@ -107,7 +107,8 @@ def test_bench_names_the_encoder_as_the_limit_and_the_threads_that_would_lift_it
     assert data["encoder"] == "libx264 crf=18 preset=veryslow"
     # The encode stage is the encoder at the threads run gives it, one of those measured.
     scaling = {e["threads"]: e["fps"] for e in data["encoder_scaling"]}
-    assert len(scaling) == 2 and 1 in scaling and scaling[data["encoder_threads"]] == stages["encode"]
+    assert len(scaling) == min(2, data["cores"]) and 1 in scaling
+    assert scaling[data["encoder_threads"]] == stages["encode"]
     per_thread = min(fps / threads for threads, fps in scaling.items())
     assert data["fps_per_encoder_thread"] == per_thread
     needed = data["encoder_threads_needed"]
