@@ -59,7 +59,7 @@ from hatstream.media.decode import Frame
 from hatstream.media.probe import encoder_threads
 from hatstream.models.registry import build_from_state_dict, load_builtin
 from hatstream.models.spec import ModelInfo
-from hatstream.pipeline.engine import Progress, batches, run_stages
+from hatstream.pipeline.engine import Progress, StageTimes, batches, run_stages
 from hatstream.pipeline.collector import OrderedCollector
 from hatstream.pipeline.stage import ClipCounter, FrameFormat, Planes, upscale_plane_tensors
 from hatstream.raylocal import keep_loopback, start_local_ray
@@ -136,12 +136,15 @@ class DeviceLane:
     stream; the compute stream waits for that copy's event, and the result is copied back on a
     download stream into pinned memory. An actor with two batches in flight (two threads) thus
     moves one batch while the other computes. On the CPU each step is the plain tensor view or
-    copy that `stage.upscale_planes` makes, in the calling thread.
+    copy that `stage.upscale_planes` makes, in the calling thread. `busy` and `frames` sum the
+    seconds spent in `run` and the frames it took (with two threads their times overlap).
     """
 
     def __init__(self, device: torch.device):
         self.device = device
         self.cuda = device.type == "cuda"
+        self.busy = 0.0
+        self.frames = 0
         if self.cuda:
             self.upload_stream, self.compute_stream, self.download_stream = (
                 torch.cuda.Stream(device) for _ in range(3))
@@ -149,6 +152,15 @@ class DeviceLane:
     def run(self, frames: Sequence[Planes], compute: Callable[[list[torch.Tensor]], list[torch.Tensor]]
             ) -> list[Planes]:
         """Per-plane (B, h, w) tensors of `frames` through `compute`, back as per-frame planes."""
+        start = time.perf_counter()
+        try:
+            return self._run(frames, compute)
+        finally:
+            self.busy += time.perf_counter() - start
+            self.frames += len(frames)
+
+    def _run(self, frames: Sequence[Planes], compute: Callable[[list[torch.Tensor]], list[torch.Tensor]]
+             ) -> list[Planes]:
         if not self.cuda:
             return tensors_to_planes(compute(planes_to_tensors(list(frames))))
         tensors, uploaded = self._upload(frames)
@@ -210,12 +222,22 @@ class UpscaleWorker:
         self.lane = DeviceLane(self.device)
         self.src, self.dst = src, dst
         self._progress = (-1, 0)  # (segment index, frames written), for `heartbeat`
+        self._segment_times = StageTimes()  # decode and encode of the segments run here
+        self._started = time.perf_counter()
 
     def describe(self) -> dict:
         """Where this actor runs: pid, node, device, compute dtype (also a readiness probe)."""
         return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(),
                 "node_id": ray.get_runtime_context().get_node_id(), "device": str(self.device),
                 "dtype": str(self.upscaler.dtype).removeprefix("torch.")}
+
+    @ray.method(concurrency_group=HEARTBEAT)
+    def stage_times(self) -> dict:
+        """Seconds this actor spent in each stage since it started: `model` (the device lane, both
+        modes), `decode` and `encode` (segments only), `alive`, and the frames upscaled."""
+        segments = self._segment_times
+        return {"model": self.lane.busy, "decode": segments.decode, "encode": segments.encode,
+                "frames": self.lane.frames, "alive": time.perf_counter() - self._started}
 
     def upscale(self, frames: list[Planes]) -> tuple[list[Planes], int]:
         """Upscale a batch of same-sized frames' planes: one planes tuple per frame, in order, and the
@@ -254,7 +276,8 @@ class UpscaleWorker:
         clipped = ClipCounter()
         with tempfile.TemporaryDirectory(prefix="hatstream-segment-") as folder:
             encoded = encode_segment(recipe, segment, lambda frames: self._upscale(frames, clipped),
-                                     segment_path(Path(folder), segment.index), progress, source=payload)
+                                     segment_path(Path(folder), segment.index), progress, source=payload,
+                                     times=self._segment_times)
             return encoded, encoded.path.read_bytes(), clipped.total
 
     @staticmethod
@@ -339,6 +362,7 @@ class WorkerPool:
         self.load = [0] * len(self.actors)
         self.failures = [0] * len(self.actors)
         self.retries = 0
+        self.transfer = 0.0   # seconds the driver spent handing arguments over and taking results back
         self._tasks: dict[Any, _Task] = {}
 
     @property
@@ -362,7 +386,9 @@ class WorkerPool:
         task.worker = i
         task.submitted = task.progressed = task.probed = time.monotonic()
         task.frames, task.probe = 0, None
+        start = time.perf_counter()   # large arguments are serialised and put in the object store here
         ref = getattr(self.actors[i], self.method).remote(*task.args)
+        self.transfer += time.perf_counter() - start
         self._tasks[ref] = task
         self.load[i] += 1
 
@@ -376,10 +402,13 @@ class WorkerPool:
         done = []
         for ref in ready:
             task = self._take(ref)
+            start = time.perf_counter()
             try:
                 done.append((task, ray.get(ref)))
             except RayError as exc:
                 self._retry(task, exc)
+            finally:
+                self.transfer += time.perf_counter() - start
         self._expire()
         return done
 
@@ -572,22 +601,39 @@ def _workers(options: RayOptions, model: Upscaler, src: FrameFormat, dst: FrameF
             ray.shutdown()
 
 
+def _stage_times(actors: Sequence, pool: WorkerPool, timeout: float = 10.0) -> dict:
+    """Where the time went: each actor's `UpscaleWorker.stage_times` (an actor that does not answer
+    within `timeout` s is left out) and the driver's `transfer` seconds (`WorkerPool.transfer`)."""
+    refs = [actor.stage_times.remote() for actor in actors]
+    answers = []
+    for ref in refs:
+        try:
+            answers.append(ray.get(ref, timeout=timeout))
+        except RayError:  # a timeout is a RayError too
+            continue
+    return {"actors": answers, "transfer": pool.transfer}
+
+
 def run_ray(frames: Iterable[Frame], model: Upscaler, src: FrameFormat, dst: FrameFormat,
             write: Callable[[Frame], None], options: RayOptions = RayOptions(), batch: int = 1,
             total: int = 0, exact: bool = False, on_progress: Callable[[Progress], None] | None = None,
-            temporal=None, clipped: ClipCounter | None = None) -> int:
+            temporal=None, clipped: ClipCounter | None = None, stats: dict | None = None) -> int:
     """Stream `frames` through Ray actors running `model` into `write`, in order; returns frames written.
 
     The same contract as `engine.run_stages` with `stage.upscale_planes`: `write` gets every
     frame once, in order, with its index and pts and upscaled planes for `dst`, from one thread.
     `model` is the driver's copy (on the CPU); each actor rebuilds it on its own device. Ray is
     started (and shut down afterwards) here unless the caller has already initialised it. The pixels
-    the output's range clipped (counted on the actors) are added to `clipped`.
+    the output's range clipped (counted on the actors) are added to `clipped`. `stats`, when given,
+    is filled at the end with where the time went (`_stage_times`).
     """
     with _workers(options, model, src, dst) as actors:
         pool = WorkerPool(actors, options.in_flight, options.max_attempts, options.batch_timeout)
         window = max(options.window or 2 * pool.capacity * batch, batch)
-        return _stream(frames, pool, write, batch, window, total, exact, on_progress, temporal, clipped)
+        written = _stream(frames, pool, write, batch, window, total, exact, on_progress, temporal, clipped)
+        if stats is not None:
+            stats.update(_stage_times(actors, pool))
+        return written
 
 
 def _remove_stale_segment_folders(folder: Path) -> None:
@@ -631,11 +677,15 @@ class RaySegments:
     segment may take an hour on a CPU, so it fails for time only after `options.stall_timeout`
     s without a new frame (actors report progress), and one that fails on its input (damaged)
     fails the run at once.
+
+    `stats`, when given, is filled once all segments are back with where the time went
+    (`_stage_times`) and the driver's own `remux` and `put` seconds.
     """
 
-    def __init__(self, model: Upscaler, options: RayOptions = RayOptions()):
+    def __init__(self, model: Upscaler, options: RayOptions = RayOptions(), stats: dict | None = None):
         self.model = model
         self.options = options
+        self.stats = stats
         self._clipped: dict[int, int] = {}  # segment index -> pixels its actor counted as clipped
 
     @property
@@ -654,14 +704,21 @@ class RaySegments:
             pool = WorkerPool(actors, 1, self.options.max_attempts, self.options.stall_timeout,
                               method="encode_segment", heartbeat=True)
             todo = list(segments)
+            remux = put = 0.0
             while todo or pool.busy:
                 while todo and pool.has_room():
                     segment = todo.pop(0)
+                    start = time.perf_counter()
+                    packets = segment_payload(recipe.info, segment)
+                    remuxed = time.perf_counter()
                     # One object per segment, shared by its retries; dropped with the task.
-                    payload = ray.put(segment_payload(recipe.info, segment))
+                    payload = ray.put(packets)
+                    remux, put = remux + remuxed - start, put + time.perf_counter() - remuxed
                     pool.submit(_Task(segment.index, (recipe, segment, payload), 0, f"segment {segment.index}"))
                     log.debug("segment %d sent to the Ray workers", segment.index)
                 for _, (encoded, data, clipped) in pool.poll(timeout=_POLL):
                     # A segment that comes back twice is kept once by the runner: count it once too.
                     self._clipped.setdefault(encoded.index, clipped)
                     yield SegmentResult(encoded, data)
+            if self.stats is not None:
+                self.stats.update(_stage_times(actors, pool), remux=remux, put=put)
