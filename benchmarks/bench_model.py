@@ -236,15 +236,23 @@ def main(argv: list[str] | None = None) -> int:
             ref.load_state_dict(state)
         run_ref = reference_runner(ref, args.reference, dev)
     backends = args.backends or installed_backends(dev)
-    names = (args.precisions or default_precisions(dev)) if "torch" in backends else []
+    # hatstream's default path, resolved by the functions `hatstream run` calls: --precision auto,
+    # then --backend auto for that precision (on a CPU with native bf16 that is torch in bf16).
+    from hatstream.inference.backends import resolve_backend
+    from hatstream.inference.precision import resolve_precision
+
+    probe_model, probe_info = build_from_state_dict({k: v.cpu() for k, v in state.items()}, source)
+    default_dtype = resolve_precision("auto", dev, probe_info)
+    default = resolve_backend("auto", probe_model, dev, default_dtype)
+    del probe_model
+    names = list(args.precisions or default_precisions(dev)) if "torch" in backends else []
+    precision_name = {dt: n for n, dt in DTYPES.items()}[default_dtype]
+    if default == "torch" and "torch" in backends and precision_name not in names:
+        names.append(precision_name)
     ours = {DTYPES[n]: Upscaler(*build_from_state_dict({k: v.cpu() for k, v in state.items()}, source),
                                 dev, DTYPES[n], backend="torch")
             for n in names}
     graphs = {b: backend_runner(b, state, source) for b in backends if b != "torch"}
-    from hatstream.inference.backends import resolve_backend
-
-    default = resolve_backend("auto", build_from_state_dict({k: v.cpu() for k, v in state.items()}, source)[0],
-                              dev, torch.float32)
 
     g = torch.Generator().manual_seed(0)
     rows = []
@@ -285,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                 row[f"speedup_{name}_median"] = medians[ref_key] / medians[key]
             if y_ref is not None:
                 row[f"psnr_{name}_db"] = psnr(runners[key](x), y_ref)
-        default_name = "float32" if default == "torch" else default
+        default_name = dtype_name(default_dtype) if default == "torch" else default
         for k in (f"speedup_{default_name}", f"speedup_{default_name}_median", f"psnr_{default_name}_db"):
             if k in row:
                 row[k.replace(default_name, "default")] = row[k]
@@ -297,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
         del x, y_ref
     meta = {"arch": source, "backends": backends, "default_backend": default,
+            "default_precision": dtype_name(default_dtype),
             "load_average": os.getloadavg(),
             "cpu_flags": sorted(set(re.findall(r"\b(avx2|avx512f|avx512_bf16|amx_bf16)\b", _cpuinfo()))),
             "device": str(dev), "torch": torch.__version__, "cpu": platform.processor(),

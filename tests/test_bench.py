@@ -87,3 +87,52 @@ def test_bench_json_is_strict_with_batches(tmp_path):
     data = _strict_json(out.read_text())
     assert all(s["fps"] is None or s["fps"] > 0 for s in data["stages"])
     assert "inf" not in res.stdout
+
+
+def _slowest(data) -> str:
+    return min((s for s in data["stages"] if s["fps"] is not None), key=lambda s: s["fps"])["name"]
+
+
+def test_bench_names_the_encoder_as_the_limit_and_the_threads_that_would_lift_it(tmp_path):
+    # Bicubic on 32x16 frames costs next to nothing; opening, running and flushing x264 for 128x64
+    # frames costs more than every other stage, several times over at its slowest preset.
+    out = tmp_path / "bench.json"
+    res = run_cli("bench", "--model", "bicubic", "--scale", "4", "--precision", "fp32", "--size", "32x16",
+                  "--frames", "16", "--preset", "veryslow", "--json-out", out, timeout=120)
+    assert res.returncode == 0, res.stderr
+    data = _strict_json(out.read_text())
+    assert data["limit"] == _slowest(data) == "encode", data["stages"]
+    stages = {s["name"]: s["fps"] for s in data["stages"]}
+    assert data["limit_fps"] == stages["encode"]
+    assert data["encoder"] == "libx264 crf=18 preset=veryslow"
+    # The encode stage is the encoder at the threads run gives it, one of those measured.
+    scaling = {e["threads"]: e["fps"] for e in data["encoder_scaling"]}
+    assert len(scaling) == min(2, data["cores"]) and 1 in scaling
+    assert scaling[data["encoder_threads"]] == stages["encode"]
+    per_thread = min(fps / threads for threads, fps in scaling.items())
+    assert data["fps_per_encoder_thread"] == per_thread
+    needed = data["encoder_threads_needed"]
+    # The fewest threads at the lowest measured rate per thread that reach the model's fps: more than
+    # the encode stage had, since at those it was slower than the model.
+    assert (needed - 1) * per_thread < stages["model"] <= needed * per_thread
+    assert needed > data["encoder_threads"] and data["segment_workers_needed"] >= 1
+    assert f"limit: encode at {stages['encode']:.2f} fps" in res.stdout
+    assert f"at about {needed} thread(s)" in res.stdout
+
+
+def test_bench_names_the_model_as_the_limit_where_it_is_slowest():
+    from hatstream.inference import Upscaler
+    from hatstream.models.spec import ModelInfo
+    from hatstream.pipeline.bench import run_bench
+
+    torch.manual_seed(0)
+    model = HAT(upscale=2, window_size=8, embed_dim=12, depths=[1], num_heads=[2], squeeze_factor=4).eval()
+    info = ModelInfo(name="tiny-hat", arch="HAT", scale=2, hyperparameters=dict(
+        upscale=2, window_size=8, embed_dim=12, depths=[1], num_heads=[2], squeeze_factor=4))
+    up = Upscaler(model, info, torch.device("cpu"), torch.float32)
+    # A HAT, even a tiny one, on 128x96 frames: some ten times the encoder's time for 256x192.
+    data = _strict_json(json.dumps(run_bench(up, 128, 96, frames=2).to_json()))
+    assert data["limit"] == _slowest(data) == "model", data["stages"]
+    assert data["limit_fps"] == next(s["fps"] for s in data["stages"] if s["name"] == "model")
+    # What `run` encodes by default: libx264 at CRF 18 and x264's own preset.
+    assert data["encoder"] == "libx264 crf=18 preset=medium (the encoder's default)"

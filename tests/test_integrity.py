@@ -65,6 +65,21 @@ def test_truncated_input_fails_segmented_as_in_one_pass(long_clips, tmp_path, sh
     assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
 
 
+def test_a_cut_inside_a_video_packet_is_called_truncated_too(long_clips, tmp_path):
+    # Where a cut lands depends on the encoder's bytes (x264's differ between CPUs), so this cuts
+    # in the middle of a known video packet: the demuxer then returns it short, flagged corrupt,
+    # and the decoder fails on it. That is the end of a cut file, not damage inside one.
+    mp4 = long_clips["mp4"]
+    with av.open(str(mp4)) as c:
+        packets = [p for p in c.demux(c.streams.video[0]) if p.size]
+    victim = packets[len(packets) * 2 // 3]
+    src = tmp_path / "cut.mp4"
+    src.write_bytes(mp4.read_bytes()[: victim.pos + victim.size // 2])
+    one_pass = _error(run_cli(src, "-o", tmp_path / "one.mkv", *SEGMENTED[:4], "--segment-seconds", "0"))
+    assert "truncated" in one_pass and "damaged" not in one_pass
+    assert _error(run_cli(src, "-o", tmp_path / "seg.mkv", *SEGMENTED)) == one_pass
+
+
 # ---- a tampered manifest ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("how", ["parent", "absolute", "other-name"])

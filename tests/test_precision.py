@@ -129,6 +129,16 @@ def test_auto_precision_follows_the_cpu(monkeypatch):
     assert precision.resolve_precision("auto", CPU, info) == torch.bfloat16
 
 
+def test_auto_keeps_bicubic_in_fp32_even_on_a_bf16_cpu(monkeypatch):
+    # bf16 would round 10-bit video to ~8 bits near white, and interpolation gains nothing from it.
+    import hatstream.inference.precision as precision
+    from hatstream.models.registry import load_builtin
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: frozenset({"amx_bf16"}))
+    _, info = load_builtin("bicubic", 2)
+    assert precision.resolve_precision("auto", CPU, info) == torch.float32
+
+
 def test_each_architecture_entry_backs_its_fp16_claim_with_its_own_prepare(fixture_model):
     # The registry entry, not the upscaler, makes `supports_fp16` true: its prepare alone turns a
     # checkpoint whose trunk overflows fp16 into a finite fp16 model.

@@ -192,7 +192,7 @@ class _StuckOnFirst:
     def upscale(self, frames):
         if any(int(f[0][0, 0]) == 0 for f in frames):
             time.sleep(3)
-        return [tuple(p * 2 for p in f) for f in frames]
+        return [tuple(p * 2 for p in f) for f in frames], 0  # and no pixel clipped (`UpscaleWorker.upscale`)
 
 
 def test_decoding_pauses_while_the_window_is_full_and_order_is_kept(local_ray):
@@ -382,3 +382,27 @@ def test_segment_folders_left_by_a_killed_run_are_removed(clip, tmp_path, local_
         fcntl.flock(held, fcntl.LOCK_EX)  # another run, still going
         assert run_ray_segments(job, segments, model, out, RayOptions(workers=1, device="cpu")).frames == 16
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hatstream-segments-live", "out.mkv"]
+
+
+def test_the_actors_count_clipped_pixels_in_frame_and_segment_mode(tmp_path, local_ray):
+    # 8 frames, each with 12x8 super-white pixels that an RGB output (gbrp10le) has no code for; a keyframe
+    # every 2 frames (0.08 s), so 0.07 s segments give 4 of them.
+    def planes(i):
+        y = np.full((48, 64), 128, np.uint8)
+        y[:8, :12] = 250
+        return y, np.full((24, 32), 128, np.uint8), np.full((24, 32), 128, np.uint8)
+
+    from hatstream.pipeline.segments import plan_segments
+
+    src = make_video(tmp_path / "hot.mkv", Clip(frames=8, planes=planes, colour_tags=(1, 1, 1, 1), options={"g": "2"}))
+    assert len(plan_segments(probe(src), 0.07)) == 4
+    rgb = EncodeSettings(codec="ffv1", pix_fmt="gbrp10le")
+
+    def run(name, **kwargs):
+        return run_file(RunConfig(input=src, output=tmp_path / name, model="bicubic", scale=2, encode=rgb,
+                                  **kwargs)).clipped
+
+    assert run("local.mkv", engine="local") == 8 * 96
+    assert run("frames.mkv", engine="ray", workers=2, device="cpu", batch=3) == 8 * 96
+    # --address: segment mode (Ray is already up in this process, so no other is joined).
+    assert run("segments.mkv", engine="ray", address="auto", workers=2, device="cpu", segment_seconds=0.07) == 8 * 96

@@ -166,3 +166,15 @@ def test_tiny_hat_checkpoint_runs(tmp_path):
     _ok(run_cli(src, "--model", ckpt, "--codec", "ffv1", "--batch", "2"))
     info = video_stream_info(tmp_path / "clip.x2.mkv")
     assert (info["width"], info["height"], info["frames"]) == (80, 60, 3)
+
+
+def test_an_unknown_x264_preset_is_named_before_any_work(tmp_path):
+    # x264 itself only logs "invalid preset" and FFmpeg answers "Invalid argument".
+    src = make_video(tmp_path / "in.mkv", Clip(frames=2, width=32, height=24))
+    res = run_cli(src, "-o", tmp_path / "out.mkv", "--model", "bicubic", "--preset", "fastest")
+    assert res.returncode != 0
+    assert res.stderr.strip().splitlines()[-1] == (
+        "hatstream: error: libx264 has no preset 'fastest'; choose one of ultrafast, superfast, veryfast, faster, "
+        "fast, medium, slow, slower, veryslow, placebo")
+    assert res.stderr.count("\n") == 1 and not (tmp_path / "out.mkv").exists()
+    assert run_cli(src, "-o", tmp_path / "out.mkv", "--model", "bicubic", "--preset", "veryfast").returncode == 0

@@ -49,15 +49,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--segment-seconds", type=nonnegative_seconds, default=None, metavar="S",
                    help="inputs longer than this run in keyframe-aligned segments of about S seconds, so an "
                         "interrupted run resumes where it stopped (default: 60; 0 turns segments off)")
-    p.add_argument("--segment-workers", type=positive_int, default=1, metavar="N",
+    p.add_argument("--segment-workers", type=_segment_workers, default=None, metavar="N|auto",
                    help="local engine: compute N consecutive segments at once, each with its own encoder, "
-                        "for when one encoder cannot keep up with the model (default: 1)")
+                        "for when one encoder cannot keep up with the model (default: auto, which is 1 "
+                        "unless the model runs on a GPU and leaves more cores than one encoder uses well)")
     p.add_argument("--no-resume", action="store_true",
                    help="start over instead of reusing the segments an interrupted run finished")
     add_engine_arguments(p)
     p.add_argument("--json", action="store_true", help="print progress as JSON lines instead of a bar")
     p.add_argument("--temporal", choices=("on", "off"), default="off",
                    help="carry detail along the motion from the previous frame, against shimmer (default: off)")
+
+
+def _segment_workers(text: str) -> int | None:
+    """argparse type: 'auto' (None: chosen from the machine, `pipeline.run.auto_segment_workers`) or N >= 1."""
+    if text == "auto":
+        return None
+    try:
+        return positive_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a whole number of at least 1, not {text!r}") from None
 
 
 class _JsonProgress:

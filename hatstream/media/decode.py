@@ -279,14 +279,24 @@ def read_frames(info: VideoInfo, on_error: str = "fail", stats: DecodeStats | No
             container.seek(start, backward=True, any_frame=False, stream=stream)
         retime = _Retime(Fraction(stream.time_base) / tb, source.first_pts) if source is not None else None
         ended = False
+        cut_short = None  # the damage message of a packet the demuxer could read only in part
         for packet, frames, error in _decode_packets(container, stream, name, stats, decode, start, retime, tb):
+            if cut_short is not None and packet.size:
+                raise HatstreamError(cut_short)
             slot = clock.add(packet) if clock is not None and packet.size and not packet.is_discard else None
             if error is not None:
                 where = seconds(packet.pts if packet.pts is not None else packet.dts, tb)
+                message = (f"{name}: damaged video packet at {where:.3f}s ({error}); "
+                           "pass --on-error conceal to repeat the frame before it instead")
+                if not conceal and packet.is_corrupt and window is None:
+                    # A file cut inside a packet ends in one the demuxer read only in part (and
+                    # flagged corrupt). Whether it was the last is known only at the end, where the
+                    # verdict is "truncated" as for a cut between packets; any packet after it
+                    # makes it plain damage.
+                    cut_short = message
+                    continue
                 if not conceal:
-                    raise HatstreamError(
-                        f"{name}: damaged video packet at {where:.3f}s ({error}); "
-                        "pass --on-error conceal to repeat the frame before it instead")
+                    raise HatstreamError(message)
                 stats.problems.append(f"undecodable packet at {where:.3f}s")
                 if clock is not None:
                     clock.forget(slot)
@@ -314,6 +324,8 @@ def read_frames(info: VideoInfo, on_error: str = "fail", stats: DecodeStats | No
     stats.frames = timeline.index
     if window is None:
         _check_complete(info, stats, timeline.last_pts)
+    if cut_short is not None:
+        raise HatstreamError(cut_short)
 
 
 @contextlib.contextmanager

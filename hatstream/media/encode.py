@@ -216,6 +216,11 @@ def _add_hdr_options(codec: str, options: dict[str, str], hdr: HdrMetadata) -> N
                     "use --codec libx265 to keep it", codec)
 
 
+# x264's and x265's speed presets, fastest first (both encoders accept exactly these names).
+X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
+
+
 def encoder_options(codec: str, settings: EncodeSettings) -> dict[str, str]:
     """FFmpeg private options for the encoder: quality, speed preset, and quiet logs."""
     opts: dict[str, str] = {}
@@ -228,6 +233,10 @@ def encoder_options(codec: str, settings: EncodeSettings) -> dict[str, str]:
     if crf is not None:
         opts["crf"] = str(crf)
     if settings.preset:
+        known = X26X_PRESETS if codec in ("libx264", "libx265") else None
+        if known is not None and settings.preset not in known:
+            # x264 says only "invalid preset" in its log, and FFmpeg then "Invalid argument".
+            raise HatstreamError(f"{codec} has no preset {settings.preset!r}; choose one of {', '.join(known)}")
         opts["preset"] = settings.preset
     if codec == "libx265":
         opts["x265-params"] = "log-level=error"

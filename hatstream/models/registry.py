@@ -200,8 +200,10 @@ def load_builtin(name: str, scale: int | None) -> tuple[nn.Module, ModelInfo]:
     b = BUILTINS[name]
     if b.weights is None:
         s = scale or DEFAULT_SCALE
+        # No bf16 for `auto`: interpolation gains nothing from it, and bf16's 8-bit mantissa would
+        # round 10-bit video (steps of 1/1023) to about 1/256 near white.
         return Bicubic(s), ModelInfo(name="bicubic", arch="bicubic", scale=s, supports_fp16=True,
-                                     hyperparameters={"upscale": s})
+                                     supports_bf16=False, hyperparameters={"upscale": s})
     if not b.available():
         raise HatstreamError(f"built-in model {name} is not installed (missing {WEIGHTS_DIR / b.weights})")
     if scale is not None and b.scales and scale not in b.scales:

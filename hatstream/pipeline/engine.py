@@ -44,6 +44,55 @@ class Progress:
         return self.frames / self.elapsed if self.elapsed > 0 else 0.0
 
 
+@dataclass
+class StageTimes:
+    """Seconds a run's stages spent working, summed over its frames (not the time spent waiting on
+    their queues): the decoder producing frames, the model, the encoder writing them.
+
+    Filled by `run_stages` when it is given one; the stages overlap, so the sums can exceed the
+    wall time, and the largest tells which stage limits the run. Each field is written by one
+    thread only.
+    """
+
+    decode: float = 0.0
+    model: float = 0.0
+    encode: float = 0.0
+    frames: int = 0
+
+    def as_dict(self) -> dict:
+        """The sums as a plain dict (for logs, JSON and Ray)."""
+        return {"decode": self.decode, "model": self.model, "encode": self.encode, "frames": self.frames}
+
+
+def _timed_frames(frames: Iterable[Frame], times: StageTimes) -> Iterator[Frame]:
+    """`frames`, adding the time each one took to produce to `times.decode`."""
+    it = iter(frames)
+    while True:
+        start = time.perf_counter()
+        frame = next(it, _END)
+        times.decode += time.perf_counter() - start
+        if frame is _END:
+            return
+        yield frame
+
+
+def _frames_timed(frames, upscale, write, times: StageTimes):
+    """The three stages of `run_stages`, each adding its working time to `times`."""
+    def timed_upscale(batch):
+        start = time.perf_counter()
+        out = upscale(batch)
+        times.model += time.perf_counter() - start
+        return out
+
+    def timed_write(frame):
+        start = time.perf_counter()
+        write(frame)
+        times.encode += time.perf_counter() - start
+        times.frames += 1
+
+    return _timed_frames(frames, times), timed_upscale, timed_write
+
+
 class _Stopped(Exception):
     """Raised inside a stage when another stage has failed; never leaves the engine."""
 
@@ -118,16 +167,20 @@ def _drain(stages: _Stages, q: queue.Queue) -> Iterator[Frame]:
 
 def run_stages(frames: Iterable[Frame], upscale: Callable[[Sequence[tuple]], list[tuple]],
                write: Callable[[Frame], None], batch: int = 1, total: int = 0, exact: bool = False,
-               on_progress: Callable[[Progress], None] | None = None, depth: int | None = None) -> int:
+               on_progress: Callable[[Progress], None] | None = None, depth: int | None = None,
+               times: StageTimes | None = None) -> int:
     """Stream `frames` through `upscale` (in batches of up to `batch`) into `write`; returns frames written.
 
     `upscale` takes a list of plane tuples and returns the upscaled ones in the same order.
     `write` receives each upscaled Frame (same index and pts, new planes) from the encoder
     thread, in order. `on_progress` is called from the encoder thread after every frame.
-    Queues hold up to `depth` items each (default 2 x batch).
+    Queues hold up to `depth` items each (default 2 x batch). `times`, when given, gets the
+    seconds each stage spent working (`StageTimes`); without it nothing is timed.
     """
     if batch < 1:
         raise ValueError("batch must be at least 1")
+    if times is not None:
+        frames, upscale, write = _frames_timed(frames, upscale, write, times)
     depth = depth or 2 * batch
     stages = _Stages()
     decoded: queue.Queue = queue.Queue(maxsize=depth)

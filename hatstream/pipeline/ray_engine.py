@@ -59,9 +59,9 @@ from hatstream.media.decode import Frame
 from hatstream.media.probe import encoder_threads
 from hatstream.models.registry import build_from_state_dict, load_builtin
 from hatstream.models.spec import ModelInfo
-from hatstream.pipeline.engine import Progress, batches, run_stages
+from hatstream.pipeline.engine import Progress, StageTimes, batches, run_stages
 from hatstream.pipeline.collector import OrderedCollector
-from hatstream.pipeline.stage import FrameFormat, Planes, upscale_plane_tensors
+from hatstream.pipeline.stage import ClipCounter, FrameFormat, Planes, upscale_plane_tensors
 from hatstream.raylocal import keep_loopback, start_local_ray
 
 log = logging.getLogger(__name__)
@@ -136,12 +136,15 @@ class DeviceLane:
     stream; the compute stream waits for that copy's event, and the result is copied back on a
     download stream into pinned memory. An actor with two batches in flight (two threads) thus
     moves one batch while the other computes. On the CPU each step is the plain tensor view or
-    copy that `stage.upscale_planes` makes, in the calling thread.
+    copy that `stage.upscale_planes` makes, in the calling thread. `busy` and `frames` sum the
+    seconds spent in `run` and the frames it took (with two threads their times overlap).
     """
 
     def __init__(self, device: torch.device):
         self.device = device
         self.cuda = device.type == "cuda"
+        self.busy = 0.0
+        self.frames = 0
         if self.cuda:
             self.upload_stream, self.compute_stream, self.download_stream = (
                 torch.cuda.Stream(device) for _ in range(3))
@@ -149,6 +152,15 @@ class DeviceLane:
     def run(self, frames: Sequence[Planes], compute: Callable[[list[torch.Tensor]], list[torch.Tensor]]
             ) -> list[Planes]:
         """Per-plane (B, h, w) tensors of `frames` through `compute`, back as per-frame planes."""
+        start = time.perf_counter()
+        try:
+            return self._run(frames, compute)
+        finally:
+            self.busy += time.perf_counter() - start
+            self.frames += len(frames)
+
+    def _run(self, frames: Sequence[Planes], compute: Callable[[list[torch.Tensor]], list[torch.Tensor]]
+             ) -> list[Planes]:
         if not self.cuda:
             return tensors_to_planes(compute(planes_to_tensors(list(frames))))
         tensors, uploaded = self._upload(frames)
@@ -210,6 +222,8 @@ class UpscaleWorker:
         self.lane = DeviceLane(self.device)
         self.src, self.dst = src, dst
         self._progress = (-1, 0)  # (segment index, frames written), for `heartbeat`
+        self._segment_times = StageTimes()  # decode and encode of the segments run here
+        self._started = time.perf_counter()
 
     def describe(self) -> dict:
         """Where this actor runs: pid, node, device, compute dtype (also a readiness probe)."""
@@ -217,10 +231,26 @@ class UpscaleWorker:
                 "node_id": ray.get_runtime_context().get_node_id(), "device": str(self.device),
                 "dtype": str(self.upscaler.dtype).removeprefix("torch.")}
 
-    def upscale(self, frames: list[Planes]) -> list[Planes]:
-        """Upscale a batch of same-sized frames' planes; one planes tuple per frame, in order."""
+    @ray.method(concurrency_group=HEARTBEAT)
+    def stage_times(self) -> dict:
+        """Seconds this actor spent in each stage since it started: `model` (the device lane, both
+        modes), `decode` and `encode` (segments only), `alive`, and the frames upscaled."""
+        segments = self._segment_times
+        return {"model": self.lane.busy, "decode": segments.decode, "encode": segments.encode,
+                "frames": self.lane.frames, "alive": time.perf_counter() - self._started}
+
+    def upscale(self, frames: list[Planes]) -> tuple[list[Planes], int]:
+        """Upscale a batch of same-sized frames' planes: one planes tuple per frame, in order, and the
+        source pixels the output's code range clipped (`stage.ClipCounter`), for the driver to sum.
+
+        The count is read after the lane has waited for the batch's download, so it costs no extra wait."""
+        counter = ClipCounter()
+        planes = self._upscale(frames, counter)
+        return planes, counter.total
+
+    def _upscale(self, frames: list[Planes], clipped: ClipCounter) -> list[Planes]:
         try:
-            return self.lane.run(frames, self._convert_and_upscale)
+            return self.lane.run(frames, lambda tensors: self._convert_and_upscale(tensors, clipped))
         except BaseException as exc:
             if self.device.type == "cuda" and _is_cuda_fault(exc):
                 # A retry would reach this same broken context; exit so Ray starts a fresh process.
@@ -228,10 +258,10 @@ class UpscaleWorker:
                 os._exit(1)
             raise
 
-    def encode_segment(self, recipe, segment, payload) -> tuple[Any, bytes]:
+    def encode_segment(self, recipe, segment, payload) -> tuple[Any, bytes, int]:
         """Decode, upscale and encode one segment of `recipe`'s input from its `payload` (the segment's video
-        packets, `segments.segment_payload`); the encoded file comes back as bytes. The input path is
-        never opened here: the node need not see it."""
+        packets, `segments.segment_payload`); the encoded file comes back as bytes, with the pixels the
+        output's range clipped in it. The input path is never opened here: the node need not see it."""
         from hatstream.pipeline.segments import encode_segment, segment_path
 
         self._progress = (segment.index, 0)
@@ -243,10 +273,12 @@ class UpscaleWorker:
         def progress(p: Progress) -> None:
             self._progress = (segment.index, p.frames)  # one tuple: `heartbeat` reads it from its thread
 
+        clipped = ClipCounter()
         with tempfile.TemporaryDirectory(prefix="hatstream-segment-") as folder:
-            encoded = encode_segment(recipe, segment, self.upscale, segment_path(Path(folder), segment.index),
-                                     progress, source=payload)
-            return encoded, encoded.path.read_bytes()
+            encoded = encode_segment(recipe, segment, lambda frames: self._upscale(frames, clipped),
+                                     segment_path(Path(folder), segment.index), progress, source=payload,
+                                     times=self._segment_times)
+            return encoded, encoded.path.read_bytes(), clipped.total
 
     @staticmethod
     def _node_gpus() -> int:
@@ -259,9 +291,9 @@ class UpscaleWorker:
         thread while `encode_segment` runs, so the driver can tell slow work from a hung actor."""
         return self._progress
 
-    def _convert_and_upscale(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _convert_and_upscale(self, tensors: list[torch.Tensor], clipped: ClipCounter) -> list[torch.Tensor]:
         # The lane has already put the planes on the device.
-        return upscale_plane_tensors(tensors, self.upscaler, self.src, self.dst, self.device)
+        return upscale_plane_tensors(tensors, self.upscaler, self.src, self.dst, self.device, clipped)
 
 
 # ---- on the driver ----------------------------------------------------------------------------
@@ -330,6 +362,7 @@ class WorkerPool:
         self.load = [0] * len(self.actors)
         self.failures = [0] * len(self.actors)
         self.retries = 0
+        self.transfer = 0.0   # seconds the driver spent handing arguments over and taking results back
         self._tasks: dict[Any, _Task] = {}
 
     @property
@@ -353,7 +386,9 @@ class WorkerPool:
         task.worker = i
         task.submitted = task.progressed = task.probed = time.monotonic()
         task.frames, task.probe = 0, None
+        start = time.perf_counter()   # large arguments are serialised and put in the object store here
         ref = getattr(self.actors[i], self.method).remote(*task.args)
+        self.transfer += time.perf_counter() - start
         self._tasks[ref] = task
         self.load[i] += 1
 
@@ -367,10 +402,13 @@ class WorkerPool:
         done = []
         for ref in ready:
             task = self._take(ref)
+            start = time.perf_counter()
             try:
                 done.append((task, ray.get(ref)))
             except RayError as exc:
                 self._retry(task, exc)
+            finally:
+                self.transfer += time.perf_counter() - start
         self._expire()
         return done
 
@@ -422,11 +460,14 @@ class WorkerPool:
                 self._retry(task, TimeoutError(f"{self.batch_timeout:g} s {what}"))
 
 
-def _ordered_results(frames: Iterable[Frame], pool: WorkerPool, batch: int, window: int) -> Iterator[Frame]:
+def _ordered_results(frames: Iterable[Frame], pool: WorkerPool, batch: int, window: int,
+                     clipped: ClipCounter | None = None) -> Iterator[Frame]:
     """The driver loop: hand out batches while the window has room; yield upscaled frames in order.
 
     Frames are pulled from `frames` (the decoder) only while frames in flight plus frames waiting
-    for an earlier one stay under `window`, so decoding pauses when the workers fall behind.
+    for an earlier one stay under `window`, so decoding pauses when the workers fall behind. Each
+    batch's clipped-pixel count goes into `clipped` once: a batch that comes back twice is not
+    counted again (its frames are duplicates).
     """
     collector: OrderedCollector[Frame] = OrderedCollector()
     groups = batches(frames, batch)
@@ -440,11 +481,13 @@ def _ordered_results(frames: Iterable[Frame], pool: WorkerPool, batch: int, wind
             else:
                 pool.submit(_batch_task(seq, group))
                 seq += len(group)
-        for task, outputs in pool.poll(timeout=_POLL):
+        for task, (outputs, clip_count) in pool.poll(timeout=_POLL):
             if len(outputs) != task.size:
                 raise RuntimeError(f"{task.label}: {len(outputs)} frames came back from the Ray worker")
-            for k, (frame, planes) in enumerate(zip(task.context, outputs)):
-                collector.add(task.key + k, Frame(frame.index, frame.pts, tuple(planes), frame.repaired))
+            new = [collector.add(task.key + k, Frame(frame.index, frame.pts, tuple(planes), frame.repaired))
+                   for k, (frame, planes) in enumerate(zip(task.context, outputs))]
+            if clipped is not None and clip_count and any(new):
+                clipped.add(torch.tensor(clip_count))
         yield from collector.ready()
         if decoded_all and not pool.busy:
             if len(collector):  # cannot happen unless a batch was lost: never write a gap
@@ -456,7 +499,8 @@ def _ordered_results(frames: Iterable[Frame], pool: WorkerPool, batch: int, wind
 
 
 def _stream(frames: Iterable[Frame], pool: WorkerPool, write: Callable[[Frame], None], batch: int, window: int,
-            total: int, exact: bool, on_progress: Callable[[Progress], None] | None, temporal=None) -> int:
+            total: int, exact: bool, on_progress: Callable[[Progress], None] | None, temporal=None,
+            clipped: ClipCounter | None = None) -> int:
     """The local engine's threads and shutdown around the driver loop, which takes the decoder's place.
 
     `run_stages` runs `_ordered_results` in its decode thread and `write` in its encode thread; its
@@ -466,7 +510,7 @@ def _stream(frames: Iterable[Frame], pool: WorkerPool, write: Callable[[Frame], 
     free, so only the driver sees every frame in order.
     """
     step = (lambda planes: list(planes)) if temporal is None else (lambda planes: [temporal(p) for p in planes])
-    return run_stages(_ordered_results(frames, pool, batch, window), step, write,
+    return run_stages(_ordered_results(frames, pool, batch, window, clipped), step, write,
                       batch=1, total=total, exact=exact, on_progress=on_progress)
 
 
@@ -557,21 +601,39 @@ def _workers(options: RayOptions, model: Upscaler, src: FrameFormat, dst: FrameF
             ray.shutdown()
 
 
+def _stage_times(actors: Sequence, pool: WorkerPool, timeout: float = 10.0) -> dict:
+    """Where the time went: each actor's `UpscaleWorker.stage_times` (an actor that does not answer
+    within `timeout` s is left out) and the driver's `transfer` seconds (`WorkerPool.transfer`)."""
+    refs = [actor.stage_times.remote() for actor in actors]
+    answers = []
+    for ref in refs:
+        try:
+            answers.append(ray.get(ref, timeout=timeout))
+        except RayError:  # a timeout is a RayError too
+            continue
+    return {"actors": answers, "transfer": pool.transfer}
+
+
 def run_ray(frames: Iterable[Frame], model: Upscaler, src: FrameFormat, dst: FrameFormat,
             write: Callable[[Frame], None], options: RayOptions = RayOptions(), batch: int = 1,
             total: int = 0, exact: bool = False, on_progress: Callable[[Progress], None] | None = None,
-            temporal=None) -> int:
+            temporal=None, clipped: ClipCounter | None = None, stats: dict | None = None) -> int:
     """Stream `frames` through Ray actors running `model` into `write`, in order; returns frames written.
 
     The same contract as `engine.run_stages` with `stage.upscale_planes`: `write` gets every
     frame once, in order, with its index and pts and upscaled planes for `dst`, from one thread.
     `model` is the driver's copy (on the CPU); each actor rebuilds it on its own device. Ray is
-    started (and shut down afterwards) here unless the caller has already initialised it.
+    started (and shut down afterwards) here unless the caller has already initialised it. The pixels
+    the output's range clipped (counted on the actors) are added to `clipped`. `stats`, when given,
+    is filled at the end with where the time went (`_stage_times`).
     """
     with _workers(options, model, src, dst) as actors:
         pool = WorkerPool(actors, options.in_flight, options.max_attempts, options.batch_timeout)
         window = max(options.window or 2 * pool.capacity * batch, batch)
-        return _stream(frames, pool, write, batch, window, total, exact, on_progress, temporal)
+        written = _stream(frames, pool, write, batch, window, total, exact, on_progress, temporal, clipped)
+        if stats is not None:
+            stats.update(_stage_times(actors, pool))
+        return written
 
 
 def _remove_stale_segment_folders(folder: Path) -> None:
@@ -615,11 +677,21 @@ class RaySegments:
     segment may take an hour on a CPU, so it fails for time only after `options.stall_timeout`
     s without a new frame (actors report progress), and one that fails on its input (damaged)
     fails the run at once.
+
+    `stats`, when given, is filled once all segments are back with where the time went
+    (`_stage_times`) and the driver's own `remux` and `put` seconds.
     """
 
-    def __init__(self, model: Upscaler, options: RayOptions = RayOptions()):
+    def __init__(self, model: Upscaler, options: RayOptions = RayOptions(), stats: dict | None = None):
         self.model = model
         self.options = options
+        self.stats = stats
+        self._clipped: dict[int, int] = {}  # segment index -> pixels its actor counted as clipped
+
+    @property
+    def clipped(self) -> int:
+        """Pixels the output's range clipped in the segments computed by this executor (each counted once)."""
+        return sum(self._clipped.values())
 
     def encode(self, recipe, segments: Sequence, folder: Path, on_progress: Callable[[int], None]) -> Iterator:
         """Run `segments` on the actors; yield each `SegmentResult` as it comes back (any order)."""
@@ -632,12 +704,21 @@ class RaySegments:
             pool = WorkerPool(actors, 1, self.options.max_attempts, self.options.stall_timeout,
                               method="encode_segment", heartbeat=True)
             todo = list(segments)
+            remux = put = 0.0
             while todo or pool.busy:
                 while todo and pool.has_room():
                     segment = todo.pop(0)
+                    start = time.perf_counter()
+                    packets = segment_payload(recipe.info, segment)
+                    remuxed = time.perf_counter()
                     # One object per segment, shared by its retries; dropped with the task.
-                    payload = ray.put(segment_payload(recipe.info, segment))
+                    payload = ray.put(packets)
+                    remux, put = remux + remuxed - start, put + time.perf_counter() - remuxed
                     pool.submit(_Task(segment.index, (recipe, segment, payload), 0, f"segment {segment.index}"))
                     log.debug("segment %d sent to the Ray workers", segment.index)
-                for _, (encoded, data) in pool.poll(timeout=_POLL):
+                for _, (encoded, data, clipped) in pool.poll(timeout=_POLL):
+                    # A segment that comes back twice is kept once by the runner: count it once too.
+                    self._clipped.setdefault(encoded.index, clipped)
                     yield SegmentResult(encoded, data)
+            if self.stats is not None:
+                self.stats.update(_stage_times(actors, pool), remux=remux, put=put)

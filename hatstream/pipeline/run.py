@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +51,7 @@ class RunConfig:
     address: str | None = None     # Ray cluster to join; None starts an embedded one
     workers: int | None = None     # Ray actors; default one per GPU
     segment_seconds: float = DEFAULT_SEGMENT_SECONDS  # resumable segments for longer inputs; 0 = off
-    segment_workers: int = 1       # segments computed at once in this process (local engine)
+    segment_workers: int | None = None  # segments computed at once in this process (local engine); None: auto
     resume: bool = True            # pick up an interrupted run's finished segments
     compile: bool = False          # torch.compile the model (local engine; static shapes per video)
     temporal: bool = False         # steady the output along the motion (`pipeline.temporal`)
@@ -78,6 +80,57 @@ class RunResult:
     def fps(self) -> float:
         """Frames upscaled per second over the whole run (resumed frames were done before it)."""
         return (self.frames - self.resumed) / self.seconds if self.seconds > 0 else 0.0
+
+
+# One libx264 encoder's frame threads stop paying off somewhere past this many (each thread adds a
+# frame in flight whose motion search waits on the frame before): more cores than this go to a
+# second encoder, on the next segment. An assumption from x264's frame threading, not measured
+# here (this machine has 2 cores; `hatstream bench` measures the scaling on the machine at hand).
+ENCODER_THREADS_EFFICIENT = 16
+# Output frames one segment worker holds at once: the engine's queues, x264's lookahead (40 at its
+# default preset) and B-frames, one per frame thread (added below).
+SEGMENT_WORKER_FRAMES = 48
+
+
+def auto_segment_workers(model_on_cpu: bool, cores: int, memory: int | None, frame_bytes: int,
+                         batch: int = 1) -> int:
+    """Segments to compute at once for `--segment-workers auto`: 1 unless the model runs elsewhere
+    and the cores left to the encoders (`probe.encoder_threads`) exceed what one encoder uses well.
+
+    A CPU model keeps the cores (two segments at once on 2 cores were slower than one, see
+    benchmarks/RESULTS.md). With the model on an accelerator the encoders get all cores but two;
+    every `ENCODER_THREADS_EFFICIENT` of them get their own encoder on the next segment. Each
+    segment worker holds about `SEGMENT_WORKER_FRAMES` + its threads + 3 x `batch` output frames of
+    `frame_bytes`; together they take at most half of `memory` (available bytes; None: unknown, 1).
+    """
+    if model_on_cpu or memory is None:
+        return 1
+    # The cores `encoder_threads` gives the encoders (all but two), before its cap on one encoder.
+    wanted = max(1, math.ceil((cores - 2) / ENCODER_THREADS_EFFICIENT))
+    for n in range(wanted, 1, -1):
+        threads = encoder_threads(False, cores, streams=n)
+        if n * (SEGMENT_WORKER_FRAMES + threads + 3 * batch) * frame_bytes <= memory // 2:
+            return n
+    return 1
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new work (Linux MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _output_frame_bytes(plan) -> int:
+    layout = plan.encoding.layout
+    sx, sy = layout.chroma_shift
+    samples = plan.width * plan.height * (1 + 2 / (1 << (sx + sy)) + (1 if layout.has_alpha else 0))
+    return int(samples * layout.dtype.itemsize)
 
 
 def _ray_options(config: RunConfig):
@@ -146,21 +199,31 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
             settings = run_settings(config.model, model, recipe, config.segment_seconds, ray_precision=config.precision)
         else:
             clipped = ClipCounter()
-            upscale = upscaler_for(recipe, model, clipped)
             # Several segments at once, each with its own encoder, where one encoder cannot keep up.
-            executor = (Parallel(upscale, config.segment_workers) if config.segment_workers > 1
-                        else InProcess(upscale))
+            workers = config.segment_workers
+            if workers is None:
+                workers = auto_segment_workers(model_on_cpu, os.cpu_count() or 1, available_memory(),
+                                               _output_frame_bytes(plan), config.batch)
+            workers = min(workers, len(segments))
+            if workers > 1:  # the encoders share the cores the model leaves free
+                threads = encoder_threads(model_on_cpu, streams=workers)
+                recipe = dataclasses.replace(recipe, plan=dataclasses.replace(
+                    plan, encoding=dataclasses.replace(plan.encoding, threads=threads)))
+            log.info("%d segments, %d computed at once%s", len(segments), workers,
+                     " (--segment-workers auto)" if config.segment_workers is None else "")
+            upscale = upscaler_for(recipe, model, clipped)
+            executor = Parallel(upscale, workers) if workers > 1 else InProcess(upscale)
             settings = run_settings(config.model, model, recipe, config.segment_seconds)
         if on_start is not None:
             on_start(info.frames, info.frames_exact)
         done = run_resumable(recipe, segments, executor, output, settings, config.resume, info.frames,
                              info.frames_exact, on_progress, overwrite=config.overwrite)
-        # Ray actors do not report clipping (yet); in this process it covers the segments computed now.
+        # The segments computed now (resumed ones were counted by the run that made them).
         return RunResult(output=output, frames=done.frames, seconds=time.perf_counter() - started, repaired=0,
                          dropped=0, model=model.info.name, resumed=done.resumed, note=done.note,
                          encoding=f"{plan.encoding.codec} {plan.encoding.layout.pix_fmt}",
                          deinterlaced=deint.describe() if deint else None, container_note=container_note,
-                         clipped=None if on_ray else clipped.total)
+                         clipped=executor.clipped if on_ray else clipped.total)
 
     src = FrameFormat(info.layout, info.colour)
     dst = FrameFormat(plan.encoding.layout, plan.encoding.colour)
@@ -180,7 +243,8 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
             common = dict(batch=config.batch, total=info.frames, exact=info.frames_exact, on_progress=on_progress)
             if on_ray:
                 from hatstream.pipeline.ray_engine import run_ray
-                frames = run_ray(decoded, model, src, dst, write, _ray_options(config), temporal=temporal, **common)
+                frames = run_ray(decoded, model, src, dst, write, _ray_options(config), temporal=temporal,
+                                 clipped=clipped, **common)
             else:
                 frames = run_stages(decoded, lambda batch: upscale_planes(batch, model, src, dst, temporal=temporal,
                                                                         clipped=clipped),
@@ -194,4 +258,4 @@ def run_file(config: RunConfig, on_progress: Callable[[Progress], None] | None =
                      repaired=stats.repaired, dropped=stats.dropped, model=model.info.name,
                      encoding=f"{plan.encoding.codec} {plan.encoding.layout.pix_fmt}",
                      problems=tuple(stats.problems), deinterlaced=deint.describe() if deint else None,
-                     container_note=container_note, clipped=None if on_ray else clipped.total)
+                     container_note=container_note, clipped=clipped.total)

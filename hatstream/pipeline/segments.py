@@ -29,6 +29,7 @@ import dataclasses
 import io
 import logging
 import math
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -41,7 +42,7 @@ from hatstream.errors import HatstreamError
 from hatstream.media.decode import DecodeStats, Frame, Remuxed, _check_complete, read_frames
 from hatstream.media.probe import VideoInfo, alpha_decoder_name, open_input, seconds
 from hatstream.media.writer import OutputPlan, VideoWriter, vpx_alpha
-from hatstream.pipeline.engine import Progress, run_stages
+from hatstream.pipeline.engine import Progress, StageTimes, run_stages
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +313,7 @@ def segment_path(folder: Path, index: int) -> Path:
 
 def encode_segment(recipe: SegmentRecipe, segment: Segment, upscale: Callable[[list[tuple]], list[tuple]],
                    dest: Path, on_progress: Callable[[Progress], None] | None = None,
-                   source: Remuxed | None = None) -> EncodedSegment:
+                   source: Remuxed | None = None, times: StageTimes | None = None) -> EncodedSegment:
     """Decode, upscale and encode one segment into the NUT file `dest`, durably; returns what was written.
 
     `upscale(list of plane tuples) -> list of plane tuples` runs the model, e.g.
@@ -321,7 +322,8 @@ def encode_segment(recipe: SegmentRecipe, segment: Segment, upscale: Callable[[l
     exists only complete. It holds the video only, encoded exactly as the final output's;
     the encoder starts afresh, so the segment begins with an IDR frame and references nothing
     outside itself (x264's default closed GOP). `source`: the segment's packets from
-    `segment_payload`, decoded instead of the input file (a node that cannot read it).
+    `segment_payload`, decoded instead of the input file (a node that cannot read it). `times`
+    gets the seconds spent decoding, upscaling and encoding (`engine.StageTimes`).
     """
     dest = Path(dest)
     tmp = dest.with_name(dest.name + ".part")
@@ -338,8 +340,11 @@ def encode_segment(recipe: SegmentRecipe, segment: Segment, upscale: Callable[[l
             writer.write(frame.planes, frame.pts)
 
         frames = run_stages(segment_frames(recipe.info, segment, recipe.deinterlace, source), upscale, write,
-                            batch=recipe.batch, on_progress=on_progress)
+                            batch=recipe.batch, on_progress=on_progress, times=times)
+        flushed = time.perf_counter()
         writer.finish()
+        if times is not None:  # the encoder's delayed frames are encoded here (x264's lookahead)
+            times.encode += time.perf_counter() - flushed
     except BaseException:
         writer.close()
         tmp.unlink(missing_ok=True)
