@@ -236,14 +236,12 @@ def main(argv: list[str] | None = None) -> int:
             ref.load_state_dict(state)
         run_ref = reference_runner(ref, args.reference, dev)
     backends = args.backends or installed_backends(dev)
-    # hatstream's default path, resolved by the functions `hatstream run` calls: --precision auto,
-    # then --backend auto for that precision (on a CPU with native bf16 that is torch in bf16).
-    from hatstream.inference.backends import resolve_backend
-    from hatstream.inference.precision import resolve_precision
+    # hatstream's default path, resolved by the function `hatstream run`'s load_model calls
+    # (--precision auto, --backend auto; a graph runtime, where installed, takes fp32 before bf16).
+    from hatstream.inference import resolve_run
 
     probe_model, probe_info = build_from_state_dict({k: v.cpu() for k, v in state.items()}, source)
-    default_dtype = resolve_precision("auto", dev, probe_info)
-    default = resolve_backend("auto", probe_model, dev, default_dtype)
+    default_dtype, default = resolve_run(probe_model, probe_info, dev, "auto", "auto")
     del probe_model
     names = list(args.precisions or default_precisions(dev)) if "torch" in backends else []
     precision_name = {dt: n for n, dt in DTYPES.items()}[default_dtype]

@@ -37,13 +37,21 @@ def load_model(name_or_path: str | Path | None = None, device=None, precision: s
     """
     dev = resolve_device(device)
     model, info = load_network(name_or_path, scale)
-    # A backend that cannot run this is refused first, before any precision warning.
-    resolve_backend(backend, model, dev, DTYPES.get(precision, torch.float32), compile)
-    dtype = resolve_precision(precision, dev, info)
-    if precision == "auto" and dtype != torch.float32 and \
-            resolve_backend(backend, model, dev, torch.float32, compile) != "torch":
-        dtype = torch.float32  # the graphs are fp32 (and checked against torch fp32)
+    dtype, _ = resolve_run(model, info, dev, precision, backend, compile)
     return Upscaler(model, info, dev, dtype, compile=compile, backend=backend)
+
+
+def resolve_run(model, info, device: torch.device, precision: str = "auto", backend: str | None = None,
+                compile: bool = False) -> tuple[torch.dtype, str]:
+    """(dtype, backend) that `load_model` runs `model` with for these options (the default path
+    when both are auto). Where a graph runtime runs the model, precision auto is fp32."""
+    # A backend that cannot run this is refused first, before any precision warning.
+    resolve_backend(backend, model, device, DTYPES.get(precision, torch.float32), compile)
+    dtype = resolve_precision(precision, device, info)
+    if precision == "auto" and dtype != torch.float32 and \
+            resolve_backend(backend, model, device, torch.float32, compile) != "torch":
+        dtype = torch.float32  # the graphs are fp32 (and checked against torch fp32)
+    return dtype, resolve_backend(backend, model, device, dtype, compile)
 
 
 def load_network(name_or_path: str | Path | None = None, scale: int | None = None):
