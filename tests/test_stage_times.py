@@ -6,7 +6,6 @@ frame.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from pathlib import Path
