@@ -89,3 +89,18 @@ def pytest_collection_modifyitems(config, items):
 def _few_threads():
     # Two cores are shared by the test process and the subprocesses it starts.
     torch.set_num_threads(2)
+
+
+def processes_marked(mark: str, tag: str) -> list[int]:
+    """Pids of the processes (this one aside) whose environment has `mark=tag`: the Ray processes a test
+    started after setting that variable, which inherit it, and no one else's."""
+    needle = f"{mark}={tag}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found

@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import processes_marked
 from mediagen import _env, make_video, read_planes, run_cli
 from test_resume import CLIP, FRAMES, SEGMENTED, _done, _kill_after, _ok, _same_output
 
@@ -26,16 +27,7 @@ LOOPBACK = "127.0.0.1"
 
 
 def _marked(tag: str) -> list[int]:
-    needle = f"{MARK}={tag}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+    return processes_marked(MARK, tag)
 
 
 # A worker node of its own process, joined to the cluster at argv[1] as `Cluster.add_node` joins one

@@ -274,22 +274,24 @@ def test_removing_a_node_mid_run_changes_nothing(longer_segments_clip, tiny_hat,
     removed, finished = [], threading.Event()
 
     def remove_worker_1_node_while_busy():
-        # Probe worker 1: an idle actor answers at once (and says where it runs); one that does not
-        # answer within 0.2 s is in the middle of a segment. Then take its node away, as a lost
-        # machine would be.
+        # Ask worker 1 where it runs, then watch its heartbeat (answered from its own thread): once
+        # it names a segment in hand, take its node away, as a lost machine would be. (Timing an
+        # unanswered probe instead missed every segment on a fast CPU.)
         node_id = None
         while not finished.is_set() and not removed:
             try:
-                probe = ray.get_actor(WORKER_NAME.format(1)).describe.remote()
-            except ValueError:  # not started yet
-                time.sleep(0.05)
+                actor = ray.get_actor(WORKER_NAME.format(1))
+                if node_id is None:
+                    node_id = ray.get(actor.describe.remote(), timeout=30)["node_id"]
+                segment, _ = ray.get(actor.heartbeat.remote(), timeout=30)
+            except (ValueError, ray.exceptions.GetTimeoutError):  # not started yet, or busy starting
+                time.sleep(0.01)
                 continue
-            answered, _ = ray.wait([probe], timeout=0.2)
-            if answered:
-                node_id = ray.get(probe)["node_id"]
-            elif node_id is not None:
+            if segment >= 0:
                 cluster.remove_node(next(n for n in nodes if n.node_id == node_id), allow_graceful=False)
                 removed.append(node_id)
+            else:
+                time.sleep(0.005)
 
     remover = threading.Thread(target=remove_worker_1_node_while_busy)
     remover.start()

@@ -6,7 +6,6 @@ frame.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from pathlib import Path
@@ -18,6 +17,7 @@ from hatstream.media.probe import probe
 from hatstream.media.writer import plan_output
 from hatstream.pipeline.engine import StageTimes
 from hatstream.pipeline.segments import Segment, SegmentRecipe, encode_segment, plan_segments, upscaler_for
+from conftest import processes_marked
 from mediagen import Clip, make_video
 
 MARK = "HATSTREAM_STAGE_TIMES_TEST"
@@ -50,16 +50,7 @@ def test_a_segment_reports_decode_model_and_encode_time(clip, tmp_path):
 
 
 def _ray_processes(tag: str) -> list[int]:
-    needle = f"{MARK}={tag}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+    return processes_marked(MARK, tag)
 
 
 @pytest.mark.slow

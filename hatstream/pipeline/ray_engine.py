@@ -274,11 +274,14 @@ class UpscaleWorker:
             self._progress = (segment.index, p.frames)  # one tuple: `heartbeat` reads it from its thread
 
         clipped = ClipCounter()
-        with tempfile.TemporaryDirectory(prefix="hatstream-segment-") as folder:
-            encoded = encode_segment(recipe, segment, lambda frames: self._upscale(frames, clipped),
-                                     segment_path(Path(folder), segment.index), progress, source=payload,
-                                     times=self._segment_times)
-            return encoded, encoded.path.read_bytes(), clipped.total
+        try:
+            with tempfile.TemporaryDirectory(prefix="hatstream-segment-") as folder:
+                encoded = encode_segment(recipe, segment, lambda frames: self._upscale(frames, clipped),
+                                         segment_path(Path(folder), segment.index), progress, source=payload,
+                                         times=self._segment_times)
+                return encoded, encoded.path.read_bytes(), clipped.total
+        finally:
+            self._progress = (-1, 0)  # no segment in hand: `heartbeat` says so until the next one starts
 
     @staticmethod
     def _node_gpus() -> int:
@@ -287,8 +290,9 @@ class UpscaleWorker:
 
     @ray.method(concurrency_group=HEARTBEAT)
     def heartbeat(self) -> tuple[int, int]:
-        """(segment index, frames written so far) of the segment being encoded; answered from its own
-        thread while `encode_segment` runs, so the driver can tell slow work from a hung actor."""
+        """(segment index, frames written so far) of the segment being encoded, (-1, 0) between
+        segments; answered from its own thread while `encode_segment` runs, so the driver can tell slow
+        work from a hung actor."""
         return self._progress
 
     def _convert_and_upscale(self, tensors: list[torch.Tensor], clipped: ClipCounter) -> list[torch.Tensor]:
