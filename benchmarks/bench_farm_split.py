@@ -44,6 +44,7 @@ from hatstream.media.decode import read_frames  # noqa: E402
 from hatstream.media.encode import EncodeSettings  # noqa: E402
 from hatstream.media.probe import probe  # noqa: E402
 from hatstream.media.writer import VideoWriter, plan_output  # noqa: E402
+from hatstream.pipeline.engine import StageTimes, timed_frames  # noqa: E402
 from hatstream.pipeline.ray_engine import RayOptions, RaySegments, run_ray  # noqa: E402
 from hatstream.pipeline.resume import run_resumable  # noqa: E402
 from hatstream.pipeline.segments import SegmentRecipe, plan_segments  # noqa: E402
@@ -87,33 +88,35 @@ def load() -> float:
 
 
 class _Timed:
-    """The driver's decode (time inside the decoder's iterator) and encode (time inside the writer)."""
+    """The driver's decode (time inside the decoder's iterator, as the engine times it) and encode
+    (time inside the writer)."""
 
     def __init__(self, writer: VideoWriter):
         self.writer = writer
-        self.decode = self.encode = 0.0
+        self.times = StageTimes()
         self.stamps: list[float] = []
 
+    @property
+    def decode(self) -> float:
+        return self.times.decode
+
+    @property
+    def encode(self) -> float:
+        return self.times.encode
+
     def frames(self, source):
-        it = iter(source)
-        while True:
-            start = time.perf_counter()
-            frame = next(it, None)
-            self.decode += time.perf_counter() - start
-            if frame is None:
-                return
-            yield frame
+        return timed_frames(source, self.times)
 
     def write(self, frame) -> None:
         start = time.perf_counter()
         self.writer.write(frame.planes, frame.pts)
-        self.encode += time.perf_counter() - start
+        self.times.encode += time.perf_counter() - start
         self.stamps.append(time.perf_counter())
 
     def finish(self) -> None:
         start = time.perf_counter()
         self.writer.finish()  # x264's delayed (lookahead) frames are encoded here
-        self.encode += time.perf_counter() - start
+        self.times.encode += time.perf_counter() - start
 
 
 def _actor_sums(stats: dict) -> dict:

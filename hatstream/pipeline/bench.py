@@ -38,7 +38,7 @@ from hatstream.media.writer import VideoWriter, plan_output
 from hatstream.models.flops import hat_macs
 from hatstream.models.hat import HATConfig
 from hatstream.pipeline.run import ENCODER_THREADS_EFFICIENT
-from hatstream.pipeline.stage import _cpu_threads
+from hatstream.pipeline.stage import cpu_threads
 
 SIZES = {"360p": (640, 360), "540p": (960, 540), "720p": (1280, 720), "1080p": (1920, 1080)}
 MAX_SIDE = 16384  # libx264 refuses wider or taller frames (avcodec_open2 fails)
@@ -245,9 +245,9 @@ def run_bench(upscaler: Upscaler, width: int, height: int, frames: int = 8, batc
             timed = start >= warmup * batch
             _sync(dev)
             t0 = time.perf_counter()
-            # The conversions on one torch thread, as the run does them (`stage._cpu_threads`: on
+            # The conversions on one torch thread, as the run does them (`stage.cpu_threads`: on
             # busy cores OpenMP barriers made them tens of times slower); the model keeps them all.
-            with _cpu_threads(dev, 1):
+            with cpu_threads(dev, 1):
                 tensors = planes_to_tensors(chunk, dev)
                 rgb = planes_to_rgb(tensors, info.layout, info.colour).clamp_(0, 1)
             _sync(dev)
@@ -255,7 +255,7 @@ def run_bench(upscaler: Upscaler, width: int, height: int, frames: int = 8, batc
             up = upscaler(rgb)
             _sync(dev)
             t2 = time.perf_counter()
-            with _cpu_threads(dev, 1):
+            with cpu_threads(dev, 1):
                 outputs += tensors_to_planes(rgb_to_planes(up, layout, colour))
             t3 = time.perf_counter()
             if timed:

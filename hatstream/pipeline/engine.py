@@ -64,7 +64,7 @@ class StageTimes:
         return {"decode": self.decode, "model": self.model, "encode": self.encode, "frames": self.frames}
 
 
-def _timed_frames(frames: Iterable[Frame], times: StageTimes) -> Iterator[Frame]:
+def timed_frames(frames: Iterable[Frame], times: StageTimes) -> Iterator[Frame]:
     """`frames`, adding the time each one took to produce to `times.decode`."""
     it = iter(frames)
     while True:
@@ -90,7 +90,7 @@ def _frames_timed(frames, upscale, write, times: StageTimes):
         times.encode += time.perf_counter() - start
         times.frames += 1
 
-    return _timed_frames(frames, times), timed_upscale, timed_write
+    return timed_frames(frames, times), timed_upscale, timed_write
 
 
 class _Stopped(Exception):

@@ -34,7 +34,7 @@ class FrameFormat:
 
 
 @contextlib.contextmanager
-def _cpu_threads(device: torch.device, count: int) -> Iterator[None]:
+def cpu_threads(device: torch.device, count: int) -> Iterator[None]:
     """Run the block with `count` torch intra-op threads when on the CPU (restored afterwards).
 
     The colour conversion is a handful of cheap elementwise passes. Spread over OpenMP threads
@@ -107,7 +107,7 @@ def upscale_plane_tensors(planes: list[torch.Tensor], model: Callable[[torch.Ten
     Engines that move the planes themselves (the Ray actors, with pinned buffers and CUDA
     streams) call this directly.
     """
-    with _cpu_threads(device, 1):
+    with cpu_threads(device, 1):
         rgb = planes_to_rgb(planes, src.layout, src.colour)
         inside = rgb.clamp(0.0, 1.0)
         excess = rgb.sub(inside)
@@ -121,7 +121,7 @@ def upscale_plane_tensors(planes: list[torch.Tensor], model: Callable[[torch.Ten
         del rgb
     up = model(inside)
     del inside
-    with _cpu_threads(device, 1):
+    with cpu_threads(device, 1):
         out = rgb_to_planes(up, dst.layout, dst.colour, residual=excess)
         if dst.layout.has_alpha:
             size = tuple(out[0].shape[-2:])
@@ -151,7 +151,7 @@ def upscale_planes(frames: Sequence[Planes], model: Callable[[torch.Tensor], tor
     if not frames:
         return []
     device = torch.device(device if device is not None else getattr(model, "device", "cpu"))
-    with _cpu_threads(device, 1):
+    with cpu_threads(device, 1):
         tensors = planes_to_tensors(list(frames), device)
     out = tensors_to_planes(upscale_plane_tensors(tensors, model, src, dst, device, clipped))
     return out if temporal is None else [temporal(planes) for planes in out]
