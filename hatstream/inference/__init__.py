@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from hatstream.errors import HatstreamError
-from hatstream.inference.backends import resolve_backend
+from hatstream.inference.backends import default_backend, graph_dtypes, resolve_backend
 from hatstream.inference.precision import DTYPES, resolve_precision
 from hatstream.inference.upscaler import Upscaler
 from hatstream.models.registry import BUILTINS, default_model_name, load_builtin, load_checkpoint
@@ -33,7 +33,7 @@ def load_model(name_or_path: str | Path | None = None, device=None, precision: s
     `scale` is checked against a checkpoint's own scale, and chooses the scale of `bicubic`.
     `compile=True` applies `torch.compile` (static shapes; CUDA graphs on a GPU).
     `backend`: torch, onnxruntime, openvino or auto (None: $HATSTREAM_BACKEND, else auto); see
-    `hatstream.inference.backends`. Where a graph runtime runs the model, precision auto is fp32.
+    `hatstream.inference.backends`; `resolve_run` says which precision and backend auto picks.
     """
     dev = resolve_device(device)
     model, info = load_network(name_or_path, scale)
@@ -44,13 +44,20 @@ def load_model(name_or_path: str | Path | None = None, device=None, precision: s
 def resolve_run(model, info, device: torch.device, precision: str = "auto", backend: str | None = None,
                 compile: bool = False) -> tuple[torch.dtype, str]:
     """(dtype, backend) that `load_model` runs `model` with for these options (the default path
-    when both are auto). Where a graph runtime runs the model, precision auto is fp32."""
+    when both are auto).
+
+    Precision auto is bf16 where the device runs it natively (and the model allows it), else
+    fp32. Backend auto then takes a graph runtime that runs that precision (OpenVINO does bf16),
+    else torch: on a bf16 CPU without OpenVINO, torch in bf16 beats ONNX Runtime in fp32
+    (benchmarks/RESULTS.md). A graph runtime named by --backend that runs only fp32 makes
+    precision auto fp32.
+    """
     # A backend that cannot run this is refused first, before any precision warning.
     resolve_backend(backend, model, device, DTYPES.get(precision, torch.float32), compile)
     dtype = resolve_precision(precision, device, info)
-    if precision == "auto" and dtype != torch.float32 and \
-            resolve_backend(backend, model, device, torch.float32, compile) != "torch":
-        dtype = torch.float32  # the graphs are fp32 (and checked against torch fp32)
+    named = backend or default_backend()
+    if precision == "auto" and named not in ("auto", "torch") and dtype not in graph_dtypes(named):
+        dtype = torch.float32
     return dtype, resolve_backend(backend, model, device, dtype, compile)
 
 

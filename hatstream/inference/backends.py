@@ -15,7 +15,11 @@ How static shapes meet the upscaler:
 - batch: graphs are exported for one frame, and a batch runs frame by frame through that one
   graph. On a CPU a batch buys no speed, and a short last batch would need a graph of its own.
 
-Every new graph is checked once against torch on the first input it gets (the same padded
+Precision: graphs are fp32, and on a CPU with native bf16 OpenVINO also runs them in bf16 with
+the trunk, LayerNorms and ends kept fp32 (`inference/mixed_graph.py`): 1.7-2x faster than its fp32
+on HAT-S (AVX512-BF16, benchmarks/RESULTS.md) at 57 dB from fp32. ONNX Runtime runs fp32 only.
+
+Every new graph is checked once against torch fp32 on the first input it gets (the same padded
 frame through both): under 50 dB PSNR, `auto` falls back to torch for that size with a warning.
 """
 
@@ -33,8 +37,10 @@ import torch
 from torch import nn
 
 from hatstream.errors import HatstreamError
+from hatstream.inference.precision import DTYPES, cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 # Fastest first, as measured side by side on CPUs (benchmarks/RESULTS.md): `auto` takes the first installed.
@@ -56,6 +62,14 @@ def backend_installed(backend: str) -> bool:
         return False
 
 
+def graph_dtypes(backend: str) -> tuple[torch.dtype, ...]:
+    """The precisions graph runtime `backend` runs here: fp32, and bf16 in OpenVINO where the CPU
+    has it natively (elsewhere OpenVINO would emulate it, slower than fp32)."""
+    if backend == "openvino" and cpu_has_native_bf16():
+        return torch.float32, torch.bfloat16
+    return (torch.float32,)
+
+
 def default_backend() -> str:
     """The backend asked for by HATSTREAM_BACKEND, or 'auto'."""
     return os.environ.get(BACKEND_ENV, "") or "auto"
@@ -65,9 +79,9 @@ def resolve_backend(backend: str | None, model: nn.Module, device: torch.device,
                     compile: bool = False) -> str:
     """The backend that runs `model`: 'torch', 'onnxruntime' or 'openvino'.
 
-    `auto` takes the fastest installed graph runtime where one applies (a HAT, on the CPU, in
-    fp32, not torch.compile'd) and torch everywhere else. A graph runtime asked for by name where
-    it cannot run is a HatstreamError, one line.
+    `auto` takes the fastest installed graph runtime where one applies (a HAT, on the CPU, in a
+    precision the runtime runs (`graph_dtypes`), not torch.compile'd) and torch everywhere else.
+    A graph runtime asked for by name where it cannot run is a HatstreamError, one line.
     """
     from hatstream.models.hat import HAT
 
@@ -76,18 +90,19 @@ def resolve_backend(backend: str | None, model: nn.Module, device: torch.device,
         raise HatstreamError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "torch":
         return backend
-    applies = isinstance(model, HAT) and device.type == "cpu" and dtype == torch.float32 and not compile
+    applies = isinstance(model, HAT) and device.type == "cpu" and not compile
     if backend == "auto":
         if not applies:
             return "torch"
-        return next((b for b in GRAPH_BACKENDS if backend_installed(b)), "torch")
+        return next((b for b in GRAPH_BACKENDS if backend_installed(b) and dtype in graph_dtypes(b)), "torch")
     if not isinstance(model, HAT):
         raise HatstreamError(f"--backend {backend} runs HAT models only; use --backend torch for this model")
     if device.type != "cpu":
         raise HatstreamError(f"--backend {backend} runs on the CPU; use --device cpu, or --backend torch on {device}")
-    if dtype != torch.float32:
-        raise HatstreamError(f"--backend {backend} runs fp32 graphs; use --precision fp32 (or auto), "
-                             f"or --backend torch for {str(dtype).removeprefix('torch.')}")
+    if dtype not in graph_dtypes(backend):
+        runs = " and ".join(DTYPE_NAMES[d] for d in graph_dtypes(backend))
+        raise HatstreamError(f"--backend {backend} runs {runs} graphs here; use --precision fp32 (or auto), "
+                             f"or --backend torch for {DTYPE_NAMES.get(dtype, dtype)}")
     if compile:
         raise HatstreamError(f"--compile is for --backend torch; --backend {backend} compiles its own graph")
     if not backend_installed(backend):
@@ -133,12 +148,15 @@ class GraphForward:
     `model` is the upscaler's prepared fp32 HAT on the CPU; it stays the torch twin that every new
     graph is checked against, and the fallback for sizes whose graph is out of bounds. `strict`
     (a backend asked for by name) keeps such a graph with a warning instead of falling back.
+    `dtype` is the graph's compute precision, one of `graph_dtypes(backend)`; its input and
+    output stay fp32.
     """
 
     def __init__(self, model: nn.Module, backend: str, threads: int | None = None, strict: bool = False,
-                 cache_dir: Path | None = None):
+                 cache_dir: Path | None = None, dtype: torch.dtype = torch.float32):
         self.model = model
         self.backend = backend
+        self.dtype = dtype
         self.threads = threads or torch.get_num_threads()
         self.strict = strict
         self.cache_dir = cache_dir if cache_dir is not None else graph_cache_dir()
@@ -165,7 +183,7 @@ class GraphForward:
 
     def _check(self, size: tuple[int, int], x: torch.Tensor, y: torch.Tensor) -> bool:
         """Compare the new graph with torch on this input; False if it is out of bounds (fall back)."""
-        marker = self._paths(*size)[1]
+        marker = self._paths(*size)[2]
         if marker.exists():
             return True  # checked when it was exported
         with torch.inference_mode():
@@ -178,11 +196,17 @@ class GraphForward:
         self._write_marker(marker, db)
         return True
 
-    def _paths(self, h: int, w: int) -> tuple[Path, Path]:
+    def _paths(self, h: int, w: int) -> tuple[Path, Path, Path]:
+        """(the fp32 ONNX graph, the graph this precision runs, and its check marker) for (H, W)."""
         if self._fingerprint is None:
             self._fingerprint = model_fingerprint(self.model)
-        name = self.cache_dir / f"{type(self.model).__name__.lower()}-{w}x{h}-fp32-{self._fingerprint[:20]}"
-        return name.with_suffix(".onnx"), name.with_suffix(".checked.json")
+        stem = f"{type(self.model).__name__.lower()}-{w}x{h}-{{}}-{self._fingerprint[:20]}"
+        onnx = self.cache_dir / (stem.format("fp32") + ".onnx")
+        if self.dtype == torch.float32:
+            return onnx, onnx, onnx.with_suffix(".checked.json")
+        # bf16: OpenVINO's IR with the fp32 ops marked (mixed_graph.py), made from the fp32 ONNX.
+        mixed = self.cache_dir / (stem.format("bf16mixed") + ".xml")
+        return onnx, mixed, mixed.with_suffix(".checked.json")
 
     def _write_marker(self, marker: Path, db: float) -> None:
         from hatstream.atomic import atomic_output
@@ -195,9 +219,12 @@ class GraphForward:
 
     def _load(self, h: int, w: int):
         """The runner for (H, W) inputs: from the disk cache, else exported now (and cached)."""
-        path, _ = self._paths(h, w)
+        onnx, path, _ = self._paths(h, w)
         if not path.exists():
-            self._export(path, h, w)
+            if not onnx.exists():
+                self._export(onnx, h, w)
+            if path != onnx:
+                self._write_mixed(onnx, path)
         else:
             log.info("using the cached %dx%d graph %s", w, h, path)
         return self._compile(path)
@@ -221,6 +248,28 @@ class GraphForward:
                                  f"set {CACHE_ENV} to a writable folder, or use --backend torch") from exc
         log.info("exported %s in %.1f s", path.name, time.monotonic() - t)
 
+    def _write_mixed(self, onnx: Path, xml: Path) -> None:
+        """The bf16 IR (xml + bin) for OpenVINO from the fp32 ONNX graph, written whole or not at all:
+        both files go to a scratch folder beside them, and the .xml, which says the pair is there,
+        moves last."""
+        import shutil
+        import tempfile
+
+        from hatstream.inference.mixed_graph import write_mixed_ir
+
+        try:
+            scratch = Path(tempfile.mkdtemp(prefix=".mixed-", dir=xml.parent))
+        except OSError as exc:
+            raise HatstreamError(f"cannot write the graph cache {xml.parent}: {exc.strerror or exc}; "
+                                 f"set {CACHE_ENV} to a writable folder, or use --backend torch") from exc
+        try:
+            marked = write_mixed_ir(onnx, scratch / xml.name)
+            os.replace(scratch / xml.with_suffix(".bin").name, xml.with_suffix(".bin"))
+            os.replace(scratch / xml.name, xml)
+            log.info("wrote %s: bf16, %d ops kept fp32", xml.name, marked)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
     def _compile(self, path: Path):
         from hatstream.models.export import INPUT_NAME
 
@@ -233,9 +282,10 @@ class GraphForward:
             return lambda x: torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy()})[0])
         import openvino as ov
 
-        # f32 on purpose: OpenVINO picks bf16 by itself on AVX512-BF16/AMX CPUs, which is not the
-        # precision that was asked for (and is not checked against the 50 dB bound).
+        # Always explicit: OpenVINO picks bf16 by itself on AVX512-BF16/AMX CPUs, and would run an
+        # fp32 graph in it unasked (and with the whole trunk in bf16: under the 50 dB bound).
+        hint = "bf16" if self.dtype == torch.bfloat16 else "f32"
         compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": self.threads,
-                                                              "INFERENCE_PRECISION_HINT": "f32"})
+                                                              "INFERENCE_PRECISION_HINT": hint})
         request = compiled.create_infer_request()
         return lambda x: torch.from_numpy(request.infer({0: x.numpy()})[0].copy())

@@ -110,7 +110,12 @@ class Upscaler:
         self.scale = info.scale
         self.device = device
         self.dtype = dtype
-        prepared = prepare_for_inference(model, info, device, dtype)
+        # `backend` (None: $HATSTREAM_BACKEND or auto): a graph runtime takes the padded frames
+        # instead of the module (inference/backends.py), in `dtype`; the module, prepared in fp32,
+        # stays its reference.
+        self.backend = resolve_backend(backend, model, device, dtype, compile)
+        graph = self.backend != "torch"
+        prepared = prepare_for_inference(model, info, device, torch.float32 if graph else dtype)
         self.model = prepared.model
         self.input_dtype = prepared.input_dtype  # what the model is fed
         for p in self.model.parameters():
@@ -122,11 +127,9 @@ class Upscaler:
             # GPU, "reduce-overhead" also captures CUDA graphs, removing per-kernel launch costs.
             mode = "reduce-overhead" if device.type == "cuda" else None
             self.forward = torch.compile(self.model, dynamic=False, mode=mode)
-        # `backend` (None: $HATSTREAM_BACKEND or auto): a graph runtime takes the padded frames
-        # instead of the module (inference/backends.py); the module stays its reference.
-        self.backend = resolve_backend(backend, self.model, device, dtype, compile)
-        if self.backend != "torch":
-            self.forward = GraphForward(self.model, self.backend, strict=(backend or default_backend()) != "auto")
+        if graph:
+            self.forward = GraphForward(self.model, self.backend, strict=(backend or default_backend()) != "auto",
+                                        dtype=dtype)
         self.tile = tile
         # At least two windows of context on each side of a seam.
         self.tile_overlap = tile_overlap if tile_overlap is not None else max(2 * info.window_multiple, 16)
