@@ -15,8 +15,9 @@ per second, the speed-up over the reference, and our output's PSNR against the r
 none (no reference: spandrel not needed, no speed-up or PSNR). The PSNR is always against the
 reference in fp32, run once untimed.
 
---backends adds the exported graph (fp32) run by ONNX Runtime and/or OpenVINO beside our torch
-path, on the same weights, through the Upscaler's `backend=` (hatstream/inference/backends.py):
+--backends adds the exported graph run by ONNX Runtime and/or OpenVINO beside our torch path, in
+each precision the runtime runs here (fp32; OpenVINO also bf16 with fp32 trunk on a native-bf16 CPU;
+--precisions limits both), on the same weights, through the Upscaler's `backend=` (hatstream/inference/backends.py):
 one export per size, cached in the user's graph cache, with as many threads as torch; the warm-up
 turn takes the export (its time is reported as `<backend>_first_call_s`). `speedup_default` and
 `psnr_default_db` repeat the row of the backend that hatstream picks by default (`default_backend`).
@@ -52,6 +53,7 @@ from hatstream.inference.precision import cpu_has_native_bf16  # noqa: E402
 from hatstream.models.registry import build_from_state_dict  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SHORT_NAMES = {dt: n for n, dt in DTYPES.items()}
 REFERENCE_MODES = ("fp32", "bf16", "autocast-bf16", "none")
 BACKENDS = ("torch", "onnxruntime", "openvino")
 
@@ -179,11 +181,11 @@ def installed_backends(device: torch.device) -> list[str]:
     return ["torch"] + [b for b in BACKENDS[1:] if backend_installed(b)]
 
 
-def backend_runner(backend: str, state: dict, source: str):
-    """hatstream's Upscaler on the CPU in fp32 with `backend` running the network (the graph is
+def backend_runner(backend: str, state: dict, source: str, dtype: torch.dtype = torch.float32):
+    """hatstream's Upscaler on the CPU with `backend` running the network in `dtype` (the graph is
     exported, or read from the graph cache, on its first call)."""
     return Upscaler(*build_from_state_dict({k: v.cpu() for k, v in state.items()}, source),
-                    torch.device("cpu"), torch.float32, backend=backend)
+                    torch.device("cpu"), dtype, backend=backend)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,20 +239,24 @@ def main(argv: list[str] | None = None) -> int:
         run_ref = reference_runner(ref, args.reference, dev)
     backends = args.backends or installed_backends(dev)
     # hatstream's default path, resolved by the function `hatstream run`'s load_model calls
-    # (--precision auto, --backend auto; a graph runtime, where installed, takes fp32 before bf16).
+    # (--precision auto, --backend auto).
     from hatstream.inference import resolve_run
+    from hatstream.inference.backends import graph_dtypes
 
     probe_model, probe_info = build_from_state_dict({k: v.cpu() for k, v in state.items()}, source)
     default_dtype, default = resolve_run(probe_model, probe_info, dev, "auto", "auto")
     del probe_model
     names = list(args.precisions or default_precisions(dev)) if "torch" in backends else []
-    precision_name = {dt: n for n, dt in DTYPES.items()}[default_dtype]
+    precision_name = SHORT_NAMES[default_dtype]
     if default == "torch" and "torch" in backends and precision_name not in names:
         names.append(precision_name)
     ours = {DTYPES[n]: Upscaler(*build_from_state_dict({k: v.cpu() for k, v in state.items()}, source),
                                 dev, DTYPES[n], backend="torch")
             for n in names}
-    graphs = {b: backend_runner(b, state, source) for b in backends if b != "torch"}
+    # Each graph runtime in every precision it runs here (OpenVINO: bf16 too, on a native-bf16 CPU).
+    graph_names = set(args.precisions or DTYPES)
+    graphs = {f"{b}_{dtype_name(dt)}": backend_runner(b, state, source, dt)
+              for b in backends if b != "torch" for dt in graph_dtypes(b) if SHORT_NAMES[dt] in graph_names}
 
     g = torch.Generator().manual_seed(0)
     rows = []
@@ -271,8 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             runners[f"reference_{label}"] = torch.inference_mode()(run_ref)
         for dt, up in ours.items():
             runners[f"ours_{dtype_name(dt)}"] = up
-        for backend, up in graphs.items():
-            runners[f"{backend}_float32"] = up
+        runners.update(graphs)
         all_times, first = alternating_times(runners, x, args.repeat, dev, args.warmup)
         times = {k: min(v) for k, v in all_times.items()}
         medians = {k: statistics.median(v) for k, v in all_times.items()}
@@ -284,14 +289,15 @@ def main(argv: list[str] | None = None) -> int:
             if key.startswith("reference"):
                 continue
             name = key.removeprefix("ours_").removesuffix("_float32")
-            if key.removesuffix("_float32") in graphs:
+            if key in graphs:
                 row[f"{key}_first_call_s"] = first[key]
             if ref_key in times:
                 row[f"speedup_{name}"] = times[ref_key] / t
                 row[f"speedup_{name}_median"] = medians[ref_key] / medians[key]
             if y_ref is not None:
                 row[f"psnr_{name}_db"] = psnr(runners[key](x), y_ref)
-        default_name = dtype_name(default_dtype) if default == "torch" else default
+        default_name = (dtype_name(default_dtype) if default == "torch" else
+                        f"{default}{'' if default_dtype == torch.float32 else '_' + dtype_name(default_dtype)}")
         for k in (f"speedup_{default_name}", f"speedup_{default_name}_median", f"psnr_{default_name}_db"):
             if k in row:
                 row[k.replace(default_name, "default")] = row[k]
