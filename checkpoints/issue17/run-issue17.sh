@@ -1,17 +1,18 @@
 #!/bin/sh
 # Issue 17's training chain, one stage after another, each resumable: rerun this script to continue.
-# Run from anywhere; it works in /work/runs/peers (samples/ lives there) with one thread, niced.
+# Run from anywhere; it works in /work/runs/peers (samples/ lives there) niced, with THREADS torch threads (default 1).
 set -e
 WT=${WT:-$(cd "$(dirname "$0")/../.." && pwd)}  # the checkout this script lives in
 PY=${PY:-$WT/.venv/bin/python}
 cd /work/runs/peers
-export OMP_NUM_THREADS=1 PYTHONPATH=$WT
+THREADS=${THREADS:-1}  # torch threads; nice 19 leaves the cores to other work whenever it wants them
+export OMP_NUM_THREADS=$THREADS PYTHONPATH=$WT
 stage() {  # preset, run folder, init checkpoint for a fresh start
     # --resume reads the run's own config.json; --config is only for a fresh start.
     if [ -f "$2/training_state.pt" ]; then
-        nice -n 19 $PY -m hatstream train --resume --out "$2"
+        nice -n 19 $PY -m hatstream train --resume --out "$2" --threads "$THREADS"
     else
-        nice -n 19 $PY -m hatstream train --config "$WT/pipelines/$1" --init "$3" --out "$2"
+        nice -n 19 $PY -m hatstream train --config "$WT/pipelines/$1" --init "$3" --out "$2" --threads "$THREADS"
     fi
 }
 stage train-hat-tiny-d8-x2.toml x2-d8 "$WT/hatstream/models/weights/hat-tiny-x2.safetensors"
