@@ -124,6 +124,18 @@ def _publish(tmp: Path, output: Path, overwrite: bool) -> None:
     fsync_path(output.parent)  # the new name (the data was fsynced before the link)
 
 
+def _make_folders(folder: Path) -> list[Path]:
+    """`mkdir -p folder`; returns the folders it created, innermost first, so that a failed
+    write can take them away again and leave the disk as it found it."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        path.mkdir(exist_ok=True)
+    return missing
+
+
 @contextlib.contextmanager
 def atomic_output(output: Path, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `output`; rename it onto `output` only if the block succeeds.
@@ -132,11 +144,12 @@ def atomic_output(output: Path, overwrite: bool = True) -> Iterator[Path]:
     filesystem: atomic, and never a copy that could be cut half-way. On any exception
     (KeyboardInterrupt and SystemExit included) the temporary file is removed.
     The temporary name keeps the output's extension, because FFmpeg picks the container from it.
+    Missing folders on the way to `output` are created, and removed again if the block fails.
     With `overwrite=False` a file that appears at `output` while the block runs is left alone,
     and the block's result is discarded with a HatstreamError.
     """
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    created = _make_folders(output.parent)
     prefix, suffix = _temp_prefix_suffix(output)
     fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=output.parent)
     os.close(fd)
@@ -151,4 +164,7 @@ def atomic_output(output: Path, overwrite: bool = True) -> Iterator[Path]:
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        for folder in created:  # innermost first; one that something else has filled stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise

@@ -13,7 +13,7 @@ import logging
 import sys
 
 from hatstream import __version__
-from hatstream.errors import HatstreamError, interrupt_on_sigterm
+from hatstream.errors import HatstreamError, interrupt_on_sigterm, out_of_memory
 
 # (command name, module under hatstream.commands, one-line help)
 COMMANDS: list[tuple[str, str, str]] = [
@@ -66,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(modules[args.command].run(args) or 0)
     except HatstreamError as exc:
         print(f"hatstream: error: {exc}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as exc:
+        why = out_of_memory(exc)
+        if why is None:
+            raise
+        print(f"hatstream: error: {why} (a smaller frame, --tile, --batch or --size needs less)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hatstream: interrupted", file=sys.stderr)

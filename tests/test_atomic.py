@@ -29,3 +29,19 @@ def test_durable_replace_and_atomic_output_publish_the_same_bytes(tmp_path):
         tmp.write_bytes(data)
     assert (tmp_path / "out.mkv").read_bytes() == data
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mkv", "seg.nut"]
+
+
+def test_atomic_output_makes_missing_folders_and_takes_them_back_on_failure(tmp_path):
+    out = tmp_path / "a" / "b" / "out.mkv"
+    with pytest.raises(KeyboardInterrupt), atomic_output(out) as tmp:
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "keep.txt").write_text("someone else's")
+    with pytest.raises(RuntimeError), atomic_output(out) as tmp:
+        raise RuntimeError("cut")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["keep.txt"]  # only b/ was ours
+    with atomic_output(out) as tmp:
+        tmp.write_bytes(b"whole")
+    assert out.read_bytes() == b"whole"

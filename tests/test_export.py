@@ -114,3 +114,19 @@ def test_cli_bad_input_is_one_line(tmp_path, args, message):
     assert r.returncode == 2
     assert r.stderr.startswith("hatstream: error:") and r.stderr.count("\n") == 1 and message in r.stderr
     assert not out.exists() and not partial_files(out)
+
+
+def _address_space_16_gib():
+    # Out of memory on any machine: a 16 GiB address space, far below the frame's first tensor.
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30))
+
+
+def test_a_size_too_large_for_memory_is_one_line_and_leaves_no_folder(tmp_path):
+    out = tmp_path / "new" / "folder" / "huge.onnx"
+    r = run_cli("export", "hat-tiny-x2", "-o", out, "--size", "100000x100000", preexec_fn=_address_space_16_gib)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("hatstream: error: out of memory: an allocation of ") and r.stderr.count("\n") == 1
+    assert "GiB failed" in r.stderr
+    assert list(tmp_path.iterdir()) == []  # the folders made for the output went with the failed write
