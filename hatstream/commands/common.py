@@ -131,8 +131,9 @@ _MODEL_HELP = {
     "precision": "compute precision: %(choices)s (default: %(default)s)",
     "device": "torch device: auto, cpu, cuda or cuda:N (default: CUDA when present)",
     "compile": "torch.compile the model (slow start, faster frames)",
-    "backend": "what runs the network: %(choices)s (default: auto, the fastest installed graph runtime for "
-               "a HAT in fp32 on the CPU, else torch; a graph is exported once per frame size and cached)",
+    "backend": "what runs the network: %(choices)s (default: auto, the fastest installed graph runtime that "
+               "runs a HAT on the CPU in the chosen precision: OpenVINO in fp32, or in bf16 where the CPU has "
+               "it; else torch. A graph is exported once per frame size and cached)",
 }
 
 
