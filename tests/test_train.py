@@ -282,3 +282,62 @@ def test_resume_uses_the_runs_own_config_and_records_changes(tmp_path):
     assert config["lr"] == 1e-3 and config["iters"] == 8 and config["arch"] == "hat-micro"
     assert config["changes"] == [{"iter": 6, "iters": {"was": 6, "now": 8}, "lr": {"was": 2e-3, "now": 1e-3}}]
     assert any(e.get("resumed") for e in map(json.loads, (run / "log.jsonl").read_text().splitlines()))
+
+
+def _train_args(cfg: TrainConfig) -> list[str]:
+    return ["train", "--data", *cfg.data, "--out", cfg.out, "--scale", "2", "--arch", "hat-micro", "--iters", "10",
+            "--lr", "2e-3", "--batch", "4", "--patch", "16", "--save-every", "10", "--threads", "2", "--gpu"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where there is no CUDA")
+def test_gpu_training_without_cuda_is_one_line(tmp_path):
+    cfg = _tiny_config(tmp_path)
+    proc = run_cli(*_train_args(cfg), timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("hatstream: error: --gpu needs a CUDA GPU") and proc.stderr.count("\n") == 1
+    assert not Path(cfg.out).exists()
+
+
+@pytest.mark.gpu
+def test_one_worker_trains_on_the_gpu_and_its_checkpoint_loads_on_the_cpu(tmp_path):
+    cfg = _tiny_config(tmp_path)
+    proc = run_cli(*_train_args(cfg), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    saved = torch.load(Path(cfg.out) / "models" / "net_g_10.pth", map_location="cpu", weights_only=True)
+    assert all(t.device.type == "cpu" for t in saved["params_ema"].values())
+    y = load_model(Path(cfg.out) / "models" / "net_g_latest.pth", device="cpu")(torch.rand(1, 3, 16, 16))
+    assert y.shape == (1, 3, 32, 32) and torch.isfinite(y).all()
+
+
+def test_time_limit_stops_saved_and_resume_continues_exactly(tmp_path):
+    # Stopped by the time limit at some step k, then resumed to k + 5: the same weights as one run to k + 5.
+    cfg = _tiny_config(tmp_path / "cut", iters=100000, save_every=100000, val_every=100000)
+    ckpt = Trainer(cfg).fit(time_limit=0.0)  # stops before the first step: nothing to save yet
+    assert ckpt is None and not (Path(cfg.out) / "training_state.pt").exists()
+    events = []
+    ckpt = Trainer(cfg).fit(events.append, time_limit=1.0)
+    k = events[-1]["iter"]
+    assert 0 < k < 1000 and ckpt == Path(cfg.out) / "models" / f"net_g_{k}.pth"  # saved where it stopped
+    state = torch.load(Path(cfg.out) / "training_state.pt", map_location="cpu", weights_only=True)
+    assert state["iter"] == k
+    proc = run_cli("train", "--out", cfg.out, "--resume", "--iters", str(k + 5), "--json", timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    done = json.loads(proc.stdout.splitlines()[-1])
+    assert done["finished"] and done["iter"] == k + 5
+    whole = _tiny_config(tmp_path / "whole", iters=k + 5, save_every=100000, val_every=100000)
+    Trainer(whole).fit()
+    a = torch.load(Path(whole.out) / "models" / f"net_g_{k + 5}.pth", map_location="cpu", weights_only=True)
+    b = torch.load(Path(cfg.out) / "models" / f"net_g_{k + 5}.pth", map_location="cpu", weights_only=True)
+    assert all(torch.equal(a["params_ema"][n], b["params_ema"][n]) for n in a["params_ema"])
+
+
+def test_time_limit_from_the_cli_says_it_stopped(tmp_path):
+    cfg = _tiny_config(tmp_path, iters=100000)
+    proc = run_cli("train", "--data", *cfg.data, "--out", cfg.out, "--scale", "2", "--arch", "hat-micro",
+                   "--iters", "100000", "--batch", "4", "--patch", "16", "--threads", "2", "--time-limit", "3",
+                   timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "time limit reached at iteration" in proc.stderr and "--resume continues" in proc.stderr
+    assert (Path(cfg.out) / "training_state.pt").is_file()
+    bad = run_cli("train", "--out", cfg.out, "--resume", "--time-limit", "0", timeout=60)
+    assert bad.returncode == 2 and "more than 0 seconds" in bad.stderr

@@ -96,7 +96,7 @@ STEP_LIST=(
   "run-hat-s-ultrafast|90|\$PY -m hatstream run \$WORK/clip.mp4 -o \$WORK/run-ultrafast.mp4 --model \$WORK/HAT-S_SRx4.pth --precision \$PREC --device \$DEVICE --preset ultrafast --json --overwrite > \$STEPS/run-hat-s-ultrafast.jsonl; rc=\$?; cat \$STEPS/run-hat-s-ultrafast.jsonl; exit \$rc"
   "stages-hat-s-compile|180|\$PY -m hatstream bench --compile --model \$WORK/HAT-S_SRx4.pth --size \$SIZE --precision \$PREC --device \$DEVICE --frames \$BENCH_FRAMES --json-out \$STEPS/stages-hat-s-compile.json"
   # CPU-written tests whose code paths change where CUDA exists (default device, Ray GPU actors).
-  "cpu-gpu-tests|150|\$PY -m pytest -q -p no:cacheprovider --timeout 90 tests/test_bench.py tests/test_run_video.py tests/test_ray_engine.py tests/test_tiling.py tests/test_precision.py --junitxml=\$STEPS/cpu-gpu-tests.xml"
+  "cpu-gpu-tests|150|\$PY -m pytest -q -p no:cacheprovider --timeout 90 tests/test_bench.py tests/test_run_video.py tests/test_ray_engine.py tests/test_tiling.py tests/test_precision.py tests/test_train.py::test_one_worker_trains_on_the_gpu_and_its_checkpoint_loads_on_the_cpu --junitxml=\$STEPS/cpu-gpu-tests.xml"
   # Issue 18: the exported graph (hatstream export, fp16 with the rescaled trunk) in TensorRT:
   # trtexec if on PATH, ONNX Runtime's TensorRT EP if onnxruntime-gpu is there; exit 3 = not available.
   "onnx-trt-hat-s|240|\$PY benchmarks/gpu/onnx_trt.py \$WORK/HAT-S_SRx4.pth --size \$SIZE --precision fp16 --json-out \$STEPS/onnx-trt-hat-s.json"

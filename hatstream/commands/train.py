@@ -9,8 +9,10 @@ Presets reproducing the paper's schedules live in `pipelines/train-*.toml` (--co
 from __future__ import annotations
 
 import argparse
+import sys
 
-from hatstream.commands.common import PROGRESS_SECONDS, TRAIN_PRESET_CHOICES, Throttle, stderr_is_terminal
+from hatstream.commands.common import (PROGRESS_SECONDS, TRAIN_PRESET_CHOICES, Throttle, positive_seconds,
+                                       stderr_is_terminal)
 from hatstream.errors import HatstreamError
 
 
@@ -39,7 +41,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "except arch, scale, init, start and seed")
     p.add_argument("--workers", type=int, help="data-parallel workers through Ray Train (DDP)")
     p.add_argument("--address", help="Ray cluster address (e.g. auto or ray://host:10001)")
-    p.add_argument("--gpu", action="store_true", help="give each Ray worker a GPU (otherwise CPU with gloo)")
+    p.add_argument("--gpu", action="store_true",
+                   help="train on a CUDA GPU: this process, or with --workers/--address one GPU per Ray worker "
+                        "(otherwise the CPU, with gloo between Ray workers)")
+    p.add_argument("--time-limit", type=positive_seconds, metavar="SECONDS",
+                   help="stop after this much wall time, at a step boundary and saved; --resume continues "
+                        "(one worker only)")
     p.add_argument("--json", action="store_true", help="print progress as JSON lines on stdout instead of a bar")
 
 
@@ -82,7 +89,6 @@ def _progress(cfg, as_json: bool):
     systemd, CI) one line, or one JSON object with --json, per logged iteration (every
     log_every), at least every PROGRESS_SECONDS, and at the end. Never carriage returns."""
     import json
-    import sys
 
     desc = f"train x{cfg.scale} {cfg.arch}"
     if not as_json and stderr_is_terminal():
@@ -120,20 +126,34 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     cfg = config_from_args(args)
-    progress, close = _progress(cfg, args.json)
+    distributed = cfg.workers > 1 or cfg.address
+    if distributed and args.time_limit is not None:
+        raise HatstreamError("--time-limit is for one worker; Ray Train runs end at --iters")
+    show, close = _progress(cfg, args.json)
+    last: dict = {}
+
+    def progress(event: dict) -> None:
+        last.update(event)
+        show(event)
+
     try:
-        if cfg.workers > 1 or cfg.address:
+        if distributed:
             from hatstream.train.distributed import train_distributed
 
             ckpt = train_distributed(cfg, resume=args.resume, progress=progress, use_gpu=args.gpu)
         else:
             from hatstream.train.trainer import train
 
-            ckpt = train(cfg, resume=args.resume, progress=progress)
+            ckpt = train(cfg, resume=args.resume, progress=progress, gpu=args.gpu, time_limit=args.time_limit)
     finally:
         close()
+    stopped = bool(last) and last["iter"] < last["iters"]  # the time limit ended it early
     if args.json:
-        print(json.dumps({"event": "done", "checkpoint": str(ckpt)}), flush=True)
+        print(json.dumps({"event": "done", "checkpoint": str(ckpt), "finished": not stopped,
+                          "iter": last.get("iter")}), flush=True)
     else:
+        if stopped:
+            print(f"hatstream: train: time limit reached at iteration {last['iter']} of {last['iters']}; "
+                  "--resume continues", file=sys.stderr)
         print(f"checkpoint: {ckpt}")
     return 0

@@ -282,18 +282,26 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------
 
-    def fit(self, progress: ProgressCallback | None = None) -> Path | None:
+    def fit(self, progress: ProgressCallback | None = None, time_limit: float | None = None) -> Path | None:
         """Train to `cfg.iters`; returns the last checkpoint path (rank 0) or None (other ranks).
 
         `progress` gets a dict after every step: iter, iters, loss (running mean since the last
         log), lr, and val_psnr / val_ssim / bicubic_psnr once validation has run.
+        `time_limit` (seconds of wall time, one worker) ends the run early at a step boundary,
+        saved, so that `--resume` continues it exactly: for a lent GPU's minutes, or a slot
+        between other work.
         """
         cfg = self.cfg
         main = self.rank == 0
         losses: list[float] = []
         ckpt = None
-        t0 = time.perf_counter()
+        t0 = started = time.perf_counter()
         while self.iter < cfg.iters:
+            if time_limit is not None and time.perf_counter() - started >= time_limit:
+                log.info("time limit of %.0f s reached at iteration %d of %d", time_limit, self.iter, cfg.iters)
+                if main and self.iter:
+                    ckpt = self.save()
+                return ckpt
             losses.append(self.step())
             now = time.perf_counter()
             self.elapsed += now - t0
@@ -323,7 +331,11 @@ class Trainer:
         return ckpt
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | None = None) -> Path:
-    """Train in this process (one worker); returns the final checkpoint path."""
-    return Trainer(cfg, resume=resume).fit(progress)
+def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | None = None,
+          gpu: bool = False, time_limit: float | None = None) -> Path | None:
+    """Train in this process (one worker), on the CPU or with `gpu` on CUDA; returns the last
+    checkpoint path. `time_limit`: stop, saved, after that many seconds (see `Trainer.fit`)."""
+    if gpu and not torch.cuda.is_available():
+        raise HatstreamError("--gpu needs a CUDA GPU, and torch sees none here; leave --gpu out to train on the CPU")
+    return Trainer(cfg, resume=resume, device="cuda" if gpu else "cpu").fit(progress, time_limit=time_limit)
 
