@@ -1,0 +1,55 @@
+#!/bin/sh
+# THERE, on a lent GPU machine (see gpu-pack.sh for the call): continue issue 17's x2 chain from the run
+# folders committed beside this script, on CUDA, for at most BUDGET seconds of training in all, and put the
+# updated run folders in $OUT (they come back with the call; copy them over checkpoints/issue17/ and commit).
+#
+# Each stage is the same run as on the CPU (same config.json, batch and seed, resumed exactly), so the
+# chain can go on here or on a CPU from whatever this call reaches. TRAIN_DEVICE=cpu drops --gpu (to try
+# the script on a machine without one).
+set -eu
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+HERE=$ROOT/checkpoints/issue17
+PY=${PY:-python3}
+BUDGET=${BUDGET:-540}                 # the device allows 600 s per command; leave time for start and copy-out
+OUT=${OUT:-/tmp/issue17-out}
+GPU=--gpu
+[ "${TRAIN_DEVICE:-cuda}" = cpu ] && GPU=
+export PYTHONPATH=$ROOT
+cd "$ROOT/.issue17-data"              # the runs' configs name their data as samples/..., relative to here
+mkdir -p "$OUT"
+START=$(date +%s)
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+command -v nvidia-smi >/dev/null && nvidia-smi -L
+
+# A committed run folder holds config.json, log.jsonl, training_state.pt and net_g_latest.pth.
+unpack() {
+    if [ -d "$HERE/$1" ] && [ ! -d "$1" ]; then
+        mkdir -p "$1/models"
+        cp "$HERE/$1"/* "$1/"
+        cp "$HERE/$1/net_g_latest.pth" "$1/models/"
+    fi
+}
+pack() {
+    [ -f "$1/training_state.pt" ] || return 0
+    mkdir -p "$OUT/$1"
+    cp "$1/config.json" "$1/log.jsonl" "$1/training_state.pt" "$OUT/$1/"
+    cp "$1/models/net_g_latest.pth" "$OUT/$1/"
+}
+stage() {  # run folder, preset, init for a fresh start; prints the done event's "finished"
+    unpack "$1"
+    budget=$(left)
+    if [ "$budget" -lt 30 ]; then echo "no time left for $1"; return 1; fi
+    if [ -f "$1/training_state.pt" ]; then
+        $PY -m hatstream train --resume --out "$1" $GPU --threads 4 --time-limit "$budget" --json > "$1.log"
+    else
+        $PY -m hatstream train --config "$ROOT/pipelines/$2" --init "$3" --out "$1" $GPU --threads 4 \
+            --time-limit "$budget" --json > "$1.log"
+    fi
+    pack "$1"
+    tail -1 "$1.log"
+    tail -1 "$1.log" | grep -q '"finished": true'
+}
+stage x2-d8 train-hat-tiny-d8-x2.toml "$ROOT/hatstream/models/weights/hat-tiny-x2.safetensors" &&
+stage x2-d8-large train-hat-tiny-d8-x2-large.toml x2-d8/models/net_g_latest.pth || true
+echo "trained for $(( $(date +%s) - START )) s; run folders in $OUT:"
+ls -R "$OUT"
