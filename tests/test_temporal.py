@@ -317,3 +317,29 @@ def test_resume_never_mixes_segments_with_and_without_the_filter(tmp_path):
     on = dict(run_settings("bicubic", model, dataclasses.replace(job, temporal=True), 60.0))
     assert "temporal" not in off and on.pop("temporal") == json.dumps("on")
     assert on == off
+
+
+def _filter_two_frames(queue) -> None:
+    steady = TemporalFilter(2, 255)
+    frame = np.rint(_texture(64, 96)).astype(np.uint8)
+    outs = [steady((np.ascontiguousarray(np.roll(frame, k, axis=1)),))[0] for k in (0, 1)]
+    queue.put([int(o.sum()) for o in outs])
+
+
+def test_a_forked_child_filters_with_its_own_flow_thread():
+    # The second flow runs on a helper thread; a child forked after the parent used it inherits the
+    # executor but not the thread, and must not wait on it forever.
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    here = ctx.Queue()
+    _filter_two_frames(here)
+    want = here.get(timeout=30)
+    child = ctx.Process(target=_filter_two_frames, args=(here,))
+    child.start()
+    try:
+        assert here.get(timeout=60) == want  # the same frames, the same result
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()

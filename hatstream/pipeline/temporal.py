@@ -27,7 +27,10 @@ segment, or on the Ray driver after results come back in order. It knows no medi
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -62,6 +65,21 @@ class TemporalConfig:
                                  # the input as it is, so noise the model reproduced stays with its frame
 
 
+@functools.lru_cache(maxsize=1)
+def _flow_pool(pid: int) -> ThreadPoolExecutor:  # noqa: ARG001 - the key: a forked child gets its own
+    # One thread per process for the second of the two flows: DIS releases the GIL, and its own
+    # parallel loops leave a core idle often enough that the pair takes ~5/6 of its sequential time
+    # on real frames (benchmarks/RESULTS.md). Each flow has its own DIS object: the same result.
+    # Keyed by pid, because a forked child inherits the executor but not its thread.
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="hatstream-flow")
+
+
+def _dis(finest_scale: int) -> cv2.DISOpticalFlow:
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    dis.setFinestScale(finest_scale)
+    return dis
+
+
 def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     return gx, gy
@@ -86,8 +104,7 @@ class TemporalFilter:
         self.peak = int(peak)
         self.planes = tuple(planes)
         self.config = config
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-        self._dis.setFinestScale(config.flow_finest_scale)
+        self._dis_back, self._dis_fwd = _dis(config.flow_finest_scale), _dis(config.flow_finest_scale)
         self._grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self.cuts = 0
         self.reset()
@@ -117,8 +134,9 @@ class TemporalFilter:
     def _reliability(self, guide: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(flow t -> t-1, reliability in [0, 1]) on the guide's grid, or None at a scene cut."""
         cfg = self.config
-        back = self._dis.calc(guide, self._guide, None)
-        fwd = self._dis.calc(self._guide, guide, None)
+        fwd_job = _flow_pool(os.getpid()).submit(self._dis_fwd.calc, self._guide, guide, None)
+        back = self._dis_back.calc(guide, self._guide, None)
+        fwd = fwd_job.result()
         h, w = guide.shape
         gx, gy = self._gridded(h, w)
         mx, my = gx + back[..., 0], gy + back[..., 1]
