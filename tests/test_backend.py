@@ -11,7 +11,8 @@ from conftest import run_cli
 from hat_cases import psnr, tiny_hat
 from hatstream.errors import HatstreamError
 from hatstream.inference import Upscaler
-from hatstream.inference.backends import GRAPH_BACKENDS, backend_installed, graph_dtypes, resolve_backend
+from hatstream.inference.backends import (GRAPH_BACKENDS, STALE_SECONDS, backend_installed, graph_dtypes,
+                                         resolve_backend, sweep_stale)
 
 CPU = torch.device("cpu")
 
@@ -19,6 +20,30 @@ CPU = torch.device("cpu")
 def _runtime_or_skip(backend: str) -> None:
     pytest.importorskip("onnx", reason="the exporter's onnx package is not installed: pip install -e '.[export]'")
     pytest.importorskip(backend, reason=f"{backend} is not installed")
+
+
+def _stale(path, age: float = STALE_SECONDS + 60):
+    import os
+    import time
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix:
+        path.write_bytes(b"half a graph")
+    else:
+        path.mkdir()
+        (path / "model.bin").write_bytes(b"half")
+    os.utime(path, (time.time() - age,) * 2)
+    return path
+
+
+def test_sweep_removes_only_old_leftovers_of_killed_exports(tmp_path):
+    stale = [_stale(tmp_path / ".hat-64x64-fp32-abc.a1b2c3d4.part.onnx"), _stale(tmp_path / ".mixed-x1y2z3"),
+             _stale(tmp_path / ".hat-64x64-bf16mixed-abc.checked.q9w8e7r6.part.json")]
+    live = [_stale(tmp_path / ".hat-64x64-fp32-abc.e5f6g7h8.part.onnx", age=5),  # another export, now
+            _stale(tmp_path / "hat-64x64-fp32-abc.onnx"), _stale(tmp_path / "hat-64x64-bf16mixed-abc.xml")]
+    assert sweep_stale(tmp_path) == 3
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in live)
+    assert sweep_stale(tmp_path / "missing") == 0
 
 
 @pytest.mark.slow  # two exports of a tiny model: ~10 s of CPU
@@ -32,7 +57,9 @@ def test_graph_backend_matches_torch_per_size_and_tile(tmp_path, monkeypatch, ba
     assert got.backend == backend
     # Batch 2 (run frame by frame through one graph), a size that pads to 24x32.
     x = torch.rand(2, 3, 21, 30, generator=torch.Generator().manual_seed(0))
+    leftover = _stale(tmp_path / "graphs" / ".hat-32x24-fp32-0123456789abcdef0123.k2j3h4g5.part.onnx")
     assert psnr(got(x), want(x)) >= 50
+    assert not leftover.exists()  # an export's first step sweeps what killed ones left
     graphs = sorted(p.name for p in (tmp_path / "graphs").glob("*.onnx"))
     assert len(graphs) == 1 and "-32x24-" in graphs[0], graphs
     assert len(list((tmp_path / "graphs").glob("*.checked.json"))) == 1

@@ -122,6 +122,40 @@ def graph_cache_dir() -> Path:
     return Path(base) / "hatstream" / "graphs"
 
 
+STALE_SECONDS = 3600.0  # a killed export's leftovers are this old before they are removed
+
+
+def sweep_stale(cache_dir: Path, older_than: float = STALE_SECONDS) -> int:
+    """Remove what killed exports left in the graph cache, once untouched for `older_than` seconds:
+    `atomic_output`'s hidden `.part` files (a HAT-S graph is ~100 MB) and the `.mixed-*` scratch
+    folders of the bf16 IR. Another process's export in progress is younger. Returns the count."""
+    import shutil
+    import time
+
+    removed = 0
+    try:
+        entries = list(Path(cache_dir).iterdir())
+    except OSError:
+        return 0
+    now = time.time()
+    for path in entries:
+        leftover = (path.name.startswith(".mixed-") and path.is_dir()) or \
+                   (path.name.startswith(".") and ".part." in path.name and path.is_file())
+        try:
+            if not leftover or now - path.stat().st_mtime < older_than:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed += 1
+        except OSError:
+            continue  # gone already (another sweeper), or not ours to remove: leave it
+    if removed:
+        log.info("removed %d leftovers of interrupted exports from %s", removed, cache_dir)
+    return removed
+
+
 def model_fingerprint(model: nn.Module) -> str:
     """A hash of what the graph is made of: the architecture's settings, every weight and buffer,
     and the versions that shape the export (hatstream's cache format, torch)."""
@@ -221,6 +255,7 @@ class GraphForward:
         """The runner for (H, W) inputs: from the disk cache, else exported now (and cached)."""
         onnx, path, _ = self._paths(h, w)
         if not path.exists():
+            sweep_stale(self.cache_dir)
             if not onnx.exists():
                 self._export(onnx, h, w)
             if path != onnx:
