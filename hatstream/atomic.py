@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import tempfile
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Iterator
 
 from hatstream.errors import HatstreamError
+
+log = logging.getLogger(__name__)
 
 
 def fsync_path(path: Path) -> None:
@@ -102,6 +105,30 @@ def partial_files(output: Path) -> list[Path]:
             and _RANDOM_PART.fullmatch(p.name[len(prefix):len(p.name) - len(suffix)])]
 
 
+# How old a temporary file of `atomic_output` must be before another writer takes it for the leftover of a
+# killed one: a live writer touches its own far more often (even a slow model's encoder, whose lookahead
+# holds back the first packets, writes within minutes).
+STALE_SECONDS = 3600.0
+
+
+def remove_stale(path: Path, older_than: float = STALE_SECONDS) -> bool:
+    """Remove the file or folder `path` if nothing has touched it for `older_than` seconds; whether it did."""
+    import shutil
+    import time
+
+    try:
+        if time.time() - path.stat().st_mtime < older_than:
+            return False
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except OSError:
+        return False  # gone already (another writer swept it), or not ours to remove
+    log.info("removed %s, left by an interrupted write", path)
+    return True
+
+
 def _publish(tmp: Path, output: Path, overwrite: bool) -> None:
     if overwrite:
         durable_replace(tmp, output)
@@ -145,11 +172,15 @@ def atomic_output(output: Path, overwrite: bool = True) -> Iterator[Path]:
     (KeyboardInterrupt and SystemExit included) the temporary file is removed.
     The temporary name keeps the output's extension, because FFmpeg picks the container from it.
     Missing folders on the way to `output` are created, and removed again if the block fails.
+    Temporary files of earlier writers of `output` untouched for an hour (`STALE_SECONDS`: killed
+    ones) are removed first.
     With `overwrite=False` a file that appears at `output` while the block runs is left alone,
     and the block's result is discarded with a HatstreamError.
     """
     output = Path(output)
     created = _make_folders(output.parent)
+    for leftover in partial_files(output):  # of a writer killed outright (SIGKILL, power cut)
+        remove_stale(leftover)
     prefix, suffix = _temp_prefix_suffix(output)
     fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=output.parent)
     os.close(fd)

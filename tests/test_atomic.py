@@ -45,3 +45,19 @@ def test_atomic_output_makes_missing_folders_and_takes_them_back_on_failure(tmp_
     with atomic_output(out) as tmp:
         tmp.write_bytes(b"whole")
     assert out.read_bytes() == b"whole"
+
+
+def test_a_killed_writers_temporary_file_goes_once_stale_and_a_live_ones_stays(tmp_path):
+    import os
+    import time
+
+    from hatstream.atomic import STALE_SECONDS, partial_files
+
+    out = tmp_path / "clip.x2.mp4"
+    killed, live = tmp_path / ".clip.x2.a1b2c3d4.part.mp4", tmp_path / ".clip.x2.e5f6g7h8.part.mp4"
+    for path in (killed, live):
+        path.write_bytes(b"half")
+    os.utime(killed, (time.time() - STALE_SECONDS - 60,) * 2)
+    with atomic_output(out) as tmp:
+        tmp.write_bytes(b"whole")
+    assert partial_files(out) == [live] and out.read_bytes() == b"whole"

@@ -11,8 +11,9 @@ from conftest import run_cli
 from hat_cases import psnr, tiny_hat
 from hatstream.errors import HatstreamError
 from hatstream.inference import Upscaler
-from hatstream.inference.backends import (GRAPH_BACKENDS, STALE_SECONDS, backend_installed, graph_dtypes,
-                                         resolve_backend, sweep_stale)
+from hatstream.atomic import STALE_SECONDS
+from hatstream.inference.backends import (GRAPH_BACKENDS, backend_installed, graph_dtypes, resolve_backend,
+                                         sweep_stale)
 
 CPU = torch.device("cpu")
 

@@ -122,38 +122,18 @@ def graph_cache_dir() -> Path:
     return Path(base) / "hatstream" / "graphs"
 
 
-STALE_SECONDS = 3600.0  # a killed export's leftovers are this old before they are removed
+def sweep_stale(cache_dir: Path) -> int:
+    """Remove what killed exports left in the graph cache, once untouched for an hour
+    (`atomic.STALE_SECONDS`): `atomic_output`'s hidden `.part` files of any graph (a HAT-S graph is
+    ~100 MB) and the `.mixed-*` scratch folders of the bf16 IR. Returns the count."""
+    from hatstream.atomic import remove_stale
 
-
-def sweep_stale(cache_dir: Path, older_than: float = STALE_SECONDS) -> int:
-    """Remove what killed exports left in the graph cache, once untouched for `older_than` seconds:
-    `atomic_output`'s hidden `.part` files (a HAT-S graph is ~100 MB) and the `.mixed-*` scratch
-    folders of the bf16 IR. Another process's export in progress is younger. Returns the count."""
-    import shutil
-    import time
-
-    removed = 0
     try:
         entries = list(Path(cache_dir).iterdir())
     except OSError:
         return 0
-    now = time.time()
-    for path in entries:
-        leftover = (path.name.startswith(".mixed-") and path.is_dir()) or \
-                   (path.name.startswith(".") and ".part." in path.name and path.is_file())
-        try:
-            if not leftover or now - path.stat().st_mtime < older_than:
-                continue
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-            removed += 1
-        except OSError:
-            continue  # gone already (another sweeper), or not ours to remove: leave it
-    if removed:
-        log.info("removed %d leftovers of interrupted exports from %s", removed, cache_dir)
-    return removed
+    return sum(remove_stale(p) for p in entries
+               if p.name.startswith(".mixed-") or (p.name.startswith(".") and ".part." in p.name))
 
 
 def model_fingerprint(model: nn.Module) -> str:
