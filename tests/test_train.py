@@ -339,5 +339,11 @@ def test_time_limit_from_the_cli_says_it_stopped(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "time limit reached at iteration" in proc.stderr and "--resume continues" in proc.stderr
     assert (Path(cfg.out) / "training_state.pt").is_file()
+    saved = torch.load(Path(cfg.out) / "training_state.pt", map_location="cpu", weights_only=True)["iter"]
+    # A limit that ends the resumed run before its first step still reports it unfinished, where it is.
+    again = run_cli("train", "--out", cfg.out, "--resume", "--time-limit", "0.000001", "--json", timeout=120)
+    assert again.returncode == 0, again.stderr
+    done = json.loads(again.stdout.splitlines()[-1])
+    assert done == {"event": "done", "checkpoint": done["checkpoint"], "finished": False, "iter": saved}
     bad = run_cli("train", "--out", cfg.out, "--resume", "--time-limit", "0", timeout=60)
     assert bad.returncode == 2 and "more than 0 seconds" in bad.stderr

@@ -129,31 +129,26 @@ def run(args: argparse.Namespace) -> int:
     distributed = cfg.workers > 1 or cfg.address
     if distributed and args.time_limit is not None:
         raise HatstreamError("--time-limit is for one worker; Ray Train runs end at --iters")
-    show, close = _progress(cfg, args.json)
-    last: dict = {}
-
-    def progress(event: dict) -> None:
-        last.update(event)
-        show(event)
-
+    progress, close = _progress(cfg, args.json)
     try:
         if distributed:
             from hatstream.train.distributed import train_distributed
 
             ckpt = train_distributed(cfg, resume=args.resume, progress=progress, use_gpu=args.gpu)
+            iteration, finished = cfg.iters, True  # Ray Train runs end at --iters
         else:
             from hatstream.train.trainer import train
 
-            ckpt = train(cfg, resume=args.resume, progress=progress, gpu=args.gpu, time_limit=args.time_limit)
+            ckpt, iteration, finished = train(cfg, resume=args.resume, progress=progress, gpu=args.gpu,
+                                              time_limit=args.time_limit)
     finally:
         close()
-    stopped = bool(last) and last["iter"] < last["iters"]  # the time limit ended it early
     if args.json:
-        print(json.dumps({"event": "done", "checkpoint": str(ckpt), "finished": not stopped,
-                          "iter": last.get("iter")}), flush=True)
+        print(json.dumps({"event": "done", "checkpoint": str(ckpt), "finished": finished, "iter": iteration}),
+              flush=True)
     else:
-        if stopped:
-            print(f"hatstream: train: time limit reached at iteration {last['iter']} of {last['iters']}; "
+        if not finished:
+            print(f"hatstream: train: time limit reached at iteration {iteration} of {cfg.iters}; "
                   "--resume continues", file=sys.stderr)
         print(f"checkpoint: {ckpt}")
     return 0

@@ -17,7 +17,7 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -331,11 +331,21 @@ class Trainer:
         return ckpt
 
 
+class Trained(NamedTuple):
+    """How a `train` call ended: the last checkpoint, the iteration reached, and whether that is the run's end."""
+
+    checkpoint: Path | None
+    iteration: int
+    finished: bool
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | None = None,
-          gpu: bool = False, time_limit: float | None = None) -> Path | None:
-    """Train in this process (one worker), on the CPU or with `gpu` on CUDA; returns the last
-    checkpoint path. `time_limit`: stop, saved, after that many seconds (see `Trainer.fit`)."""
+          gpu: bool = False, time_limit: float | None = None) -> Trained:
+    """Train in this process (one worker), on the CPU or with `gpu` on CUDA. `time_limit`: stop,
+    saved, after that many seconds (see `Trainer.fit`); `Trained.finished` says if it did."""
     if gpu and not torch.cuda.is_available():
         raise HatstreamError("--gpu needs a CUDA GPU, and torch sees none here; leave --gpu out to train on the CPU")
-    return Trainer(cfg, resume=resume, device="cuda" if gpu else "cpu").fit(progress, time_limit=time_limit)
+    trainer = Trainer(cfg, resume=resume, device="cuda" if gpu else "cpu")
+    ckpt = trainer.fit(progress, time_limit=time_limit)
+    return Trained(ckpt, trainer.iter, trainer.iter >= cfg.iters)
 
