@@ -3,6 +3,7 @@ samples' new package entries (nested paths, a shrink factor, frames of a video i
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import math
 
@@ -52,7 +53,8 @@ def test_photo_entries_with_paths_and_a_factor_and_video_frames_from_a_package(t
     png = cv2.imencode(".png", photo)[1].tobytes()
     video = make_video(tmp_path / "clip.mkv", Clip(frames=6, width=64, height=48))
     deb = _deb(tmp_path / "data_1.0_all.deb", {"./usr/share/x/Sea/contents/big.png": png,
-                                                "./usr/share/x/clip.mkv": video.read_bytes()})
+                                                "./usr/share/x/clip.mkv": video.read_bytes(),
+                                                "./usr/share/y/zipped.mkv.gz": gzip.compress(video.read_bytes())})
     sha = hashlib.sha256(deb.read_bytes()).hexdigest()
     entry = {deb.name: (sha, "./usr/share/x/", (("Sea", "Sea/contents/big.png"),), 2 / 3)}
     assert write_debian_photos(tmp_path, tmp_path / "out", entry) == ["Sea"]
@@ -66,5 +68,9 @@ def test_photo_entries_with_paths_and_a_factor_and_video_frames_from_a_package(t
     assert names == ["clip_0001", "clip_0004"]
     frames = [cv2.imread(str(tmp_path / "frames" / f"{n}.png")) for n in names]
     assert all(f.shape == (48, 64, 3) for f in frames) and not np.array_equal(frames[0], frames[1])
+    # A gzipped clip (as OpenCV's documentation ships its tutorial videos) gives the same frames.
+    assert write_video_frames(tmp_path, tmp_path / "gz", (deb.name, sha, "./usr/share/y/zipped.mkv.gz", (4,))) \
+        == ["zipped_0004"]
+    assert np.array_equal(cv2.imread(str(tmp_path / "gz" / "zipped_0004.png")), frames[1])
     with pytest.raises(ValueError, match="sha256"):
         write_video_frames(tmp_path, tmp_path / "frames", (deb.name, "0" * 64, "./usr/share/x/clip.mkv", (1,)))

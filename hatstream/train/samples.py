@@ -6,11 +6,13 @@
   heldout/   photos never trained on, for validation and `hatstream eval`
   debian/    with --debs: landscape and close-up photos from Debian's wallpaper packages, added to
              the pretraining pool (scikit-image alone has too few natural colour photos)
-With --debs, also the three splits of issue 17 (nothing is in two of them):
+With --debs, also the splits of issue 17 (nothing is in two of them):
   extra/     more training photos: KDE Plasma wallpaper photos and OpenCV's sample photos
   val/       validation, for choosing checkpoints: heldout/ plus two Plasma photos
   test/      the held-out test: Plasma photos that nothing trains or selects on
   test-video/ the held-out test on real video: frames of OpenCV's vtest.avi (PETS pedestrians)
+  video/     real, compressed video frames for training: OpenCV's Megamind.avi and cup.mp4
+  val-video/ real video frames for validation: OpenCV's box.mp4
 Only files inside installable packages are used (scikit-image's wheel, no download via pooch; the
 .deb files `apt-get download` fetches), so the result is reproducible offline once they are on disk.
 """
@@ -18,6 +20,7 @@ Only files inside installable packages are used (scikit-image's wheel, no downlo
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import io
 import tarfile
@@ -153,14 +156,17 @@ def write_debian_photos(debs: Path, out: Path, photos: dict | None = None) -> li
 
 def write_video_frames(debs: Path, out: Path, video: tuple | None = None) -> list[str]:
     """Write the frames named in `video` (default TEST_VIDEO) of a video inside a .deb to `out`
-    as PNG, at the video's own size (shrinking would hide what a real frame looks like)."""
+    as PNG, at the video's own size (shrinking would hide what a real frame looks like). A `.gz`
+    video (OpenCV's documentation ships its tutorial clips gzipped) is unpacked first."""
     import av
     import cv2
 
     deb_name, sha256, path, indices = TEST_VIDEO if video is None else video
     data = _deb_members(_checked_deb(debs, deb_name, sha256), {path})[path]
+    if path.endswith(".gz"):
+        data = gzip.decompress(data)
     out.mkdir(parents=True, exist_ok=True)
-    stem, wanted, written = Path(path).stem, set(indices), []
+    stem, wanted, written = Path(path).name.split(".")[0], set(indices), []
     with av.open(io.BytesIO(data)) as container:
         for i, frame in enumerate(container.decode(video=0)):
             if i in wanted:
@@ -206,10 +212,19 @@ VAL_PHOTOS = _plasma("DarkestHour", "summer_1am")
 TEST_PHOTOS = _plasma("FallenLeaf", "Path", "EveningGlow", "Kite", "ColorfulCups", "OneStandsOut", "BytheWater")
 # Real video: OpenCV's vtest.avi (768x576, 10 fps, 795 frames of MPEG-4 part 2), three frames far apart.
 TEST_VIDEO = (OPENCV_DEB[0], OPENCV_DEB[1], OPENCV_DEB[2] + "vtest.avi", (100, 400, 700))
+# Real video for training and validation, from other clips of the same package: clean photos never show
+# the codec's blocking and ringing that a real frame (and so its ground truth) has. Megamind.avi (720x528,
+# 270 frames of MPEG-4 part 2, rendered animation) and cup.mp4 (640x480, 217 frames of H.264, camera)
+# train; box.mp4 (640x480, 455 frames of H.264, camera) validates. Frames far apart, at their own size.
+_OPENCV_HTML = "./usr/share/doc/opencv-doc/opencv4/html/"
+TRAIN_VIDEO = ((OPENCV_DEB[0], OPENCV_DEB[1], OPENCV_DEB[2] + "Megamind.avi", (15, 60, 105, 150, 195, 240)),
+               (OPENCV_DEB[0], OPENCV_DEB[1], _OPENCV_HTML + "cup.mp4.gz", (10, 50, 90, 130, 170, 210)))
+VAL_VIDEO = ((OPENCV_DEB[0], OPENCV_DEB[1], _OPENCV_HTML + "box.mp4.gz", (60, 220, 380)),)
 
 
 def write_issue17_splits(debs: Path, out: Path) -> dict[str, list[str]]:
-    """Write extra/, val/ (heldout/'s photos plus VAL_PHOTOS), test/ and test-video/ under `out`."""
+    """Write extra/, val/ (heldout/'s photos plus VAL_PHOTOS), test/, test-video/, video/ and
+    val-video/ under `out`."""
     import shutil
 
     splits = {"extra": write_debian_photos(debs, out / "extra", EXTRA_PHOTOS),
@@ -219,6 +234,8 @@ def write_issue17_splits(debs: Path, out: Path) -> dict[str, list[str]]:
         splits["val"].append(name)
     splits["test"] = write_debian_photos(debs, out / "test", TEST_PHOTOS)
     splits["test-video"] = write_video_frames(debs, out / "test-video")
+    splits["video"] = [n for v in TRAIN_VIDEO for n in write_video_frames(debs, out / "video", v)]
+    splits["val-video"] = [n for v in VAL_VIDEO for n in write_video_frames(debs, out / "val-video", v)]
     return splits
 
 
@@ -228,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", nargs="?", default="samples", help="output folder (default: samples)")
     parser.add_argument("--debs", type=Path, help="folder holding the .deb files named in DEBIAN_PHOTOS "
-                        "(and PLASMA_DEB and OPENCV_DEB for extra/, val/, test/ and test-video/)")
+                        "(and PLASMA_DEB and OPENCV_DEB for issue 17's splits)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     splits = write_splits(out)
