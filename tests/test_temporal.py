@@ -146,7 +146,9 @@ def test_a_small_moving_object_is_steadied_too():
     # it, and it keeps its flicker.
     size, step = 24, 2
     hr, per_frame = _moving_square(size, step)
-    steady = TemporalFilter(2)
+    # A fixed weight: this is about where the flow resolves, and the gap to the half-size flow (0.88
+    # of the flicker left) is clearer with more of the past carried over than the default's.
+    steady = TemporalFilter(2, config=TemporalConfig(weight=0.8))
     filtered = [steady([y])[0] for y in per_frame]
 
     def object_flicker(frames) -> float:
@@ -247,7 +249,7 @@ def test_segmented_temporal_run_matches_one_pass_but_at_joins(tmp_path):
         assert np.array_equal(seg[start], off[start])   # a segment starts afresh...
         first = np.abs(seg[start] - one[start]).max()
         for k in range(1, 5):                             # ...and the difference then decays
-            assert np.abs(seg[start + k] - one[start + k]).max() <= first * 0.8 ** k + 1, (start, k)
+            assert np.abs(seg[start + k] - one[start + k]).max() <= first * TemporalConfig().weight ** k + 1, (start, k)
 
 
 def test_eval_video_reports_bicubic_model_and_temporal(tmp_path):

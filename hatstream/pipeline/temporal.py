@@ -46,7 +46,7 @@ __all__ = ["TemporalConfig", "TemporalFilter"]
 class TemporalConfig:
     """How strongly and where the previous frame is carried over (measured in benchmarks/RESULTS.md)."""
 
-    weight: float = 0.8          # share of the warped previous detail where the flow is fully reliable
+    weight: float = 0.7          # share of the warped previous detail where the flow is fully reliable
     fb_threshold: float = 0.5    # input px; round-trip error at which a pixel stops being reliable
     photo_threshold: float = 20.0  # 8-bit levels; |guide_t - W(guide_(t-1))|, averaged over photo_window^2
                                   # guide pixels, at which reliability is 0 (raised to 4x the frame's median
