@@ -282,20 +282,23 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------
 
-    def fit(self, progress: ProgressCallback | None = None, time_limit: float | None = None) -> Path | None:
+    def fit(self, progress: ProgressCallback | None = None, time_limit: float | None = None,
+            started: float | None = None) -> Path | None:
         """Train to `cfg.iters`; returns the last checkpoint path (rank 0) or None (other ranks).
 
         `progress` gets a dict after every step: iter, iters, loss (running mean since the last
         log), lr, and val_psnr / val_ssim / bicubic_psnr once validation has run.
         `time_limit` (seconds of wall time, one worker) ends the run early at a step boundary,
         saved, so that `--resume` continues it exactly: for a lent GPU's minutes, or a slot
-        between other work.
+        between other work. It counts from `started` (a `time.perf_counter()` value; default: now),
+        so that a caller can charge the set-up to the same budget.
         """
         cfg = self.cfg
         main = self.rank == 0
         losses: list[float] = []
         ckpt = None
-        t0 = started = time.perf_counter()
+        t0 = time.perf_counter()
+        started = t0 if started is None else started
         while self.iter < cfg.iters:
             if time_limit is not None and time.perf_counter() - started >= time_limit:
                 log.info("time limit of %.0f s reached at iteration %d of %d", time_limit, self.iter, cfg.iters)
@@ -342,10 +345,12 @@ class Trained(NamedTuple):
 def train(cfg: TrainConfig, resume: bool = False, progress: ProgressCallback | None = None,
           gpu: bool = False, time_limit: float | None = None) -> Trained:
     """Train in this process (one worker), on the CPU or with `gpu` on CUDA. `time_limit`: stop,
-    saved, after that many seconds (see `Trainer.fit`); `Trained.finished` says if it did."""
+    saved, once that many seconds have passed since this call (set-up included: the budget is the
+    caller's wall time; see `Trainer.fit`); `Trained.finished` says if it did."""
+    started = time.perf_counter()
     if gpu and not torch.cuda.is_available():
         raise HatstreamError("--gpu needs a CUDA GPU, and torch sees none here; leave --gpu out to train on the CPU")
     trainer = Trainer(cfg, resume=resume, device="cuda" if gpu else "cpu")
-    ckpt = trainer.fit(progress, time_limit=time_limit)
+    ckpt = trainer.fit(progress, time_limit=time_limit, started=started)
     return Trained(ckpt, trainer.iter, trainer.iter >= cfg.iters)
 
