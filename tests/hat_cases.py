@@ -124,3 +124,14 @@ def case(name: str) -> Case:
     inputs = tuple(torch.rand(shape, generator=g) for shape in shapes)
     outputs = tuple(official_wrapper(ref, x, config["window_size"], config["upscale"]) for x in inputs)
     return Case(name, config, state, inputs, outputs)
+
+
+def tiny_chain(windows: tuple[int, int] = (8, 8)):
+    """Two perturbed tiny x2 HATs as one chain checkpoint, loaded like a file: `(module, ModelInfo,
+    state)`, with `state` the flat `passes.<i>.` dict (for saving, or for building by hand)."""
+    from hatstream.models.chain import join_passes
+    from hatstream.models.registry import build_from_state_dict
+
+    states = [{k: v.clone() for k, v in tiny_hat(2, w)[0].state_dict().items()} for w in windows]
+    state = join_passes(states)
+    return (*build_from_state_dict(state, "tiny chain"), state)

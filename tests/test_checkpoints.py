@@ -125,7 +125,7 @@ def test_state_dict_of_another_network(tmp_path):
     other = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 3))
     path = tmp_path / "other.pth"
     torch.save({"params_ema": other.state_dict()}, path)
-    expect_error(path, "not a HAT checkpoint")
+    expect_error(path, "not a HAT or HAT-chain checkpoint")
 
 
 def test_hat_with_missing_and_wrong_tensors(tmp_path):

@@ -143,19 +143,22 @@ def test_each_architecture_entry_backs_its_fp16_claim_with_its_own_prepare(fixtu
     # The registry entry, not the upscaler, makes `supports_fp16` true: its prepare alone turns a
     # checkpoint whose trunk overflows fp16 into a finite fp16 model.
     from hatstream.models.bicubic import Bicubic
-    from hatstream.models.registry import ARCHITECTURES, load_builtin
+    from hatstream.models.chain import join_passes
+    from hatstream.models.registry import ARCHITECTURES, build_from_state_dict, load_builtin
 
     model, info, x = fixture_model
     inflated = copy.deepcopy(model)
     rescale_trunk(inflated, 2.0**14)
     bicubic, bicubic_info = load_builtin("bicubic", 2)
-    built = {"HAT": (inflated, info), "bicubic": (bicubic, bicubic_info)}
+    twice = lambda m: build_from_state_dict(join_passes([m.state_dict()] * 2), "chain")  # noqa: E731
+    built = {"HAT": (inflated, info, (model, info)), "bicubic": (bicubic, bicubic_info, None),
+             "HAT-chain": (*twice(inflated), twice(model))}
     assert {a.name for a in ARCHITECTURES} == set(built)
     for arch in ARCHITECTURES:
-        net, net_info = built[arch.name]
+        net, net_info, plain = built[arch.name]
         assert net_info.supports_fp16
         ref = copy.deepcopy(net).float()(x) if isinstance(net, Bicubic) else Upscaler(
-            copy.deepcopy(model), info, CPU, torch.float32)(x)
+            copy.deepcopy(plain[0]), plain[1], CPU, torch.float32)(x)
         prepared = arch.prepare(copy.deepcopy(net), CPU, torch.float16)
         assert prepared.input_dtype == torch.float16
         with torch.no_grad():

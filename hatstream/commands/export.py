@@ -65,10 +65,11 @@ def run(args: argparse.Namespace) -> int:
     from hatstream.inference import load_network
     from hatstream.inference.precision import DTYPES
     from hatstream.models.export import export_onnx
+    from hatstream.models.chain import HATChain
     from hatstream.models.hat import HAT
 
     model, info = load_network(args.model, args.scale)
-    if not isinstance(model, HAT):
+    if not isinstance(model, (HAT, HATChain)):
         raise HatstreamError(f"only HAT models can be exported; {args.model} is {info.arch}")
     width, height = args.size
     with atomic_output(args.output, overwrite=args.overwrite) as tmp, torch.no_grad():

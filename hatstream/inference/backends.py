@@ -83,6 +83,7 @@ def resolve_backend(backend: str | None, model: nn.Module, device: torch.device,
     precision the runtime runs (`graph_dtypes`), not torch.compile'd) and torch everywhere else.
     A graph runtime asked for by name where it cannot run is a HatstreamError, one line.
     """
+    from hatstream.models.chain import HATChain
     from hatstream.models.hat import HAT
 
     backend = backend or default_backend()
@@ -90,12 +91,12 @@ def resolve_backend(backend: str | None, model: nn.Module, device: torch.device,
         raise HatstreamError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "torch":
         return backend
-    applies = isinstance(model, HAT) and device.type == "cpu" and not compile
+    applies = isinstance(model, (HAT, HATChain)) and device.type == "cpu" and not compile
     if backend == "auto":
         if not applies:
             return "torch"
         return next((b for b in GRAPH_BACKENDS if backend_installed(b) and dtype in graph_dtypes(b)), "torch")
-    if not isinstance(model, HAT):
+    if not isinstance(model, (HAT, HATChain)):
         raise HatstreamError(f"--backend {backend} runs HAT models only; use --backend torch for this model")
     if device.type != "cpu":
         raise HatstreamError(f"--backend {backend} runs on the CPU; use --device cpu, or --backend torch on {device}")

@@ -14,8 +14,9 @@ Kept in fp32, as in torch: the residual trunk's additions, the LayerNorms (MVN a
 ops), and the image-sized ends (conv_first, conv_after_body and the reconstruction head, and the
 mean shift around them). Everything else (attention, MLPs, the CAB convolutions) runs in bf16.
 The op names come from the TorchScript exporter, which names each op by its module's path
-(`/model/layers.0/residual_group/blocks.3/Add_1`); `tests/test_backend.py` pins the count of
-marked ops on a small HAT, so an exporter that names them differently fails there, not silently.
+(`/model/layers.0/residual_group/blocks.3/Add_1`; in a chain, `/model/passes.1/layers.0/...`);
+`tests/test_backend.py` and `tests/test_chain.py` pin the marked ops on small HATs, so an exporter
+that names them differently fails there, not silently.
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ from pathlib import Path
 
 ATTRIBUTE = {"name": "DisablePrecisionConversion", "version": "0", "value": "dynamic:f16"}
 
+# A HAT's own ops are under /model, or under /model/passes.<i> for each pass of a chain (models.chain).
+_NET = r"^/model(/passes\.\d+)?"
 # An addition that belongs to the network, a residual group, a block or the OCAB itself, not to
 # a layer inside one (a Linear's bias, the attention's position bias): the trunk's residuals.
-_TRUNK_ADD = re.compile(r"^/model(/layers\.\d+(/residual_group/(blocks\.\d+|overlap_attn))?)?/Add(_\d+)?$")
-# The image-sized ends, and the ops of the network itself (mean shift, scaling, the global residual).
-_ENDS = re.compile(r"^/model/((conv_first|conv_after_body|conv_before_upsample|upsample|conv_last|folded_head)"
+_TRUNK_ADD = re.compile(_NET + r"(/layers\.\d+(/residual_group/(blocks\.\d+|overlap_attn))?)?/Add(_\d+)?$")
+# The image-sized ends, and the ops of the network itself (mean shift, scaling, the global residual;
+# a chain's clamp between passes).
+_ENDS = re.compile(_NET + r"/((conv_first|conv_after_body|conv_before_upsample|upsample|conv_last|folded_head)"
                    r"(/|$)|[A-Za-z]+(_\d+)?$)")
 _LAYER_NORM = re.compile(r"/LayerNormalization(_\d+)?$")
 

@@ -11,7 +11,9 @@ instead of one (heads, n, n) bias per block. The folded reconstruction head is a
 `StaticHAT` also does what the upscaler does around the network, so that the exported model is
 usable as it is: pad to the window (reflect, as the reference's test wrapper does), run, crop to
 scale × the input, clamp to [0, 1]. Input and output are float32 whatever the compute precision,
-so one VapourSynth script (RGBS clips) runs every export of a model.
+so one VapourSynth script (RGBS clips) runs every export of a model. A chain of HATs
+(`models.chain`) exports as one graph: each pass is prepared and warmed as a single HAT at the
+size it sees.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hatstream.models.chain import HATChain, hat_passes, input_multiple
 from hatstream.models.hat import HAT, keep_sensitive_parts_fp32
 from hatstream.models.hat_head import fold_head
 from hatstream.models.hat_rescale import make_fp16_safe
@@ -44,7 +47,8 @@ def padded_size(size: int, multiple: int) -> int:
 
 
 class StaticHAT(nn.Module):
-    """A HAT prepared for one (batch, 3, height, width) float32 input: pads, runs, crops, clamps.
+    """A HAT (or a chain of HATs) prepared for one (batch, 3, height, width) float32 input: pads,
+    runs, crops, clamps.
 
     Building it converts `model` in place for inference in `dtype` (fp16: the trunk rescaling of
     `--precision fp16`; every precision: the folded reconstruction head) and warms every per-size
@@ -53,15 +57,15 @@ class StaticHAT(nn.Module):
     unclamped, as the network's own (the upscaler blends tiles before it clamps).
     """
 
-    def __init__(self, model: HAT, batch: int, height: int, width: int, dtype: torch.dtype = torch.float32,
-                 clamp: bool = True):
+    def __init__(self, model: HAT | HATChain, batch: int, height: int, width: int,
+                 dtype: torch.dtype = torch.float32, clamp: bool = True):
         super().__init__()
         self.clamp = clamp
-        if not isinstance(model, HAT):
+        if not isinstance(model, (HAT, HATChain)):
             raise TypeError(f"only HAT models export to a static graph, not {type(model).__name__}")
-        ws = model.window_size
+        multiple = input_multiple(hat_passes(model))
         self.size = (height, width)
-        self.pad = (padded_size(height, ws) - height, padded_size(width, ws) - width)  # (bottom, right)
+        self.pad = (padded_size(height, multiple) - height, padded_size(width, multiple) - width)  # (bottom, right)
         # Reflection needs the pad to be smaller than the side (as in the upscaler).
         self.pad_mode = "reflect" if self.pad[0] < height and self.pad[1] < width else "replicate"
         self.scale = model.upscale
@@ -69,13 +73,17 @@ class StaticHAT(nn.Module):
         model = model.float().eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        if dtype == torch.float16:
-            make_fp16_safe(model)
-        fold_head(model)
-        self.model = model.to(dtype)
-        if dtype == torch.bfloat16:
-            keep_sensitive_parts_fp32(self.model)  # as the upscaler does: trunk, LayerNorms, both ends
-        warm_caches(self.model, batch, height + self.pad[0], width + self.pad[1])
+        self.model = model
+        size = (height + self.pad[0], width + self.pad[1])
+        for net in hat_passes(model):  # a chain: each pass as a single HAT, at the size it sees
+            if dtype == torch.float16:
+                make_fp16_safe(net)
+            fold_head(net)
+            net.to(dtype)
+            if dtype == torch.bfloat16:
+                keep_sensitive_parts_fp32(net)  # as the upscaler does: trunk, LayerNorms, both ends
+            warm_caches(net, batch, *size)
+            size = (size[0] * net.upscale, size[1] * net.upscale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float32 in [0, 1] -> (B, 3, sH, sW) float32 in [0, 1]."""
@@ -105,15 +113,18 @@ EXPORTERS = ("dynamo", "torchscript")
 
 
 @contextlib.contextmanager
-def _plans_pinned(model: HAT, batch: int, height: int, width: int):
-    """Make `model.window_plans` return the warmed plans for this size, whatever its arguments.
+def _plans_pinned(model: HAT | HATChain, batch: int, height: int, width: int):
+    """Make each pass's `window_plans` return the warmed plans for its size, whatever its arguments.
 
     The TorchScript tracer hands the model traced sizes, which miss the cache's integer keys, so
     the plans would be rebuilt inside the trace (argsort and bincount, which it cannot export).
     The size is fixed for the whole trace, so the pinned plans are the right ones.
     """
-    plans = model.window_plans(batch, height, width, model.relative_position_index_SA.device)
-    model.window_plans = lambda *args: plans  # an instance attribute hides the method
+    nets = hat_passes(model)
+    for net in nets:
+        plans = net.window_plans(batch, height, width, net.relative_position_index_SA.device)
+        net.window_plans = lambda *args, plans=plans: plans  # an instance attribute hides the method
+        height, width = height * net.upscale, width * net.upscale
     # The tracer would also take each block's cached (nH, n, n) bias as a constant: 160 MB for
     # HAT-S at window 16. Gathered from the table in the graph (as the dynamo export does), the
     # runtimes fold them at load time and the file keeps the tables.
@@ -123,7 +134,8 @@ def _plans_pinned(model: HAT, batch: int, height: int, width: int):
     try:
         yield
     finally:
-        del model.window_plans
+        for net in nets:
+            del net.window_plans
         for m, cache in caches:
             m._bias = cache
 
@@ -135,7 +147,7 @@ class _Uncached:
         return build().to(dtype)
 
 
-def export_onnx(model: HAT, path: str | Path, width: int, height: int, batch: int = 1,
+def export_onnx(model: HAT | HATChain, path: str | Path, width: int, height: int, batch: int = 1,
                 dtype: torch.dtype = torch.float32, opset: int = DEFAULT_OPSET,
                 exporter: str = "dynamo", clamp: bool = True) -> StaticHAT:
     """Write `model` as an ONNX graph for (batch, 3, height, width) float32 inputs to `path`.

@@ -18,6 +18,7 @@ from torch import nn
 from hatstream.errors import HatstreamError
 from hatstream.models import detect
 from hatstream.models.bicubic import Bicubic
+from hatstream.models.chain import HATChain, is_chain, split_passes
 from hatstream.models.checkpoint import read_state_dict
 from hatstream.models.hat import (HAT, keep_sensitive_parts_fp32, pad_heads, relative_position_index_oca,
                                   relative_position_index_sa)
@@ -73,6 +74,24 @@ def _check_keys(cls, cfg, state: dict, source: str) -> None:
         raise HatstreamError(f"{source} does not match the HAT architecture: {'; '.join(problems)}")
 
 
+def build_chain(state: dict[str, torch.Tensor], source: str) -> tuple[nn.Module, ModelInfo]:
+    """Build a chain of HATs (`models.chain`), each pass inferred from its own tensors and loaded strictly."""
+    try:
+        states = split_passes(state)
+    except ValueError as exc:
+        raise HatstreamError(f"{source} looks like a chain of HATs but {exc}") from None
+    built = [build_hat(s, f"{source} (pass {i})") for i, s in enumerate(states)]
+    chain = HATChain([m for m, _ in built]).eval()
+    scales = " then ".join(f"{i.name} x{i.scale}" for _, i in built)
+    info = ModelInfo(
+        name=f"HAT chain ({scales})", arch="HAT-chain", scale=chain.upscale,
+        window_multiple=chain.window_multiple, supports_bf16=True, supports_fp16=True,
+        hyperparameters={"passes": [dict(i.hyperparameters) for _, i in built]}, source=source,
+        parameters=_count_params(chain),
+    )
+    return chain, info
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A module converted for inference, and the dtype its input is fed in."""
@@ -110,6 +129,14 @@ def prepare_hat(model: nn.Module, device: torch.device, dtype: torch.dtype) -> P
     return Prepared(model, dtype)
 
 
+def prepare_chain(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Prepared:
+    """Each pass of a HATChain as `prepare_hat` prepares a HAT; the chain is fed as its first pass."""
+    if not isinstance(model, HATChain):
+        raise TypeError(f"prepare_chain needs a HATChain, not {type(model).__name__}")
+    prepared = [prepare_hat(p, device, dtype) for p in model.passes]  # each in place
+    return Prepared(model.eval(), prepared[0].input_dtype)
+
+
 @dataclass(frozen=True)
 class Architecture:
     """A network family: how to prepare it for inference and, for checkpoint families, how to
@@ -124,6 +151,7 @@ class Architecture:
 # Checkpoints are recognised in this order; the first entry whose `recognise` accepts wins.
 ARCHITECTURES: list[Architecture] = [
     Architecture("HAT", prepare_hat, detect.is_hat, build_hat),
+    Architecture("HAT-chain", prepare_chain, is_chain, build_chain),
     Architecture("bicubic", prepare_plain),  # built by load_builtin, from a scale
 ]
 

@@ -12,7 +12,7 @@ class ModelInfo:
     """Capabilities and hyperparameters of a model; callers decide padding and precision from it."""
 
     name: str  # human name of the variant: 'HAT-S', 'HAT', 'HAT-L', 'HAT (custom)', 'bicubic', ...
-    arch: str  # architecture family: 'HAT' or 'bicubic'
+    arch: str  # architecture family: 'HAT', 'HAT-chain' (models.chain) or 'bicubic'
     scale: int
     window_multiple: int = 1  # inputs are padded to a multiple of this
     supports_bf16: bool = True
