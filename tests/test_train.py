@@ -347,3 +347,38 @@ def test_time_limit_from_the_cli_says_it_stopped(tmp_path):
     assert done == {"event": "done", "checkpoint": done["checkpoint"], "finished": False, "iter": saved}
     bad = run_cli("train", "--out", cfg.out, "--resume", "--time-limit", "0", timeout=60)
     assert bad.returncode == 2 and "more than 0 seconds" in bad.stderr
+
+
+def test_a_second_pass_learns_from_the_first_passs_output_and_saves_the_chain(tmp_path):
+    from safetensors.torch import save_file
+
+    from hat_cases import tiny_hat
+    from hatstream.train.config import resumed_config
+    from hatstream.train.data import make_lr
+    from hatstream.train.evaluate import mean_score, score_image
+
+    first = tmp_path / "first.safetensors"
+    save_file({k: v.clone().contiguous() for k, v in tiny_hat()[0].state_dict().items()}, first)
+    val = _photo_crops(tmp_path / "val")
+    cfg = _tiny_config(tmp_path, first_pass=str(first), val=(str(val),), iters=10, save_every=10, val_every=10)
+    trainer = Trainer(cfg)
+
+    # Each pair's input is the first pass's output on the bicubic LR at the chain's scale (x4).
+    pair = trainer.sampler.pairs[0]
+    assert pair.hr.shape[:2] == (96, 96) and pair.lr.shape[:2] == (48, 48)
+    up = load_model(first, device="cpu", precision="fp32", backend="torch")
+    lr4 = torch.from_numpy(make_lr(pair.hr, 4)).permute(2, 0, 1)[None]
+    np.testing.assert_allclose(pair.lr, up(lr4)[0].permute(1, 2, 0).numpy(), atol=1e-6)
+
+    ckpt = trainer.fit()
+    # Validation scores the chain at x4: its bicubic baseline is x4 bicubic.
+    x4_bicubic = mean_score([score_image(n, img, 4, None) for n, img in trainer.val_images]).bicubic_psnr
+    assert trainer.last_val.bicubic_psnr == pytest.approx(x4_bicubic)
+    chain = load_model(ckpt, device="cpu", precision="fp32", backend="torch")
+    assert (chain.info.arch, chain.scale) == ("HAT-chain", 4)
+    saved = read_state_dict(ckpt)  # params_ema: the first pass as it was, the second the EMA
+    assert all(torch.equal(saved[f"passes.0.{k}"], v) for k, v in read_state_dict(first).items())
+    assert all(torch.equal(saved[f"passes.1.{k}"], v) for k, v in trainer.ema.state_dict().items())
+    assert chain(torch.rand(1, 3, 16, 24)).shape == (1, 3, 64, 96)
+    with pytest.raises(HatstreamError, match="first_pass"):
+        resumed_config(cfg.out, first_pass="hat-tiny-x2")

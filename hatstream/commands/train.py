@@ -24,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", choices=TRAIN_PRESET_CHOICES, metavar="NAME", help="architecture preset: %(choices)s")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder: checkpoints, log, resume state")
     p.add_argument("--init", metavar="CKPT", help="start from these weights (params_ema first), e.g. to fine-tune")
+    p.add_argument("--first-pass", metavar="MODEL",
+                   help="a model (built-in name or checkpoint) run before the network, frozen: train the second "
+                        "pass of a chain on its output (x4 = hat-tiny-x2, then this network at x2)")
     p.add_argument("--start", choices=("random", "bilinear"),
                    help="initial weights without --init: the reference's random init, or a bilinear upscaler")
     p.add_argument("--iters", type=int, help="total iterations")
@@ -58,7 +61,7 @@ def config_from_args(args: argparse.Namespace):
     """
     from hatstream.train.config import TrainConfig, resumed_config
 
-    names = ("data", "scale", "arch", "out", "init", "start", "iters", "lr", "milestones", "batch", "patch", "val",
+    names = ("data", "scale", "arch", "out", "init", "first_pass", "start", "iters", "lr", "milestones", "batch", "patch", "val",
              "val_every", "save_every", "seed", "threads", "workers", "address")
     flags = {name: getattr(args, name) for name in names}
     if args.resume:
@@ -90,7 +93,7 @@ def _progress(cfg, as_json: bool):
     log_every), at least every PROGRESS_SECONDS, and at the end. Never carriage returns."""
     import json
 
-    desc = f"train x{cfg.scale} {cfg.arch}"
+    desc = f"train x{cfg.scale} {cfg.arch}" + (f" after {cfg.first_pass}" if cfg.first_pass else "")
     if not as_json and stderr_is_terminal():
         from tqdm import tqdm
 

@@ -72,6 +72,10 @@ class TrainConfig:
     scale: int = 2
     arch: str = "hat"
     init: str | None = None
+    # A model (built-in name or checkpoint) run on the bicubic LR before the network, frozen: the
+    # network learns to upscale its output by `scale`, and checkpoints hold the two as one chain
+    # (models.chain), e.g. x4 as hat-tiny-x2 then a second x2 trained on what it leaves.
+    first_pass: str | None = None
     # Starting weights when there is no --init: "random" (the reference's init) or "bilinear"
     # (the network starts as a bilinear upscaler; hatstream.train.init), for short CPU runs.
     start: str = "random"
@@ -156,7 +160,7 @@ class TrainConfig:
 
 # What a resumed run may not change: the network's shape, its starting point and the seed are
 # what the saved weights and optimizer state were made with.
-FIXED_ON_RESUME = ("arch", "scale", "init", "start", "seed")
+FIXED_ON_RESUME = ("arch", "scale", "init", "start", "seed", "first_pass")
 
 
 def read_run_config(run_dir: str | Path) -> TrainConfig:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -118,18 +119,29 @@ class Pair:
     hr: np.ndarray
 
 
-def make_pairs(images: list[tuple[str, np.ndarray]], scale: int, min_lr: int) -> list[Pair]:
-    """Pairs for patch sampling; images smaller than an HR patch are first enlarged (bilinear)."""
+FirstPass = Callable[[np.ndarray], np.ndarray]  # float32 (h, w, 3) [0, 1] -> float32 (sh, sw, 3) [0, 1]
+
+
+def make_pairs(images: list[tuple[str, np.ndarray]], scale: int, min_lr: int,
+               first_pass: FirstPass | None = None, first_scale: int = 1) -> list[Pair]:
+    """Pairs for patch sampling; images smaller than an HR patch are first enlarged (bilinear).
+
+    With `first_pass` (a frozen model of scale `first_scale`), the network's input is that model's
+    output on the bicubic LR at `scale * first_scale`: the second pass of a chain learns from what
+    the first pass really leaves, not from a bicubic LR it will never see.
+    """
     pairs = []
+    whole = scale * first_scale
     for name, hr in images:
         h, w = hr.shape[:2]
-        need = min_lr * scale
+        need = -(-min_lr * scale // whole) * whole
         if h < need or w < need:
             # As HAT's ImageNet pairs do: bilinear upsizing of small GT images to the patch size.
             f = need / min(h, w)
             hr = cv2.resize(hr, (max(need, round(w * f)), max(need, round(h * f))), interpolation=cv2.INTER_LINEAR)
-        hr = modcrop(hr, scale)
-        pairs.append(Pair(name, make_lr(hr, scale), hr))
+        hr = modcrop(hr, whole)
+        lr = make_lr(hr, whole)
+        pairs.append(Pair(name, first_pass(lr) if first_pass else lr, hr))
     return pairs
 
 

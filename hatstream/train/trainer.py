@@ -27,6 +27,7 @@ from torch import nn
 from hatstream.atomic import atomic_output
 from hatstream.errors import HatstreamError
 from hatstream.inference.upscaler import pad_to_multiple
+from hatstream.models.chain import join_passes
 from hatstream.models.checkpoint import read_state_dict
 from hatstream.models.hat import HAT
 from hatstream.train.config import (CONFIG_FILE, TrainConfig, check_resume_changes, config_changes, hat_config,
@@ -146,9 +147,14 @@ class Trainer:
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=0)
         self.sched = make_scheduler(self.opt, cfg)
 
+        # A chain's second pass (cfg.first_pass): the frozen first pass makes its inputs, and
+        # validation scores the whole chain at the chain's scale.
+        self.first_pass, self.first_state, first_scale = self._load_first_pass() if cfg.first_pass else (None, None, 1)
+        self.val_scale = cfg.scale * first_scale
         images = load_hr_images(cfg.data, cfg.frames_per_video)
-        self.sampler = PatchSampler(make_pairs(images, cfg.scale, cfg.patch), cfg.scale, cfg.patch,
-                                    seed=cfg.seed + 7919 * rank)
+        pairs = make_pairs(images, cfg.scale, cfg.patch, self._first_pass_image if cfg.first_pass else None,
+                           first_scale)
+        self.sampler = PatchSampler(pairs, cfg.scale, cfg.patch, seed=cfg.seed + 7919 * rank)
         self.val_images = self._load_val() if rank == 0 and cfg.val else []
         self.iter, self.elapsed = 0, 0.0
         self.last_val: Score | None = None
@@ -159,6 +165,20 @@ class Trainer:
             self._record_config(resume, [n for n, _ in images])
 
     # ---- data and validation -------------------------------------------------------------
+
+    def _load_first_pass(self):
+        """(the first pass as an fp32 torch Upscaler, its weights as loaded, its scale)."""
+        from hatstream.inference import load_network
+        from hatstream.inference.upscaler import Upscaler
+
+        model, info = load_network(self.cfg.first_pass)
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}  # before inference prep
+        return Upscaler(model, info, self.device, torch.float32, backend="torch"), state, info.scale
+
+    def _first_pass_image(self, lr: np.ndarray) -> np.ndarray:
+        """The first pass on one float (h, w, 3) image -> float32 (sh, sw, 3), clamped, as the chain runs it."""
+        x = torch.from_numpy(lr).permute(2, 0, 1)[None]  # (h, w, 3) -> (1, 3, h, w)
+        return self.first_pass(x)[0].permute(1, 2, 0).float().cpu().numpy()  # (1, 3, sh, sw) -> (sh, sw, 3)
 
     def _load_val(self) -> list[tuple[str, np.ndarray]]:
         images = load_hr_images(self.cfg.val, self.cfg.frames_per_video)
@@ -183,8 +203,9 @@ class Trainer:
         """Mean PSNR/SSIM-Y of the EMA weights on the validation images (None without any)."""
         if not self.val_images:
             return None
+        fn = (lambda x: self._upscale(self.first_pass(x))) if self.first_pass else self._upscale
         with torch.inference_mode():
-            scores = [score_image(n, img, self.cfg.scale, self._upscale) for n, img in self.val_images]
+            scores = [score_image(n, img, self.val_scale, fn) for n, img in self.val_images]
         return mean_score(scores)
 
     # ---- one step ----------------------------------------------------------------------------
@@ -216,8 +237,11 @@ class Trainer:
     # ---- files ------------------------------------------------------------------------------
 
     def checkpoint(self) -> dict:
-        """The BasicSR-compatible weights dict."""
-        return {"params": self.net.state_dict(), "params_ema": self.ema.state_dict()}
+        """The BasicSR-compatible weights dict; after a first pass, of the whole chain (`models.chain`)."""
+        net, ema = self.net.state_dict(), self.ema.state_dict()
+        if self.first_state is not None:
+            net, ema = join_passes([self.first_state, net]), join_passes([self.first_state, ema])
+        return {"params": net, "params_ema": ema}
 
     def save(self) -> Path:
         """Write the checkpoint and the resume state (rank 0 only); returns the checkpoint path."""
