@@ -382,3 +382,8 @@ def test_a_second_pass_learns_from_the_first_passs_output_and_saves_the_chain(tm
     assert chain(torch.rand(1, 3, 16, 24)).shape == (1, 3, 64, 96)
     with pytest.raises(HatstreamError, match="first_pass"):
         resumed_config(cfg.out, first_pass="hat-tiny-x2")
+    # The same name on other weights (a built-in updated in a release) is refused on resume too.
+    assert Trainer(cfg.replace(iters=12), resume=True).fit() is not None  # unchanged: resumes
+    save_file({k: v.clone().contiguous() for k, v in tiny_hat(2, 4)[0].state_dict().items()}, first)
+    with pytest.raises(HatstreamError, match="other weights of .*first.safetensors"):
+        Trainer(cfg.replace(iters=14), resume=True)

@@ -12,6 +12,7 @@ Run layout (RUN_DIR = `cfg.out`):
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import re
@@ -42,6 +43,16 @@ log = logging.getLogger(__name__)
 ProgressCallback = Callable[[dict], None]
 STATE_FILE = "training_state.pt"
 LATEST = "net_g_latest.pth"
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's names, shapes, dtypes and bytes: the same weights on any machine."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(repr((name, tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def build_network(cfg: TrainConfig) -> HAT:
@@ -150,6 +161,9 @@ class Trainer:
         # A chain's second pass (cfg.first_pass): the frozen first pass makes its inputs, and
         # validation scores the whole chain at the chain's scale.
         self.first_pass, self.first_state, first_scale = self._load_first_pass() if cfg.first_pass else (None, None, 1)
+        self.first_digest = state_digest(self.first_state) if cfg.first_pass else None
+        if resume and cfg.first_pass:
+            self._check_first_pass_unchanged()
         self.val_scale = cfg.scale * first_scale
         images = load_hr_images(cfg.data, cfg.frames_per_video)
         pairs = make_pairs(images, cfg.scale, cfg.patch, self._first_pass_image if cfg.first_pass else None,
@@ -174,6 +188,16 @@ class Trainer:
         model, info = load_network(self.cfg.first_pass)
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}  # before inference prep
         return Upscaler(model, info, self.device, torch.float32, backend="torch"), state, info.scale
+
+    def _check_first_pass_unchanged(self) -> None:
+        """A first pass named by a built-in name changes when the bundled weights do: resuming on
+        other weights would train the second pass on another input than it started on."""
+        path = self.run_dir / CONFIG_FILE
+        recorded = json.loads(path.read_text()).get("first_pass_sha256") if path.exists() else None
+        if recorded and recorded != self.first_digest:
+            raise HatstreamError(f"{self.run_dir} was trained after other weights of {self.cfg.first_pass} "
+                                 f"(sha256 of its tensors {recorded[:12]}..., now {self.first_digest[:12]}...); "
+                                 f"resume with those weights, or start a new run")
 
     def _first_pass_image(self, lr: np.ndarray) -> np.ndarray:
         """The first pass on one float (h, w, 3) image -> float32 (sh, sw, 3), clamped, as the chain runs it."""
@@ -286,6 +310,8 @@ class Trainer:
         """Write config.json; on resume only when something changed, appending what and when."""
         path = self.run_dir / CONFIG_FILE
         record = dict(self.cfg.to_dict(), training_images=images)
+        if self.first_digest:
+            record["first_pass_sha256"] = self.first_digest
         if resume and path.exists():
             old = json.loads(path.read_text())
             changes = {k: {"was": a, "now": b} for k, (a, b) in config_changes(read_run_config(self.run_dir),
