@@ -1,5 +1,5 @@
 #!/bin/sh
-# THERE, on a lent GPU machine (see gpu-pack.sh for the call): continue issue 17's x2 chain from the run
+# THERE, on a lent GPU machine (see gpu-pack.sh for the call): continue issue 17's training runs from the run
 # folders committed beside this script, on CUDA, for at most BUDGET seconds of training in all, and put the
 # updated run folders in $OUT (they come back with the call; copy them over checkpoints/issue17/ and commit).
 #
@@ -49,10 +49,9 @@ stage() {  # run folder, preset, init for a fresh start; prints the done event's
     tail -1 "$1.log"
     tail -1 "$1.log" | grep -q '"finished": true'
 }
-# Stage A grew the hat-tiny-x2 shipped until 2026-12-03 (the bundled one is now stage A's result), so a
-# fresh start takes that file from git history.
-[ -f "$HERE/x2-d8/training_state.pt" ] || [ -f x2-d8/training_state.pt ] || git -C "$ROOT" show d41895e:hatstream/models/weights/hat-tiny-x2.safetensors > x2-earlier.safetensors
-stage x2-d8 train-hat-tiny-d8-x2.toml x2-earlier.safetensors &&
-stage x2-d8-large train-hat-tiny-d8-x2-large.toml x2-d8/models/net_g_latest.pth || true
+# Stage A (x2-d8) is done: its EMA is the bundled hat-tiny-x2, which both stages here start from.
+X2=$ROOT/hatstream/models/weights/hat-tiny-x2.safetensors
+stage x4-chain train-hat-tiny-d8-x4-chain.toml "$X2" &&
+stage x2-d8-large train-hat-tiny-d8-x2-large.toml "$X2" || true
 echo "trained for $(( $(date +%s) - START )) s; run folders in $OUT:"
 ls -R "$OUT"

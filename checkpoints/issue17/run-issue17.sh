@@ -15,10 +15,10 @@ stage() {  # preset, run folder, init checkpoint for a fresh start
         nice -n 19 $PY -m hatstream train --config "$WT/pipelines/$1" --init "$3" --out "$2" --threads "$THREADS"
     fi
 }
-# Stage A grew the hat-tiny-x2 shipped until 2026-12-03 (the bundled one is now stage A's result), so a
-# fresh start takes that file from git history.
-[ -f x2-d8/training_state.pt ] || git -C "$WT" show d41895e:hatstream/models/weights/hat-tiny-x2.safetensors > x2-earlier.safetensors
-stage train-hat-tiny-d8-x2.toml x2-d8 x2-earlier.safetensors
-stage train-hat-tiny-d8-x2-large.toml x2-d8-large x2-d8/models/net_g_latest.pth
-# x4 from x2 (train-hat-tiny-d8-x4.toml) ran once and tied the bundled x4: not in the chain. x4's next stage
-# is a second x2 pass trained on the first pass's output (not built yet: benchmarks/RESULTS.md).
+# Stage A (train-hat-tiny-d8-x2.toml, run folder x2-d8) is done: its EMA is the bundled hat-tiny-x2 (a fresh
+# start of it grows the earlier model: git show d41895e:hatstream/models/weights/hat-tiny-x2.safetensors).
+X2=$WT/hatstream/models/weights/hat-tiny-x2.safetensors
+# x4 as a chain: the bundled x2, then a second x2 pass trained on its output (models/chain.py).
+stage train-hat-tiny-d8-x4-chain.toml x4-chain "$X2"
+stage train-hat-tiny-d8-x2-large.toml x2-d8-large "$X2"
+# x4 from x2 as one network (train-hat-tiny-d8-x4.toml) ran once and tied the earlier x4: not in the chain.
