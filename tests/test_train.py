@@ -387,3 +387,26 @@ def test_a_second_pass_learns_from_the_first_passs_output_and_saves_the_chain(tm
     save_file({k: v.clone().contiguous() for k, v in tiny_hat(2, 4)[0].state_dict().items()}, first)
     with pytest.raises(HatstreamError, match="other weights of .*first.safetensors"):
         Trainer(cfg.replace(iters=14), resume=True)
+
+
+def test_a_chain_trains_whole_end_to_end_at_its_scale(tmp_path):
+    from safetensors.torch import save_file
+
+    x2 = tmp_path / "x2.safetensors"  # one x2 network starts both passes
+    net = Trainer(_tiny_config(tmp_path / "a", iters=1)).net
+    save_file({k: v.clone().contiguous() for k, v in net.state_dict().items()}, x2)
+    with pytest.raises(HatstreamError, match="product is the scale"):
+        _tiny_config(tmp_path, scale=4, pass_scales=(2, 3))
+    cfg = _tiny_config(tmp_path, scale=4, pass_scales=(2, 2), init=str(x2), iters=10, save_every=10, patch=8,
+                       val=(str(_photo_crops(tmp_path / "val")),), val_every=10)
+    trainer = Trainer(cfg)
+    start = {k: v.clone() for k, v in trainer.net.state_dict().items()}
+    assert all(torch.equal(start[f"passes.{i}.conv_first.weight"], net.conv_first.weight) for i in (0, 1))
+    ckpt = trainer.fit()
+    assert trainer.last_val is not None and trainer.sampler.pairs[0].lr.shape[:2] == (24, 24)  # 96 / 4
+    chain = load_model(ckpt, device="cpu", precision="fp32", backend="torch")
+    assert (chain.info.arch, chain.scale) == ("HAT-chain", 4)
+    # Trained end to end: the gradient reaches the first pass through the second.
+    saved = read_state_dict(ckpt)
+    for i in (0, 1):
+        assert not torch.equal(saved[f"passes.{i}.conv_first.weight"], start[f"passes.{i}.conv_first.weight"])

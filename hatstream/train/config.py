@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,9 @@ class TrainConfig:
     # network learns to upscale its output by `scale`, and checkpoints hold the two as one chain
     # (models.chain), e.g. x4 as hat-tiny-x2 then a second x2 trained on what it leaves.
     first_pass: str | None = None
+    # A chain trained whole (models.chain): e.g. (2, 2) trains x4 as two `arch` networks at x2, end to
+    # end on the x4 LR (`scale` must be their product). Empty: one network at `scale`.
+    pass_scales: tuple[int, ...] = ()
     # Starting weights when there is no --init: "random" (the reference's init) or "bilinear"
     # (the network starts as a bilinear upscaler; hatstream.train.init), for short CPU runs.
     start: str = "random"
@@ -103,7 +107,7 @@ class TrainConfig:
     extra: dict = field(default_factory=dict, compare=False)  # free-form notes kept in the run record
 
     def __post_init__(self):
-        for name in ("data", "val", "milestones"):
+        for name in ("data", "val", "milestones", "pass_scales"):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, (str, int)) else tuple(value))
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -122,7 +126,17 @@ class TrainConfig:
             raise HatstreamError(f"lr_min must be between 0 and lr ({self.lr}), got {self.lr_min}")
         if self.start not in ("random", "bilinear"):
             raise HatstreamError(f"start must be 'random' or 'bilinear', got {self.start!r}")
-        hat_config(self.arch, self.scale)  # validates the name early
+        for s in self.pass_scales or (self.scale,):
+            hat_config(self.arch, s)  # validates the name early
+        if self.pass_scales:
+            if math.prod(self.pass_scales) != self.scale or len(self.pass_scales) < 2:
+                raise HatstreamError(f"pass_scales {list(self.pass_scales)} must be two or more scales whose "
+                                     f"product is the scale ({self.scale})")
+            if self.first_pass:
+                raise HatstreamError("first_pass and pass_scales do not mix: train the chain whole, or its "
+                                     "last pass after a frozen first")
+            if self.start == "bilinear":
+                raise HatstreamError("start 'bilinear' is for a single network, not a chain (pass_scales)")
         window = TRAIN_PRESETS[self.arch]["window_size"]
         if self.patch % window:
             raise HatstreamError(f"patch {self.patch} must be a multiple of {self.arch}'s window ({window})")
@@ -160,7 +174,7 @@ class TrainConfig:
 
 # What a resumed run may not change: the network's shape, its starting point and the seed are
 # what the saved weights and optimizer state were made with.
-FIXED_ON_RESUME = ("arch", "scale", "init", "start", "seed", "first_pass")
+FIXED_ON_RESUME = ("arch", "scale", "init", "start", "seed", "first_pass", "pass_scales")
 
 
 def read_run_config(run_dir: str | Path) -> TrainConfig:

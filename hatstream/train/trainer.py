@@ -28,7 +28,7 @@ from torch import nn
 from hatstream.atomic import atomic_output
 from hatstream.errors import HatstreamError
 from hatstream.inference.upscaler import pad_to_multiple
-from hatstream.models.chain import join_passes
+from hatstream.models.chain import PREFIX, HATChain, hat_passes, input_multiple, join_passes
 from hatstream.models.checkpoint import read_state_dict
 from hatstream.models.hat import HAT
 from hatstream.train.config import (CONFIG_FILE, TrainConfig, check_resume_changes, config_changes, hat_config,
@@ -55,8 +55,10 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def build_network(cfg: TrainConfig) -> HAT:
-    """An untrained HAT of the configured architecture and scale."""
+def build_network(cfg: TrainConfig) -> HAT | HATChain:
+    """An untrained HAT of the configured architecture and scale, or a chain of them (`pass_scales`)."""
+    if cfg.pass_scales:
+        return HATChain([HAT.from_config(hat_config(cfg.arch, s)) for s in cfg.pass_scales])
     return HAT.from_config(hat_config(cfg.arch, cfg.scale))
 
 
@@ -70,8 +72,11 @@ def load_init(net: nn.Module, path: str) -> list[str]:
     model starts from a x2 one (the paper's recipe). Refuses a checkpoint that matches nothing.
     A narrower reconstruction head (smaller num_feat) or a shallower group (fewer blocks) grows
     into this one without changing the network's output (`_grow_head`, `_new_blocks_as_identity`).
+    A chain (`pass_scales`) takes a chain checkpoint pass by pass, or one network for every pass.
     """
     state = read_state_dict(path)
+    if isinstance(net, HATChain) and not any(k.startswith(PREFIX) for k in state):
+        state = join_passes([state] * len(net.passes))  # one network starts every pass of the chain
     own = net.state_dict()
     take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not take:
@@ -220,7 +225,7 @@ class Trainer:
     def _upscale(self, x: torch.Tensor) -> torch.Tensor:
         """EMA network on a (1,3,h,w) batch: pad to the window, crop the result, clamp."""
         h, w = x.shape[-2:]
-        xp, _, _ = pad_to_multiple(x, self.ema.window_size)
+        xp, _, _ = pad_to_multiple(x, input_multiple(hat_passes(self.ema)))
         return self.ema(xp.to(self.device))[..., : h * self.cfg.scale, : w * self.cfg.scale].clamp(0, 1)
 
     def validate(self) -> Score | None:
