@@ -49,10 +49,9 @@ stage() {  # run folder, preset, init for a fresh start; prints the done event's
     tail -1 "$1.log"
     tail -1 "$1.log" | grep -q '"finished": true'
 }
-# Stage A (x2-d8) is done: its EMA is the bundled hat-tiny-x2, which stage B starts from. The x4 chain's
-# joint stage starts from its frozen-first-pass stage (x4-chain, stopped at 3,500).
+# Stage A (x2-d8) is done: its EMA is the bundled hat-tiny-x2, where both stages here start.
 X2=$ROOT/hatstream/models/weights/hat-tiny-x2.safetensors
-stage x4-chain-joint train-hat-tiny-d8-x4-chain-joint.toml "$HERE/x4-chain/net_g_latest.pth" &&
+stage x4-chain train-hat-tiny-d8-x4-chain.toml "$X2" &&
 stage x2-d8-large train-hat-tiny-d8-x2-large.toml "$X2" || true
 echo "trained for $(( $(date +%s) - START )) s; run folders in $OUT:"
 ls -R "$OUT"
