@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from conftest import released_layouts, run_cli
@@ -136,3 +137,24 @@ def test_bench_names_the_model_as_the_limit_where_it_is_slowest():
     assert data["limit_fps"] == next(s["fps"] for s in data["stages"] if s["name"] == "model")
     # What `run` encodes by default: libx264 at CRF 18 and x264's own preset.
     assert data["encoder"] == "libx264 crf=18 preset=medium (the encoder's default)"
+
+
+def test_bench_counts_the_work_of_every_pass_of_a_chain(tmp_path):
+    from safetensors.torch import save_file
+
+    from hatstream.models.chain import join_passes
+
+    kwargs = dict(upscale=2, window_size=8, embed_dim=12, depths=[1], num_heads=[2], squeeze_factor=4)
+    state = HAT(**kwargs).state_dict()
+    save_file({k: v.clone().contiguous() for k, v in join_passes([state, state]).items()}, tmp_path / "chain.safetensors")
+    out = tmp_path / "bench.json"
+    res = run_cli("bench", "--model", tmp_path / "chain.safetensors", "--size", "64x48", "--frames", "2",
+                  "--backend", "torch", "--precision", "fp32", "--json-out", out)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())
+    assert data["scale"] == 4 and data["tflops"] > 0
+    cfg = HATConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
+    macs = hat_macs(cfg, 48, 64, folded_head=True) + hat_macs(cfg, 96, 128, folded_head=True)
+    model_s = next(s for s in data["stages"] if s["name"] == "model")
+    # The reported rate is the two passes' multiply-adds over the model stage's time.
+    assert data["tflops"] == pytest.approx(2 * macs * 2 / model_s["seconds"] / 1e12, rel=1e-3)

@@ -277,11 +277,15 @@ def run_bench(upscaler: Upscaler, width: int, height: int, frames: int = 8, batc
               StageTime("model", times["model"], timed_frames),
               StageTime("download", times["download"], timed_frames), StageTime("encode", encode_seconds, total))
     tflops = None
-    if upscaler.info.arch == "HAT":
-        cfg = HATConfig(**upscaler.info.hyperparameters)
-        padded = pad_to_multiple(torch.empty(1, 1, height, width, device="meta"), cfg.window_size)[0].shape[-2:]
-        # The work the upscaler does: its head is folded (models.hat_head), not the reference's chain.
-        macs = hat_macs(cfg, *padded, folded_head=True)
+    if upscaler.info.arch in ("HAT", "HAT-chain"):
+        model = upscaler.info
+        h, w = pad_to_multiple(torch.empty(1, 1, height, width, device="meta"), model.window_multiple)[0].shape[-2:]
+        macs = 0
+        for kwargs in model.hyperparameters.get("passes") or [model.hyperparameters]:  # a chain: pass by pass
+            cfg = HATConfig(**kwargs)
+            # The work the upscaler does: its head is folded (models.hat_head), not the reference's chain.
+            macs += hat_macs(cfg, h, w, folded_head=True)
+            h, w = h * cfg.upscale, w * cfg.upscale
         tflops = 2 * macs * frames / times["model"] / 1e12 if times["model"] > 0 else None
     versions = {"torch": torch.__version__, "av": av.__version__, "python": platform.python_version(),
                 "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
