@@ -18,9 +18,7 @@ stage() {  # preset, run folder, init checkpoint for a fresh start
 # Stage A (train-hat-tiny-d8-x2.toml, run folder x2-d8) is done: its EMA is the bundled hat-tiny-x2 (a fresh
 # start of it grows the earlier model: git show d41895e:hatstream/models/weights/hat-tiny-x2.safetensors).
 X2=$WT/hatstream/models/weights/hat-tiny-x2.safetensors
-# x4 as a chain (models/chain.py): the bundled x2, then a second x2 pass trained on its output with the first
-# frozen. (Both passes end to end, train-hat-tiny-d8-x4-chain-joint.toml from this stage's 3,500, lost
-# validation in 2,000 iterations: not in the chain.)
-stage train-hat-tiny-d8-x4-chain.toml x4-chain "$X2"
+# x4 (train-hat-tiny-d8-x4-chain.toml, run folder x4-chain) is done: its iteration 3,000 is the bundled
+# hat-tiny-x4, a chain of the bundled x2 and a second pass trained on its output (validation fell after 3,000).
 stage train-hat-tiny-d8-x2-large.toml x2-d8-large "$X2"
 # x4 from x2 as one network (train-hat-tiny-d8-x4.toml) ran once and tied the earlier x4: not in the chain.

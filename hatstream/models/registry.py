@@ -210,7 +210,8 @@ class Builtin:
 BUILTINS: dict[str, Builtin] = {
     "bicubic": Builtin("bicubic", "bicubic interpolation, any scale, no weights", None),
     "hat-tiny-x2": Builtin("hat-tiny-x2", "small HAT trained here, x2", (2,), "hat-tiny-x2.safetensors"),
-    "hat-tiny-x4": Builtin("hat-tiny-x4", "small HAT trained here, x4", (4,), "hat-tiny-x4.safetensors"),
+    "hat-tiny-x4": Builtin("hat-tiny-x4", "small HAT chain trained here, x4 (x2 twice)", (4,),
+                           "hat-tiny-x4.safetensors"),
 }
 DEFAULT_SCALE = 2
 
