@@ -73,6 +73,9 @@ def test_a_broken_pass_is_named_in_one_line(tmp_path):
     gap = {k.replace("passes.1.", "passes.2."): v for k, v in state.items()}
     with pytest.raises(HatstreamError, match=r"pass numbers \[0, 2\]"):
         build_from_state_dict(gap, "c.pth")
+    one = {k: v for k, v in state.items() if k.startswith("passes.0.")}
+    with pytest.raises(HatstreamError, match="holds one pass only"):
+        build_from_state_dict(one, "c.pth")
     assert len(split_passes(state)) == 2
 
 

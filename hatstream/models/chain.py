@@ -62,14 +62,8 @@ def hat_passes(model: nn.Module) -> list[HAT]:
 
 
 def is_chain(state: dict[str, torch.Tensor]) -> bool:
-    """True when every key belongs to a numbered pass, and there are at least two passes."""
-    indices = set()
-    for k in state:
-        m = _PASS_KEY.match(k)
-        if m is None:
-            return False
-        indices.add(int(m.group(1)))
-    return len(indices) >= 2
+    """True when every key belongs to a numbered pass (`split_passes` then checks the passes)."""
+    return bool(state) and all(_PASS_KEY.match(k) for k in state)
 
 
 def split_passes(state: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
@@ -80,6 +74,9 @@ def split_passes(state: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]
         by_pass.setdefault(int(m.group(1)), {})[m.group(2)] = v
     if sorted(by_pass) != list(range(len(by_pass))):
         raise ValueError(f"pass numbers {sorted(by_pass)} are not 0..{len(by_pass) - 1}")
+    if len(by_pass) < 2:
+        raise ValueError("it holds one pass only (a chain needs two or more; without the `passes.0.` prefix "
+                         "its tensors load as a single HAT)")
     return [by_pass[i] for i in range(len(by_pass))]
 
 
