@@ -146,7 +146,8 @@ def test_bench_counts_the_work_of_every_pass_of_a_chain(tmp_path):
 
     kwargs = dict(upscale=2, window_size=8, embed_dim=12, depths=[1], num_heads=[2], squeeze_factor=4)
     state = HAT(**kwargs).state_dict()
-    save_file({k: v.clone().contiguous() for k, v in join_passes([state, state]).items()}, tmp_path / "chain.safetensors")
+    chain = {k: v.clone().contiguous() for k, v in join_passes([state, state]).items()}
+    save_file(chain, tmp_path / "chain.safetensors")
     out = tmp_path / "bench.json"
     res = run_cli("bench", "--model", tmp_path / "chain.safetensors", "--size", "64x48", "--frames", "2",
                   "--backend", "torch", "--precision", "fp32", "--json-out", out)

@@ -61,8 +61,8 @@ def config_from_args(args: argparse.Namespace):
     """
     from hatstream.train.config import TrainConfig, resumed_config
 
-    names = ("data", "scale", "arch", "out", "init", "first_pass", "start", "iters", "lr", "milestones", "batch", "patch", "val",
-             "val_every", "save_every", "seed", "threads", "workers", "address")
+    names = ("data", "scale", "arch", "out", "init", "first_pass", "start", "iters", "lr", "milestones", "batch",
+             "patch", "val", "val_every", "save_every", "seed", "threads", "workers", "address")
     flags = {name: getattr(args, name) for name in names}
     if args.resume:
         if not args.out:

@@ -278,10 +278,10 @@ def run_bench(upscaler: Upscaler, width: int, height: int, frames: int = 8, batc
               StageTime("download", times["download"], timed_frames), StageTime("encode", encode_seconds, total))
     tflops = None
     if upscaler.info.arch in ("HAT", "HAT-chain"):
-        model = upscaler.info
-        h, w = pad_to_multiple(torch.empty(1, 1, height, width, device="meta"), model.window_multiple)[0].shape[-2:]
+        spec = upscaler.info
+        h, w = pad_to_multiple(torch.empty(1, 1, height, width, device="meta"), spec.window_multiple)[0].shape[-2:]
         macs = 0
-        for kwargs in model.hyperparameters.get("passes") or [model.hyperparameters]:  # a chain: pass by pass
+        for kwargs in spec.hyperparameters.get("passes") or [spec.hyperparameters]:  # a chain: pass by pass
             cfg = HATConfig(**kwargs)
             # The work the upscaler does: its head is folded (models.hat_head), not the reference's chain.
             macs += hat_macs(cfg, h, w, folded_head=True)
