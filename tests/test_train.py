@@ -380,6 +380,10 @@ def test_a_second_pass_learns_from_the_first_passs_output_and_saves_the_chain(tm
     assert all(torch.equal(saved[f"passes.0.{k}"], v) for k, v in read_state_dict(first).items())
     assert all(torch.equal(saved[f"passes.1.{k}"], v) for k, v in trainer.ema.state_dict().items())
     assert chain(torch.rand(1, 3, 16, 24)).shape == (1, 3, 64, 96)
+    # Validation keeps the frozen pass's output per image, and still scores what the saved chain does.
+    assert len(trainer._first_val) == len(trainer.val_images)
+    whole = mean_score([score_image(n, img, 4, chain) for n, img in trainer.val_images])
+    assert trainer.validate().psnr == pytest.approx(whole.psnr, abs=1e-3)
     with pytest.raises(HatstreamError, match="first_pass"):
         resumed_config(cfg.out, first_pass="hat-tiny-x2")
     # The same name on other weights (a built-in updated in a release) is refused on resume too.

@@ -38,6 +38,7 @@ from torch import nn
 
 from hatstream.errors import HatstreamError
 from hatstream.inference.precision import DTYPES, cpu_has_native_bf16
+from hatstream.models.checkpoint import state_digest
 
 log = logging.getLogger(__name__)
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
@@ -143,12 +144,7 @@ def model_fingerprint(model: nn.Module) -> str:
     h = hashlib.sha256()
     config = getattr(model, "config", None)
     h.update(repr((type(model).__name__, config, _CACHE_FORMAT, torch.__version__)).encode())
-    for name, t in model.state_dict().items():
-        t = t.detach().to("cpu", torch.float32) if t.is_floating_point() else t.detach().cpu()
-        h.update(name.encode())
-        h.update(repr((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return state_digest(model.state_dict(), h)
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -6,6 +6,7 @@ and safetensors, which holds no code at all.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import zipfile
 from pathlib import Path
@@ -36,6 +37,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     else:
         obj = _read_torch(path, head)
     return _unwrap(obj, path)
+
+
+def state_digest(state: dict[str, torch.Tensor], h: "hashlib._Hash | None" = None) -> str:
+    """sha256 of a state dict's names, shapes, dtypes and bytes: the same weights on any machine.
+
+    `h`, when given, is a hash already fed with whatever else the digest should cover.
+    """
+    h = h or hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(repr((name, tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _looks_like_safetensors(head: bytes) -> bool:

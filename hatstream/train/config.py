@@ -44,6 +44,9 @@ TRAIN_PRESETS: dict[str, dict] = {
     # passes (~5x its x2 time), so depth 10 leaves room.
     "hat-tiny-d8": dict(_TINY, depths=(8,), num_feat=32),
     "hat-tiny-d10": dict(_TINY, depths=(10,), num_feat=32),
+    # Stage C of issue 17: the shipped d8 x2 grown by half again (~1.4x its frame, still well inside
+    # waifu2x's), since its own longer and larger-patch training went flat on validation.
+    "hat-tiny-d12": dict(_TINY, depths=(12,), num_feat=32),
     # For tests and smoke runs only: seconds per hundred iterations.
     "hat-micro": dict(embed_dim=16, depths=(1,), num_heads=(1,), window_size=8, compress_ratio=2,
                       squeeze_factor=8, mlp_ratio=2.0, num_feat=8),

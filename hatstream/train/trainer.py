@@ -12,7 +12,6 @@ Run layout (RUN_DIR = `cfg.out`):
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import re
@@ -29,7 +28,7 @@ from hatstream.atomic import atomic_output
 from hatstream.errors import HatstreamError
 from hatstream.inference.upscaler import pad_to_multiple
 from hatstream.models.chain import PREFIX, HATChain, hat_passes, input_multiple, join_passes
-from hatstream.models.checkpoint import read_state_dict
+from hatstream.models.checkpoint import read_state_dict, state_digest
 from hatstream.models.hat import HAT
 from hatstream.train.config import (CONFIG_FILE, TrainConfig, check_resume_changes, config_changes, hat_config,
                                     read_run_config)
@@ -43,16 +42,6 @@ log = logging.getLogger(__name__)
 ProgressCallback = Callable[[dict], None]
 STATE_FILE = "training_state.pt"
 LATEST = "net_g_latest.pth"
-
-
-def state_digest(state: dict[str, torch.Tensor]) -> str:
-    """sha256 of a state dict's names, shapes, dtypes and bytes: the same weights on any machine."""
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(repr((name, tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def build_network(cfg: TrainConfig) -> HAT | HATChain:
@@ -175,6 +164,7 @@ class Trainer:
                            first_scale)
         self.sampler = PatchSampler(pairs, cfg.scale, cfg.patch, seed=cfg.seed + 7919 * rank)
         self.val_images = self._load_val() if rank == 0 and cfg.val else []
+        self._first_val: dict[int, torch.Tensor] = {}  # the frozen first pass on each validation image
         self.iter, self.elapsed = 0, 0.0
         self.last_val: Score | None = None
         if resume:
@@ -232,10 +222,24 @@ class Trainer:
         """Mean PSNR/SSIM-Y of the EMA weights on the validation images (None without any)."""
         if not self.val_images:
             return None
-        fn = (lambda x: self._upscale(self.first_pass(x))) if self.first_pass else self._upscale
         with torch.inference_mode():
-            scores = [score_image(n, img, self.val_scale, fn) for n, img in self.val_images]
+            scores = [score_image(n, img, self.val_scale, self._val_fn(i))
+                      for i, (n, img) in enumerate(self.val_images)]
         return mean_score(scores)
+
+    def _val_fn(self, i: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """What validation upscales its `i`-th image with: the EMA network, after the first pass if any.
+
+        The first pass is frozen, so its output on a validation image is computed once per run.
+        """
+        if not self.first_pass:
+            return self._upscale
+
+        def chain(x: torch.Tensor) -> torch.Tensor:
+            if i not in self._first_val:
+                self._first_val[i] = self.first_pass(x)
+            return self._upscale(self._first_val[i])
+        return chain
 
     # ---- one step ----------------------------------------------------------------------------
 
