@@ -137,6 +137,22 @@ def test_a_deeper_group_starts_with_the_shallower_output(tmp_path):
         assert (deep(x) - shallow(x)).abs().max().item() < 1e-6
 
 
+@pytest.mark.parametrize("loss", ["l1", "l2"])
+def test_the_step_minimises_the_configured_loss(tmp_path, loss):
+    import torch.nn.functional as F
+
+    # Same seed: the same initial weights and the same first batch.
+    probe = Trainer(_tiny_config(tmp_path / "a", loss=loss, iters=1))
+    trainer = Trainer(_tiny_config(tmp_path / "b", loss=loss, iters=1))
+    lr, hr = probe.sampler.sample(probe.cfg.batch)
+    with torch.no_grad():
+        out = probe.model(lr)
+    expected = {"l1": F.l1_loss, "l2": F.mse_loss}[loss](out, hr)
+    assert trainer.step() == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(HatstreamError, match="loss must be one of l1, l2"):
+        _tiny_config(tmp_path, loss="huber")
+
+
 def test_presets_and_architectures():
     presets = sorted((ROOT / "pipelines").glob("train-*.toml"))
     assert presets

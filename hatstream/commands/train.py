@@ -32,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iters", type=int, help="total iterations")
     p.add_argument("--lr", type=float, help="initial learning rate")
     p.add_argument("--milestones", type=int, nargs="*", help="iterations where the learning rate is halved")
+    p.add_argument("--loss", choices=("l1", "l2"), help="training loss: l1 (the paper's) or l2 (what PSNR measures)")
     p.add_argument("--batch", type=int, help="total batch size (split over --workers)")
     p.add_argument("--patch", type=int, help="LR patch side (HR patch = patch x scale)")
     p.add_argument("--val", nargs="+", metavar="DIR", help="validation images (PSNR/SSIM-Y, crop border = scale)")
@@ -61,8 +62,8 @@ def config_from_args(args: argparse.Namespace):
     """
     from hatstream.train.config import TrainConfig, resumed_config
 
-    names = ("data", "scale", "arch", "out", "init", "first_pass", "start", "iters", "lr", "milestones", "batch",
-             "patch", "val", "val_every", "save_every", "seed", "threads", "workers", "address")
+    names = ("data", "scale", "arch", "out", "init", "first_pass", "start", "iters", "lr", "milestones", "loss",
+             "batch", "patch", "val", "val_every", "save_every", "seed", "threads", "workers", "address")
     flags = {name: getattr(args, name) for name in names}
     if args.resume:
         if not args.out:
@@ -81,7 +82,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def _describe(event: dict) -> str:
-    text = f"loss {event['loss']:.4f}, lr {event['lr']:.1e}"
+    text = f"loss {event['loss']:.4g}, lr {event['lr']:.1e}"
     if "val_psnr" in event:
         text += f", val {event['val_psnr']:.2f} dB (bicubic {event['bicubic_psnr']:.2f})"
     return text
@@ -101,7 +102,7 @@ def _progress(cfg, as_json: bool):
 
         def draw(event: dict) -> None:
             bar.n = event["iter"]
-            post = {"loss": f"{event['loss']:.4f}", "lr": f"{event['lr']:.1e}"}
+            post = {"loss": f"{event['loss']:.4g}", "lr": f"{event['lr']:.1e}"}
             if "val_psnr" in event:
                 post["val"] = f"{event['val_psnr']:.2f}dB (bicubic {event['bicubic_psnr']:.2f})"
             bar.set_postfix(post, refresh=False)

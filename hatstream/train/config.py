@@ -63,6 +63,9 @@ def hat_config(arch: str, scale: int) -> HATConfig:
         raise HatstreamError(f"architecture {arch} at x{scale}: {exc}") from None
 
 
+LOSSES = ("l1", "l2")  # TrainConfig.loss
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run depends on. Defaults follow the paper (notes §8) except the size.
@@ -94,6 +97,9 @@ class TrainConfig:
     schedule: str = "step"
     lr_min: float = 0.0
     betas: tuple[float, float] = (0.9, 0.99)
+    # "l1" (the paper's) or "l2": mean squared error is what PSNR measures, and it weighs the large
+    # errors at strong edges more than L1 does; the usual last stage for a PSNR-oriented model.
+    loss: str = "l1"
     batch: int = 32
     patch: int = 64
     ema: float = 0.999
@@ -127,6 +133,8 @@ class TrainConfig:
             raise HatstreamError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}")
         if not 0 <= self.lr_min <= self.lr:
             raise HatstreamError(f"lr_min must be between 0 and lr ({self.lr}), got {self.lr_min}")
+        if self.loss not in LOSSES:
+            raise HatstreamError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.start not in ("random", "bilinear"):
             raise HatstreamError(f"start must be 'random' or 'bilinear', got {self.start!r}")
         for s in self.pass_scales or (self.scale,):

@@ -244,11 +244,11 @@ class Trainer:
     # ---- one step ----------------------------------------------------------------------------
 
     def step(self) -> float:
-        """One optimisation step on this rank's share of the batch; returns the L1 loss."""
+        """One optimisation step on this rank's share of the batch; returns the loss (cfg.loss)."""
         self.model.train()
         lr, hr = self.sampler.sample(self.cfg.batch // self.world)  # (b,3,p,p), (b,3,sp,sp)
         lr, hr = lr.to(self.device, non_blocking=True), hr.to(self.device, non_blocking=True)
-        loss = F.l1_loss(self.model(lr), hr)
+        loss = (F.mse_loss if self.cfg.loss == "l2" else F.l1_loss)(self.model(lr), hr)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
