@@ -11,7 +11,9 @@ import zipfile
 import cv2
 import numpy as np
 import pytest
+import torch
 
+from conftest import run_cli
 from mediagen import Clip, make_video
 from test_train import _deb, _tiny_config
 from hatstream.errors import HatstreamError
@@ -83,3 +85,56 @@ def test_photo_entries_with_paths_and_a_factor_and_video_frames_from_a_package(t
     assert write_video_frames(tmp_path, tmp_path / "whl", (wheel.name, wsha, "clips/data/clip.mkv", (4,))) \
         == ["clip_0004"]
     assert np.array_equal(cv2.imread(str(tmp_path / "whl" / "clip_0004.png")), frames[1])
+
+
+def _pair(seed: int = 0, size: tuple[int, int] = (120, 140)):
+    from hatstream.train.data import Pair, make_lr
+
+    rng = np.random.default_rng(seed)
+    hr = cv2.resize(rng.integers(0, 256, (size[0] // 2, size[1] // 2, 3)).astype(np.uint8), size[::-1],
+                    interpolation=cv2.INTER_CUBIC)
+    return Pair("noise", make_lr(hr, 2), hr)
+
+
+def test_a_sharpened_patch_is_the_crop_of_the_sharpened_images_own_pair():
+    from hatstream.train.data import PatchSampler, Sharpen, make_lr, unsharp
+
+    pair = _pair()
+    sampler = PatchSampler([pair], 2, 16, seed=1, sharpen=Sharpen(1.0, (0.8, 0.8), (1.5, 1.5)))
+    whole = unsharp(pair.hr, 0.8, 1.5)
+    whole_lr = make_lr(whole, 2)
+    assert np.abs(whole.astype(int) - pair.hr).max() > 20  # the sharpening is real
+    # Corners, edges and the interior: the context cut around the patch hides that it is a crop.
+    for y, x in [(0, 0), (20, 20), (44, 54), (10, 0), (44, 30)]:
+        lr, hr = sampler._sharpened(pair, y, x)
+        np.testing.assert_array_equal(hr, whole[2 * y:2 * (y + 16), 2 * x:2 * (x + 16)])
+        np.testing.assert_allclose(lr, whole_lr[y:y + 16, x:x + 16], atol=1e-6)
+
+
+def test_sharpening_changes_a_share_of_the_batch_and_off_keeps_the_sample_stream():
+    from hatstream.train.data import PatchSampler, Sharpen
+
+    pair = _pair(1)
+    plain = PatchSampler([pair], 2, 16, seed=5).sample(64)
+    off = PatchSampler([pair], 2, 16, seed=5, sharpen=Sharpen(0.0)).sample(64)
+    assert all(torch.equal(a, b) for a, b in zip(plain, off))
+    lr, hr = PatchSampler([pair], 2, 16, seed=5, sharpen=Sharpen(0.5)).sample(64)
+    # A plain patch's HR downscales to its LR; a sharpened one's (made from the sharpened HR) does too,
+    # so tell them apart by the HR's high band against the clean image's at the same place.
+    clean_hf = np.abs(cv2.Laplacian(pair.hr.astype(np.float32), cv2.CV_32F)).mean()
+    hf = [np.abs(cv2.Laplacian(h.permute(1, 2, 0).numpy() * 255, cv2.CV_32F)).mean() for h in hr]
+    sharper = sum(v > 1.15 * clean_hf for v in hf)
+    assert 16 <= sharper <= 48
+
+
+def test_sharpen_settings_are_checked(tmp_path):
+    cfg = _tiny_config(tmp_path, sharpen=0.3, sharpen_amount=[0.5, 1.0])
+    assert cfg.sharpen_amount == (0.5, 1.0)
+    for bad, match in [(dict(sharpen=1.5), "probability"), (dict(sharpen_sigma=[1.0, 2.0]), "sharpen_sigma"),
+                       (dict(sharpen_amount=[1.0, 0.5]), "sharpen_amount"),
+                       (dict(sharpen=0.5, first_pass="hat-tiny-x2"), "do not mix")]:
+        with pytest.raises(HatstreamError, match=match):
+            _tiny_config(tmp_path, **bad)
+    r = run_cli("train", "--data", tmp_path, "--out", tmp_path / "cli", "--arch", "hat-micro", "--patch", "16",
+                "--sharpen", "2")
+    assert r.returncode == 2 and r.stderr.strip() == "hatstream: error: sharpen is a probability (0 to 1), got 2.0"

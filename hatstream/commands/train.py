@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="initial learning rate")
     p.add_argument("--milestones", type=int, nargs="*", help="iterations where the learning rate is halved")
     p.add_argument("--loss", choices=("l1", "l2"), help="training loss: l1 (the paper's) or l2 (what PSNR measures)")
+    p.add_argument("--sharpen", type=float, metavar="P",
+                   help="probability that a patch's HR is sharpened (unsharp mask) before its LR is made: "
+                        "teaches the halos of camera and encoder sharpening that video frames have")
     p.add_argument("--batch", type=int, help="total batch size (split over --workers)")
     p.add_argument("--patch", type=int, help="LR patch side (HR patch = patch x scale)")
     p.add_argument("--val", nargs="+", metavar="DIR", help="validation images (PSNR/SSIM-Y, crop border = scale)")
@@ -63,7 +66,7 @@ def config_from_args(args: argparse.Namespace):
     from hatstream.train.config import TrainConfig, resumed_config
 
     names = ("data", "scale", "arch", "out", "init", "first_pass", "start", "iters", "lr", "milestones", "loss",
-             "batch", "patch", "val", "val_every", "save_every", "seed", "threads", "workers", "address")
+             "sharpen", "batch", "patch", "val", "val_every", "save_every", "seed", "threads", "workers", "address")
     flags = {name: getattr(args, name) for name in names}
     if args.resume:
         if not args.out:

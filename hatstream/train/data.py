@@ -110,6 +110,28 @@ def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
     return imresize(hr.astype(np.float64) / 255.0, 1.0 / scale).astype(np.float32)
 
 
+def unsharp(img: np.ndarray, amount: float, sigma: float) -> np.ndarray:
+    """A camera's sharpening: uint8 img + amount * (img - Gaussian(img, sigma)), clipped and rounded."""
+    f = img.astype(np.float32)
+    blurred = cv2.GaussianBlur(f, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    return np.clip(f + amount * (f - blurred), 0, 255).round().astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Sharpen:
+    """HR-side augmentation: with probability `p` a patch's HR is sharpened (`unsharp`, amount and sigma
+    drawn uniformly from the ranges) before its LR is made from it.
+
+    Why: video frames come from cameras and encoders that sharpen, with halos at strong edges; clean
+    photos (wallpapers, mostly downscaled with soft filters) show few. A model that never saw a sharpened
+    ground truth does not reproduce the halos the LR hints at, and that is where it loses on video.
+    """
+
+    p: float
+    amount: tuple[float, float] = (0.25, 1.0)
+    sigma: tuple[float, float] = (0.5, 1.5)
+
+
 @dataclass
 class Pair:
     """One training image: float32 LR (h, w, 3) and uint8 HR (h*s, w*s, 3)."""
@@ -152,10 +174,15 @@ class PatchSampler:
     more, but one huge image (often mostly background) does not crowd out the rest.
     """
 
-    def __init__(self, pairs: list[Pair], scale: int, patch: int, seed: int):
+    # LR pixels of context around a sharpened patch: the bicubic kernel's reach (2 LR px at any scale)
+    # plus the blur's (4 sigma, at most 6 HR px), so the patch's LR is that of the sharpened image.
+    MARGIN = 6
+
+    def __init__(self, pairs: list[Pair], scale: int, patch: int, seed: int, sharpen: Sharpen | None = None):
         if not pairs:
             raise HatstreamError("no training images")
         self.pairs, self.scale, self.patch = pairs, scale, patch
+        self.sharpen = sharpen if sharpen and sharpen.p > 0 else None
         areas = np.array([p.lr.shape[0] * p.lr.shape[1] for p in pairs], dtype=np.float64)
         self.weights = np.sqrt(areas) / np.sqrt(areas).sum()
         self.rng = np.random.default_rng(seed)
@@ -168,8 +195,12 @@ class PatchSampler:
             pair = self.pairs[i]
             h, w = pair.lr.shape[:2]
             y, x = self.rng.integers(0, h - p + 1), self.rng.integers(0, w - p + 1)
-            lr = pair.lr[y:y + p, x:x + p]
-            hr = pair.hr[y * s:(y + p) * s, x * s:(x + p) * s]
+            # Drawn only when sharpening is on, so that runs without it keep their sample stream.
+            if self.sharpen and self.rng.random() < self.sharpen.p:
+                lr, hr = self._sharpened(pair, y, x)
+            else:
+                lr = pair.lr[y:y + p, x:x + p]
+                hr = pair.hr[y * s:(y + p) * s, x * s:(x + p) * s]
             # flip, flip, transpose: together with the flips, all 8 dihedral orientations.
             if self.rng.random() < 0.5:
                 lr, hr = lr[:, ::-1], hr[:, ::-1]
@@ -183,6 +214,18 @@ class PatchSampler:
         lr_t = torch.from_numpy(np.stack(lrs)).permute(0, 3, 1, 2).contiguous()
         hr_t = torch.from_numpy(np.stack(hrs)).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
         return lr_t, hr_t
+
+    def _sharpened(self, pair: Pair, y: int, x: int) -> tuple[np.ndarray, np.ndarray]:
+        """The patch at LR (y, x) with its HR sharpened and its LR made from that (the bicubic pairs'
+        degradation; a crop near the image's edge sees the same symmetric border as the whole image)."""
+        s, p, m = self.scale, self.patch, self.MARGIN
+        h, w = pair.lr.shape[:2]
+        y0, x0, y1, x1 = max(0, y - m), max(0, x - m), min(h, y + p + m), min(w, x + p + m)
+        amount, sigma = self.rng.uniform(*self.sharpen.amount), self.rng.uniform(*self.sharpen.sigma)
+        hr = unsharp(pair.hr[y0 * s:y1 * s, x0 * s:x1 * s], amount, sigma)
+        ly, lx = y - y0, x - x0
+        lr = make_lr(hr, s)[ly:ly + p, lx:lx + p]
+        return lr, hr[ly * s:(ly + p) * s, lx * s:(lx + p) * s]
 
     def state(self) -> dict:
         """The generator state, so a resumed run continues the same sample stream."""
