@@ -100,34 +100,52 @@ def _pair(seed: int = 0, size: tuple[int, int] = (120, 140)):
 
 
 def test_a_sharpened_patch_is_the_crop_of_the_sharpened_images_own_pair():
-    from hatstream.train.data import PatchSampler, Sharpen, make_lr, unsharp
+    from hatstream.train.data import CameraLook, PatchSampler, make_lr, unsharp
 
     pair = _pair()
-    sampler = PatchSampler([pair], 2, 16, seed=1, sharpen=Sharpen(1.0, (0.8, 0.8), (1.5, 1.5)))
+    sampler = PatchSampler([pair], 2, 16, seed=1, look=CameraLook(1.0, (0.8, 0.8), (1.5, 1.5)))
     whole = unsharp(pair.hr, 0.8, 1.5)
     whole_lr = make_lr(whole, 2)
     assert np.abs(whole.astype(int) - pair.hr).max() > 20  # the sharpening is real
     # Corners, edges and the interior: the context cut around the patch hides that it is a crop.
     for y, x in [(0, 0), (20, 20), (44, 54), (10, 0), (44, 30)]:
-        lr, hr = sampler._sharpened(pair, y, x)
+        lr, hr = sampler._camera(pair, y, x, sharpen=True, noise=False)
         np.testing.assert_array_equal(hr, whole[2 * y:2 * (y + 16), 2 * x:2 * (x + 16)])
         np.testing.assert_allclose(lr, whole_lr[y:y + 16, x:x + 16], atol=1e-6)
 
 
 def test_sharpening_changes_a_share_of_the_batch_and_off_keeps_the_sample_stream():
-    from hatstream.train.data import PatchSampler, Sharpen
+    from hatstream.train.data import CameraLook, PatchSampler
 
     pair = _pair(1)
     plain = PatchSampler([pair], 2, 16, seed=5).sample(64)
-    off = PatchSampler([pair], 2, 16, seed=5, sharpen=Sharpen(0.0)).sample(64)
+    off = PatchSampler([pair], 2, 16, seed=5, look=CameraLook()).sample(64)
     assert all(torch.equal(a, b) for a, b in zip(plain, off))
-    lr, hr = PatchSampler([pair], 2, 16, seed=5, sharpen=Sharpen(0.5)).sample(64)
+    lr, hr = PatchSampler([pair], 2, 16, seed=5, look=CameraLook(sharpen=0.5)).sample(64)
     # A plain patch's HR downscales to its LR; a sharpened one's (made from the sharpened HR) does too,
     # so tell them apart by the HR's high band against the clean image's at the same place.
     clean_hf = np.abs(cv2.Laplacian(pair.hr.astype(np.float32), cv2.CV_32F)).mean()
     hf = [np.abs(cv2.Laplacian(h.permute(1, 2, 0).numpy() * 255, cv2.CV_32F)).mean() for h in hr]
     sharper = sum(v > 1.15 * clean_hf for v in hf)
     assert 16 <= sharper <= 48
+
+
+def test_noisy_patches_have_grey_noise_and_their_lr_is_made_from_the_noisy_hr():
+    from hatstream.train.data import CameraLook, Pair, PatchSampler, make_lr
+
+    flat = np.full((32, 32, 3), 128, np.uint8)  # flat grey, one patch in size: what varies is the noise
+    sampler = PatchSampler([Pair("flat", make_lr(flat, 2), flat)], 2, 16, seed=3,
+                           look=CameraLook(noise=1.0, noise_sigma=(3.0, 3.0)))
+    lr, hr = sampler.sample(8)
+    assert 2.6 < float((hr * 255).std(dim=(2, 3)).mean()) < 3.4  # 3 levels, rounded
+    assert torch.equal(hr[:, 0], hr[:, 1]) and torch.equal(hr[:, 1], hr[:, 2])  # grey: the same in R, G, B
+    for x, y in zip(lr, hr):  # the LR is the bicubic of this noisy HR, not of the flat one
+        rgb = (y.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        np.testing.assert_allclose(x.permute(1, 2, 0).numpy(), make_lr(rgb, 2), atol=1e-6)
+    # Noise and sharpening on: sharpened noise is stronger than the noise alone.
+    both = PatchSampler([Pair("flat", make_lr(flat, 2), flat)], 2, 16, seed=3,
+                        look=CameraLook(sharpen=1.0, amount=(1.0, 1.0), noise=1.0, noise_sigma=(3.0, 3.0)))
+    assert float((both.sample(8)[1] * 255).std(dim=(2, 3)).mean()) > 3.6
 
 
 def test_sharpen_settings_are_checked(tmp_path):
@@ -138,6 +156,8 @@ def test_sharpen_settings_are_checked(tmp_path):
                        (dict(sharpen=0.5, first_pass="hat-tiny-x2"), "do not mix")]:
         with pytest.raises(HatstreamError, match=match):
             _tiny_config(tmp_path, **bad)
+    with pytest.raises(HatstreamError, match="noise is a probability"):
+        _tiny_config(tmp_path, noise=-0.1)
     r = run_cli("train", "--data", tmp_path, "--out", tmp_path / "cli", "--arch", "hat-micro", "--patch", "16",
                 "--sharpen", "2")
     assert r.returncode == 2 and r.stderr.strip() == "hatstream: error: sharpen is a probability (0 to 1), got 2.0"

@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sharpen", type=float, metavar="P",
                    help="probability that a patch's HR is sharpened (unsharp mask) before its LR is made: "
                         "teaches the halos of camera and encoder sharpening that video frames have")
+    p.add_argument("--noise", type=float, metavar="P",
+                   help="probability that a patch's HR gets grey sensor noise before its LR is made (video frames "
+                        "are noisy; a model that never saw noise in a ground truth sharpens the LR's)")
     p.add_argument("--batch", type=int, help="total batch size (split over --workers)")
     p.add_argument("--patch", type=int, help="LR patch side (HR patch = patch x scale)")
     p.add_argument("--val", nargs="+", metavar="DIR", help="validation images (PSNR/SSIM-Y, crop border = scale)")
@@ -66,7 +69,8 @@ def config_from_args(args: argparse.Namespace):
     from hatstream.train.config import TrainConfig, resumed_config
 
     names = ("data", "scale", "arch", "out", "init", "first_pass", "start", "iters", "lr", "milestones", "loss",
-             "sharpen", "batch", "patch", "val", "val_every", "save_every", "seed", "threads", "workers", "address")
+             "sharpen", "noise", "batch", "patch", "val", "val_every", "save_every", "seed", "threads", "workers",
+             "address")
     flags = {name: getattr(args, name) for name in names}
     if args.resume:
         if not args.out:

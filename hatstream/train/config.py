@@ -102,12 +102,15 @@ class TrainConfig:
     loss: str = "l1"
     batch: int = 32
     patch: int = 64
-    # Probability that a patch's HR is sharpened before its LR is made (train.data.Sharpen: the halos of
-    # camera and encoder sharpening, which video frames have and clean photos lack), and the uniform
-    # ranges its unsharp-mask amount and Gaussian sigma (HR px) are drawn from.
+    # The look of camera frames on a share of the patches' HR before their LR is made (train.data.CameraLook;
+    # video frames have it, clean photos lack it): the probability of a camera's sharpening, the uniform
+    # ranges of its unsharp-mask amount and Gaussian sigma (HR px); the probability of grey sensor noise,
+    # the range of its sigma (levels of 255).
     sharpen: float = 0.0
     sharpen_amount: tuple[float, float] = (0.25, 1.0)
     sharpen_sigma: tuple[float, float] = (0.5, 1.5)
+    noise: float = 0.0
+    noise_sigma: tuple[float, float] = (0.5, 4.0)
     ema: float = 0.999
     val: tuple[str, ...] = ()
     val_every: int = 5000
@@ -125,7 +128,7 @@ class TrainConfig:
         for name in ("data", "val", "milestones", "pass_scales"):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, (str, int)) else tuple(value))
-        for name in ("betas", "sharpen_amount", "sharpen_sigma"):
+        for name in ("betas", "sharpen_amount", "sharpen_sigma", "noise_sigma"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.scale not in (2, 3, 4, 8):
             raise HatstreamError(f"scale must be 2, 3, 4 or 8, got {self.scale}")
@@ -142,7 +145,7 @@ class TrainConfig:
             raise HatstreamError(f"lr_min must be between 0 and lr ({self.lr}), got {self.lr_min}")
         if self.loss not in LOSSES:
             raise HatstreamError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        self._check_sharpen()
+        self._check_camera_look()
         if self.start not in ("random", "bilinear"):
             raise HatstreamError(f"start must be 'random' or 'bilinear', got {self.start!r}")
         for s in self.pass_scales or (self.scale,):
@@ -160,18 +163,19 @@ class TrainConfig:
         if self.patch % window:
             raise HatstreamError(f"patch {self.patch} must be a multiple of {self.arch}'s window ({window})")
 
-    def _check_sharpen(self) -> None:
-        if not 0 <= self.sharpen <= 1:
-            raise HatstreamError(f"sharpen is a probability (0 to 1), got {self.sharpen}")
-        # sigma's top: the context the sampler cuts around a sharpened patch (PatchSampler.MARGIN).
-        for name, lo, hi in (("sharpen_amount", 0.0, 4.0), ("sharpen_sigma", 0.1, 1.5)):
+    def _check_camera_look(self) -> None:
+        for name in ("sharpen", "noise"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise HatstreamError(f"{name} is a probability (0 to 1), got {getattr(self, name)}")
+        # sigma's top: the context the sampler cuts around a changed patch (PatchSampler.MARGIN).
+        for name, lo, hi in (("sharpen_amount", 0.0, 4.0), ("sharpen_sigma", 0.1, 1.5), ("noise_sigma", 0.0, 64.0)):
             value = getattr(self, name)
             if len(value) != 2 or not lo <= value[0] <= value[1] <= hi:
                 raise HatstreamError(f"{name} must be [low, high] with {lo} <= low <= high <= {hi}, "
                                      f"got {list(value)}")
-        if self.sharpen and self.first_pass:
-            raise HatstreamError("sharpen makes each patch's LR by bicubic from the sharpened HR; with first_pass "
-                                 "the input is the first pass's output, so the two do not mix")
+        if (self.sharpen or self.noise) and self.first_pass:
+            raise HatstreamError("sharpen and noise make a patch's LR by bicubic from its changed HR; with "
+                                 "first_pass the input is the first pass's output, so they do not mix")
 
     def replace(self, **changes) -> "TrainConfig":
         """A copy with some fields changed (None values are ignored, so CLI flags can pass through)."""

@@ -32,7 +32,7 @@ from hatstream.models.checkpoint import read_state_dict, state_digest
 from hatstream.models.hat import HAT
 from hatstream.train.config import (CONFIG_FILE, TrainConfig, check_resume_changes, config_changes, hat_config,
                                     read_run_config)
-from hatstream.train.data import PatchSampler, Sharpen, load_hr_images, make_pairs
+from hatstream.train.data import CameraLook, PatchSampler, load_hr_images, make_pairs
 from hatstream.train.evaluate import Score, mean_score, score_image
 from hatstream.train.init import bilinear_init
 from hatstream.train.schedule import make_scheduler, set_resumed_lr
@@ -163,7 +163,8 @@ class Trainer:
         pairs = make_pairs(images, cfg.scale, cfg.patch, self._first_pass_image if cfg.first_pass else None,
                            first_scale)
         self.sampler = PatchSampler(pairs, cfg.scale, cfg.patch, seed=cfg.seed + 7919 * rank,
-                                    sharpen=Sharpen(cfg.sharpen, cfg.sharpen_amount, cfg.sharpen_sigma))
+                                    look=CameraLook(cfg.sharpen, cfg.sharpen_amount, cfg.sharpen_sigma,
+                                                    cfg.noise, cfg.noise_sigma))
         self.val_images = self._load_val() if rank == 0 and cfg.val else []
         self._first_val: dict[int, torch.Tensor] = {}  # the frozen first pass on each validation image
         self.iter, self.elapsed = 0, 0.0
