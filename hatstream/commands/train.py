@@ -37,8 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="probability that a patch's HR is sharpened (unsharp mask) before its LR is made: "
                         "teaches the halos of camera and encoder sharpening that video frames have")
     p.add_argument("--noise", type=float, metavar="P",
-                   help="probability that a patch's HR gets grey sensor noise before its LR is made (video frames "
-                        "are noisy; a model that never saw noise in a ground truth sharpens the LR's)")
+                   help="probability that a patch's HR gets grey sensor noise before its LR is made (the grain "
+                        "of camera frames, which clean photos lack)")
     p.add_argument("--batch", type=int, help="total batch size (split over --workers)")
     p.add_argument("--patch", type=int, help="LR patch side (HR patch = patch x scale)")
     p.add_argument("--val", nargs="+", metavar="DIR", help="validation images (PSNR/SSIM-Y, crop border = scale)")

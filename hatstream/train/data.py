@@ -130,11 +130,11 @@ class CameraLook:
     `noise_sigma`), then with probability `sharpen` a camera's sharpening (`unsharp`, amount and sigma
     drawn from the ranges), in the order a camera applies them.
 
-    Why: video frames come from sensors and encoders, with noise everywhere and sharpening halos at
-    strong edges; clean photos (wallpapers, downscaled with soft filters) show neither. A model that
-    never saw them in a ground truth reads an LR's noise as detail to be sharpened. On the validation
-    photos with noise of 2 levels in the HR, the bundled x2's lead over waifu2x fell from +0.16 dB to
-    -0.04; with their HR unsharp-masked (amount 0.8, sigma 1), waifu2x's lead grew by 0.21 dB.
+    Why: camera frames carry sensor noise and sharpening halos that clean photos (wallpapers, downscaled
+    with soft filters) lack, and a ground truth with either is where the bundled x2 loses ground to a
+    peer: on the validation photos at half size with noise of 2 levels in the HR, its lead over waifu2x
+    fell from +0.16 dB to -0.04; with their HR unsharp-masked (amount 0.8, sigma 1) waifu2x's lead grew
+    by 0.21 dB. (Fine-tuning the bundled x2 with either did not move its validation: benchmarks/RESULTS.md.)
     """
 
     sharpen: float = 0.0
