@@ -3,6 +3,7 @@ presets, and the Ray Train data-parallel path with two CPU workers."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,11 +11,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import ROOT, run_cli
 from hatstream.errors import HatstreamError
 from hatstream.inference import load_model
 from hatstream.models.checkpoint import read_state_dict
+from hatstream.models.hat import HAT
 from hatstream.train.config import TrainConfig, hat_config
 from hatstream.train.data import load_hr_images
 from hatstream.train.trainer import Trainer, load_init
@@ -135,6 +138,28 @@ def test_a_deeper_group_starts_with_the_shallower_output(tmp_path):
     x = torch.rand(1, 3, 16, 24)
     with torch.no_grad():
         assert (deep(x) - shallow(x)).abs().max().item() < 1e-6
+
+
+def test_a_trunk_of_half_the_width_grows_without_changing_the_output_and_its_copies_part(tmp_path):
+    narrow_cfg = hat_config("hat-micro", 2)
+    wide_cfg = dataclasses.replace(narrow_cfg, embed_dim=32, num_heads=(2,))
+    torch.manual_seed(0)
+    narrow = HAT.from_config(narrow_cfg)
+    with torch.no_grad():
+        for p in narrow.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # no zeros left from the init that could hide a wrong split
+    torch.save({"params": narrow.state_dict()}, tmp_path / "narrow.pth")
+    wide = HAT.from_config(wide_cfg)
+    assert load_init(wide, str(tmp_path / "narrow.pth")) == []
+    x = torch.rand(1, 3, 16, 24)
+    narrow.eval(), wide.eval()
+    with torch.no_grad():
+        assert (wide(x) - narrow(x)).abs().max().item() < 1e-5
+    # One step on the wide net: the two copies of a channel take different gradients, so they part.
+    wide.train()
+    F.l1_loss(wide(x), torch.rand(1, 3, 32, 48)).backward()
+    g = wide.conv_first.weight.grad
+    assert not torch.allclose(g[:16], g[16:])
 
 
 @pytest.mark.parametrize("loss", ["l1", "l2"])

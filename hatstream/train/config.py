@@ -47,6 +47,10 @@ TRAIN_PRESETS: dict[str, dict] = {
     # Stage C of issue 17: the shipped d8 x2 grown by half again (~1.4x its frame, still well inside
     # waifu2x's), since its own longer and larger-patch training went flat on validation.
     "hat-tiny-d12": dict(_TINY, depths=(12,), num_feat=32),
+    # Stage W of issue 17: the shipped d8 x2 at twice the width (embed 64, 4 heads), grown from it without
+    # changing its output (train.trainer._widen): ~2.0 s per 640x360 frame against waifu2x's 2.4-2.9 s on
+    # the same CPU, where the d8 takes 1.0 s; every fine-tune at width 32 went flat on validation.
+    "hat-tiny-w64": dict(_TINY, embed_dim=64, num_heads=(4,), depths=(8,), num_feat=32),
     # For tests and smoke runs only: seconds per hundred iterations.
     "hat-micro": dict(embed_dim=16, depths=(1,), num_heads=(1,), window_size=8, compress_ratio=2,
                       squeeze_factor=8, mlp_ratio=2.0, num_feat=8),

@@ -59,8 +59,9 @@ def load_init(net: nn.Module, path: str) -> list[str]:
 
     Returns the names left at their initial values, e.g. the extra upsampling stage when a x4
     model starts from a x2 one (the paper's recipe). Refuses a checkpoint that matches nothing.
-    A narrower reconstruction head (smaller num_feat) or a shallower group (fewer blocks) grows
-    into this one without changing the network's output (`_grow_head`, `_new_blocks_as_identity`).
+    A narrower reconstruction head (smaller num_feat), a shallower group (fewer blocks) or a trunk
+    of half the width (embed_dim and heads) grows into this one without changing the network's
+    output (`_grow_head`, `_new_blocks_as_identity`, `_widen`).
     A chain (`pass_scales`) takes a chain checkpoint pass by pass, or one network for every pass.
     """
     state = read_state_dict(path)
@@ -70,7 +71,7 @@ def load_init(net: nn.Module, path: str) -> list[str]:
     take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not take:
         raise HatstreamError(f"--init {path} shares no tensors with this architecture")
-    grown = _grow_head(own, state, take) | _new_blocks_as_identity(own, state)
+    grown = _grow_head(own, state, take) | _new_blocks_as_identity(own, state) | _widen(own, state, take)
     if grown:
         log.info("grew %s into %d tensors of this architecture", path, len(grown))
     net.load_state_dict(take | grown, strict=False)
@@ -112,6 +113,54 @@ def _grow_head(own: dict, state: dict, take: dict) -> dict[str, torch.Tensor]:
             t[:, old.shape[1]:] = 0
         t[tuple(slice(0, n) for n in old.shape)] = old
         grown[k] = t
+    return grown
+
+
+# Tensors whose second axis is the attention heads, not an input: tiled, never split.
+_PER_HEAD = ("relative_position_bias_table",)
+
+
+def _widen(own: dict, state: dict, take: dict) -> dict[str, torch.Tensor]:
+    """The tensors of a trunk of half this width (embed_dim, heads, and the widths made from them),
+    doubled so that the wider network computes the same function (Net2WiderNet, Chen et al. 2016).
+
+    Every feature channel c is duplicated as c and c + C ("tiled"), so each head h becomes heads h
+    and h + heads with their own copy of the bias table, and a LayerNorm over the duplicated
+    channels sees the same mean and variance. A layer reading a duplicated input splits each old
+    weight w into a*w and (1 - a)*w between the two copies, a drawn per weight from [0.25, 0.75]:
+    the sum is exact, so the output is unchanged, and the two copies get different gradients from
+    the first step (an even split would keep them twins for ever). q, k and v are tiled each on
+    its own. The head's convolutions, whose width (num_feat) does not change, only read.
+    """
+    if "conv_first.weight" not in state or "conv_first.weight" not in own:
+        return {}
+    old_c, new_c = state["conv_first.weight"].shape[0], own["conv_first.weight"].shape[0]
+    if new_c != 2 * old_c:
+        return {}
+    gen = torch.Generator().manual_seed(0)
+    grown = {}
+    for k, mine in own.items():
+        old = state.get(k)
+        if k in take or old is None or old.ndim != mine.ndim:
+            continue
+        doubled = [n == 2 * o for n, o in zip(mine.shape, old.shape)]
+        if not any(doubled) or any(n not in (o, 2 * o) for n, o in zip(mine.shape, old.shape)):
+            continue
+        t = old.detach().clone()
+        if k.endswith(("qkv.weight", "qkv.bias")):  # (3C, ...): q, k and v tiled each on its own
+            t = t.reshape(3, old.shape[0] // 3, *old.shape[1:])
+            t = torch.cat([t, t], dim=1).reshape(2 * old.shape[0], *old.shape[1:])
+        elif doubled[0]:
+            t = torch.cat([t, t], dim=0)
+        if t.ndim >= 2 and doubled[1]:
+            if k.endswith(_PER_HEAD):
+                t = torch.cat([t, t], dim=1)
+            else:  # an input axis: split each weight between its two copies
+                a = 0.25 + 0.5 * torch.rand(t.shape, generator=gen)
+                t = torch.cat([a * t, (1 - a) * t], dim=1)
+        if t.shape != mine.shape:
+            continue
+        grown[k] = t.to(mine.dtype)
     return grown
 
 
