@@ -71,6 +71,8 @@ def load_init(net: nn.Module, path: str) -> list[str]:
     take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not take:
         raise HatstreamError(f"--init {path} shares no tensors with this architecture")
+    # _widen last: where the head's first convolution reads a doubled trunk, its uneven split wins over
+    # _grow_head's zeros for the new channels (both keep the output).
     grown = _grow_head(own, state, take) | _new_blocks_as_identity(own, state) | _widen(own, state, take)
     if grown:
         log.info("grew %s into %d tensors of this architecture", path, len(grown))
