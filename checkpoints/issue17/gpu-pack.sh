@@ -12,7 +12,7 @@ SAMPLES=${SAMPLES:-/work/runs/peers/samples}
 DEST=$ROOT/.issue17-data/samples
 rm -rf "$DEST"
 mkdir -p "$DEST"
-for split in pretrain debian extra video val val-video; do
+for split in pretrain debian extra video val val-video val-camera; do
     cp -r "$SAMPLES/$split" "$DEST/"
 done
 data=$(du -sb "$ROOT/.issue17-data" | cut -f1)

@@ -21,12 +21,13 @@ START=$(date +%s)
 left() { echo $((BUDGET - ($(date +%s) - START))); }
 command -v nvidia-smi >/dev/null && nvidia-smi -L
 
-# A committed run folder holds config.json, log.jsonl, training_state.pt and net_g_latest.pth.
+# A committed run folder holds config.json, log.jsonl, training_state.pt and (but for stage W) net_g_latest.pth.
 unpack() {
     if [ -d "$HERE/$1" ] && [ ! -d "$1" ]; then
         mkdir -p "$1/models"
         cp "$HERE/$1"/* "$1/"
-        cp "$HERE/$1/net_g_latest.pth" "$1/models/"
+        # Stage W commits no net_g_latest.pth (its training_state.pt holds the weights; the carry is tight).
+        [ ! -f "$HERE/$1/net_g_latest.pth" ] || cp "$HERE/$1/net_g_latest.pth" "$1/models/"
     fi
 }
 pack() {
@@ -52,6 +53,8 @@ stage() {  # run folder, preset, init for a fresh start; prints the done event's
 # Stage A (x2-d8) is done: its EMA is the bundled hat-tiny-x2, where stage B starts. The x4 chain
 # (x4-chain) is done too: the bundled hat-tiny-x4.
 X2=$ROOT/hatstream/models/weights/hat-tiny-x2.safetensors
-stage x2-d8-large train-hat-tiny-d8-x2-large.toml "$X2" || true
+# Stage B (x2-d8-large) and the width-32 stages after it went flat; stage W (x2-w64, the bundled x2 at twice
+# the width) is the one to continue, from its committed run folder.
+stage x2-w64 train-hat-tiny-w64-x2.toml "$X2" || true
 echo "trained for $(( $(date +%s) - START )) s; run folders in $OUT:"
 ls -R "$OUT"

@@ -20,5 +20,7 @@ stage() {  # preset, run folder, init checkpoint for a fresh start
 X2=$WT/hatstream/models/weights/hat-tiny-x2.safetensors
 # x4 (train-hat-tiny-d8-x4-chain.toml, run folder x4-chain) is done: its iteration 3,000 is the bundled
 # hat-tiny-x4, a chain of the bundled x2 and a second pass trained on its output (validation fell after 3,000).
-stage train-hat-tiny-d8-x2-large.toml x2-d8-large "$X2"
+# Stage B (x2-d8-large) went flat and is paused; like every width-32 stage after it (C, L2, S, K, KL). Stage W,
+# the bundled x2 grown to twice the width (same output at the start), is the one under way.
+stage train-hat-tiny-w64-x2.toml x2-w64 "$X2"
 # x4 from x2 as one network (train-hat-tiny-d8-x4.toml) ran once and tied the earlier x4: not in the chain.
