@@ -160,6 +160,10 @@ def test_a_trunk_of_half_the_width_grows_without_changing_the_output_and_its_cop
     F.l1_loss(wide(x), torch.rand(1, 3, 32, 48)).backward()
     g = wide.conv_first.weight.grad
     assert not torch.allclose(g[:16], g[16:])
+    # The other way round, or by another factor, is another network: refused, not half taken.
+    torch.save({"params": wide.state_dict()}, tmp_path / "wide.pth")
+    with pytest.raises(HatstreamError, match="trunk 32 channels wide where this architecture's is 16"):
+        load_init(HAT.from_config(narrow_cfg), str(tmp_path / "wide.pth"))
 
 
 @pytest.mark.parametrize("loss", ["l1", "l2"])

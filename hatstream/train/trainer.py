@@ -76,6 +76,12 @@ def load_init(net: nn.Module, path: str) -> list[str]:
     grown = _grow_head(own, state, take) | _new_blocks_as_identity(own, state) | _widen(own, state, take)
     if grown:
         log.info("grew %s into %d tensors of this architecture", path, len(grown))
+    # The trunk's first convolution fixes its width: if it neither fits nor grew, the checkpoint is another
+    # network (e.g. a wider one), and taking its head alone would train from a random trunk unawares.
+    for k in own:
+        if k.endswith("conv_first.weight") and k in state and k not in take and k not in grown:
+            raise HatstreamError(f"--init {path} has a trunk {state[k].shape[0]} channels wide where this "
+                                 f"architecture's is {own[k].shape[0]}; it grows only from half the width")
     net.load_state_dict(take | grown, strict=False)
     return sorted(k for k in own if k not in take and k not in grown)
 
