@@ -165,13 +165,14 @@ def write_video_frames(debs: Path, out: Path, videos: tuple | None = None) -> li
     to `out` as PNG, at the video's own size (shrinking would hide what a real frame looks like); each
     package is read once. A `.gz` video (OpenCV's documentation ships its tutorial clips gzipped) is
     unpacked first."""
+    videos = videos or (TEST_VIDEO,)
     wanted: dict[tuple[str, str], set[str]] = {}
-    for deb_name, sha256, path, _ in videos or (TEST_VIDEO,):
+    for deb_name, sha256, path, _ in videos:
         wanted.setdefault((deb_name, sha256), set()).add(path)
     members = {path: data for (deb_name, sha256), paths in wanted.items()
                for path, data in _package_members(_checked_deb(debs, deb_name, sha256), paths).items()}
     out.mkdir(parents=True, exist_ok=True)
-    return [name for _, _, path, indices in videos or (TEST_VIDEO,)
+    return [name for _, _, path, indices in videos
             for name in _write_frames(members[path], path, indices, out)]
 
 
